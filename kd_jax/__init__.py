@@ -1,0 +1,3 @@
+"""kd_jax: knowledge distillation for image classifiers in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Loss functions: see METHODS.md."""
