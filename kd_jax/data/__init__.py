@@ -1,1 +1,113 @@
-"""kd_jax.data."""
+"""Input pipelines: datasets sharded by host, batch augmentation, prefetch onto the mesh.
+
+``get_dataset(config.dataset, process_index=jax.process_index(),
+process_count=jax.process_count())`` returns a `Dataset`; ``prefetch_to_mesh`` turns its
+host batches into global arrays sharded along the batch axis.
+
+Config keys (the trainer's ``config.dataset`` subtree):
+
+- ``name``: ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` | ``fashion_mnist`` |
+  ``synthetic``.
+- ``data_dir`` (str or None):
+    - cifar100, caltech_birds2011: tfds data directory (default ~/tensorflow_datasets); a
+      ``cifar-100-binary.tar.gz`` placed there is used instead of a download.
+    - imagenet2012: the manual download directory holding ILSVRC2012_img_{train,val}.tar;
+      tfds prepares its records there on the first run.
+    - fashion_mnist: a directory with the four original IDX files
+      (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
+      ``t10k-images-idx3-ubyte[.gz]``, ``t10k-labels-idx1-ubyte[.gz]``) or a tfds data dir
+      with fashion_mnist prepared; never downloaded into. None: Debian's
+      dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else tfds.
+    - synthetic: unused.
+- ``limit_train`` / ``limit_test`` (int, optional, 0 = all): keep only the first examples.
+- synthetic only: ``num_train``, ``num_test``, ``image_size``, ``num_classes``, optional ``seed``
+  (default 0) fixing the random images and labels.
+
+Dataset contract:
+
+- ``info``: `DatasetInfo` (name, num_classes, image_shape (H, W, 3), num_train, num_test).
+- ``steps_per_epoch(G) = num_train // G``: the remainder batch is dropped (fixed shapes).
+- ``train_batches(epoch, G, seed, start_step=0)``: this host's slice of each global batch,
+  ``{"image": float32 (b, H, W, 3), "label": int32 (b,)}`` with ``b = G // process_count``.
+  Order and augmentation are functions of (seed, epoch, step) only, so ``start_step=k`` yields
+  exactly batches k, k+1, ... of the uninterrupted epoch. Epochs count from 1.
+- ``eval_batches(G)``: the full test set once, in order, last batch zero-padded;
+  ``{"image", "label", "mask": float32 (b,)}`` with mask 1 for real examples, 0 for padding.
+
+Augmentation: cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8 batches in
+numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
+imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kd_jax.data import augment
+from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
+from kd_jax.data.in_memory import InMemoryDataset
+from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
+
+__all__ = ["DATASETS", "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
+           "get_dataset", "prefetch_to_mesh", "to_global_array"]
+
+DATASETS = ("cifar100", "imagenet2012", "caltech_birds2011", "fashion_mnist", "synthetic")
+
+# name -> (num_classes, mean, std) of the in-memory datasets.
+_IN_MEMORY = {
+    "cifar100": (100, augment.CIFAR100_MEAN, augment.CIFAR100_STD),
+    "fashion_mnist": (10, augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD),
+    # Random pixels have no statistics of their own; CIFAR's keep the path identical.
+    "synthetic": (None, augment.CIFAR100_MEAN, augment.CIFAR100_STD),
+}
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """config[key] for a ConfigDict or a dict, `default` when absent or None."""
+    value = config.get(key, default)
+    return default if value is None else value
+
+
+def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) -> Dataset:
+    """Builds the dataset named by config.name (keys in the module docstring)."""
+    name = _get(config, "name")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset name {name!r}; allowed: {', '.join(DATASETS)}")
+    data_dir = _get(config, "data_dir") or None  # "" means unset, as on the command line
+    limit_train = int(_get(config, "limit_train", 0))
+    limit_test = int(_get(config, "limit_test", 0))
+    if limit_train < 0 or limit_test < 0:
+        raise ValueError(f"limit_train={limit_train}, limit_test={limit_test} must be >= 0")
+
+    if name in ("imagenet2012", "caltech_birds2011"):
+        from kd_jax.data import imagenet
+        return imagenet.load(name, data_dir, process_index=process_index,
+                             process_count=process_count, limit_train=limit_train,
+                             limit_test=limit_test)
+
+    num_classes, mean, std = _IN_MEMORY[name]
+    if name == "cifar100":
+        from kd_jax.data import cifar
+        train, test = cifar.load(data_dir, limit_train, limit_test)
+    elif name == "fashion_mnist":
+        from kd_jax.data import fashion_mnist
+        train, test = fashion_mnist.load(data_dir, limit_train, limit_test)
+    else:
+        from kd_jax.data import synthetic
+        missing = [k for k in ("num_train", "num_test", "image_size", "num_classes")
+                   if _get(config, k) is None]
+        if missing:
+            raise ValueError(f"synthetic dataset needs config keys {missing}")
+        num_classes = int(_get(config, "num_classes"))
+        train, test = synthetic.load(int(_get(config, "num_train")), int(_get(config, "num_test")),
+                                     int(_get(config, "image_size")), num_classes,
+                                     seed=int(_get(config, "seed", 0)))
+        if limit_train:
+            train = (train[0][:limit_train], train[1][:limit_train])
+        if limit_test:
+            test = (test[0][:limit_test], test[1][:limit_test])
+    info = DatasetInfo(name=name, num_classes=num_classes,
+                       image_shape=tuple(int(d) for d in train[0].shape[1:]),
+                       num_train=len(train[1]), num_test=len(test[1]))
+    return InMemoryDataset(info, *train, *test, mean=mean, std=std,
+                           process_index=process_index, process_count=process_count)

@@ -1,0 +1,233 @@
+"""tf.data pipelines for the 224x224 datasets: imagenet2012 and caltech_birds2011 (CUB-200).
+
+Decoding and cropping run in TensorFlow (flax-example style), with stateless random ops whose
+seeds derive from (seed, epoch, position in the epoch): the batches of an epoch are a pure
+function of (seed, epoch) and `start_step` skips encoded records without decoding them.
+
+Each host reads its own contiguous slice of the train split (equal sizes, remainder dropped)
+and of the test split; a global batch is the concatenation of the hosts' batches.
+
+imagenet2012 (train: RandomResizedCrop 224, scale (0.08, 1), ratio (3/4, 4/3), flip; test:
+resize the short side to 256, center crop 224) samples the crop box with TensorFlow's
+sample_distorted_bounding_box (10 attempts, whole image as fallback; aspect ratio uniform in
+the range where torchvision samples it log-uniformly). caltech_birds2011 (train: resize to
+256x256, random 224 crop, flip; test: resize to 256x256, center crop 224). Both normalise with
+the ImageNet mean/std; resizes are bilinear with antialiasing, like PIL's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator
+
+from kd_jax.data import augment, tfds_io
+from kd_jax.data.base import (DatasetInfo, check_epoch_args, local_batch_size, stateless_seed)
+
+CROP = 224
+RESIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What differs between the two datasets."""
+
+    train_split: str
+    test_split: str
+    num_classes: int
+    skip_decoding: bool  # keep JPEG bytes so the train crop can decode only the crop window
+    how_to: str
+
+
+SPECS = {
+    "imagenet2012": _Spec(
+        "train", "validation", 1000, True,
+        "Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into "
+        "--config.dataset.data_dir (used as tfds's manual and data directory); the first run "
+        "prepares the tfds records there."),
+    "caltech_birds2011": _Spec(
+        "train", "test", 200, False,
+        "Give the trainer network access for tfds to download CUB-200-2011 once, or point "
+        "--config.dataset.data_dir at a directory where tfds prepared caltech_birds2011."),
+}
+
+
+def _normalize(image):
+    import tensorflow as tf
+    mean = tf.constant(augment.IMAGENET_MEAN, tf.float32) * 255.0
+    std = tf.constant(augment.IMAGENET_STD, tf.float32) * 255.0
+    return (tf.cast(image, tf.float32) - mean) / std
+
+
+def _resize(image, size):
+    import tensorflow as tf
+    return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+
+def _center_crop(image, size: int):
+    import tensorflow as tf
+    shape = tf.shape(image)
+    # torchvision CenterCrop: top = round((H - size) / 2).
+    top = tf.cast(tf.round((shape[0] - size) / 2), tf.int32)
+    left = tf.cast(tf.round((shape[1] - size) / 2), tf.int32)
+    return tf.ensure_shape(image[top:top + size, left:left + size], (size, size, 3))
+
+
+def imagenet_train(image_bytes, seed):
+    """JPEG bytes -> float32 (224, 224, 3): random resized crop, flip, normalise."""
+    import tensorflow as tf
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, whole_image, seed=crop_seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+    image = _resize(image, [CROP, CROP])
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return _normalize(image)
+
+
+def imagenet_eval(image_bytes):
+    """JPEG bytes -> float32 (224, 224, 3): short side to 256 (torchvision Resize(256)), center
+    crop 224, normalise."""
+    import tensorflow as tf
+    image = tf.io.decode_jpeg(image_bytes, channels=3)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    short = tf.minimum(height, width)
+    # torchvision truncates the long side: int(256 * long / short).
+    new_h = tf.where(height == short, RESIZE, RESIZE * height // short)
+    new_w = tf.where(width == short, RESIZE, RESIZE * width // short)
+    image = _resize(image, tf.stack([new_h, new_w]))
+    return _normalize(_center_crop(image, CROP))
+
+
+def cub_train(image, seed):
+    """uint8 (H, W, 3) -> float32 (224, 224, 3): resize 256x256, random crop 224, flip."""
+    import tensorflow as tf
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = _resize(image, [RESIZE, RESIZE])
+    image = tf.image.stateless_random_crop(image, [CROP, CROP, 3], seed=crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return _normalize(image)
+
+
+def cub_eval(image):
+    """uint8 (H, W, 3) -> float32 (224, 224, 3): resize 256x256, center crop 224."""
+    return _normalize(_center_crop(_resize(image, [RESIZE, RESIZE]), CROP))
+
+
+_PREPROCESS: dict[str, tuple[Callable, Callable]] = {
+    "imagenet2012": (imagenet_train, imagenet_eval),
+    "caltech_birds2011": (cub_train, cub_eval),
+}
+
+
+def load(name: str, data_dir: str | None, **kwargs) -> "TFDSImageDataset":
+    """Prepares (if needed) and opens tfds dataset `name`; kwargs go to TFDSImageDataset."""
+    builder = tfds_io.prepared_builder(name, data_dir, allow_download=True,
+                                       how_to=SPECS[name].how_to, manual_dir=data_dir)
+    return TFDSImageDataset(name, builder, **kwargs)
+
+
+def _host_range(num_examples: int, process_index: int, process_count: int,
+                drop_remainder: bool) -> tuple[int, int]:
+    """[start, stop) of this host's contiguous slice of a split."""
+    if drop_remainder:  # equal slices: every host yields the same number of train batches
+        size = num_examples // process_count
+        return process_index * size, (process_index + 1) * size
+    return (process_index * num_examples // process_count,
+            (process_index + 1) * num_examples // process_count)
+
+
+class TFDSImageDataset:
+    """imagenet2012 / caltech_birds2011 through tf.data; batches come out as numpy dicts.
+
+    builder: a prepared tfds builder (anything with info.splits[name].num_examples and
+    as_dataset(split=, shuffle_files=, decoders=, read_config=)). shuffle_buffer: examples in
+    the tf.data shuffle buffer after file-level shuffling (default 16 local batches, as the
+    flax ImageNet example).
+    """
+
+    def __init__(self, name: str, builder, *, process_index: int = 0, process_count: int = 1,
+                 limit_train: int = 0, limit_test: int = 0, shuffle_buffer: int | None = None):
+        spec = SPECS[name]
+        self._spec, self._name, self._builder = spec, name, builder
+        self._process_index, self._process_count = process_index, process_count
+        self._shuffle_buffer = shuffle_buffer
+        splits = builder.info.splits
+        num_train = splits[spec.train_split].num_examples
+        num_test = splits[spec.test_split].num_examples
+        num_train = min(num_train, limit_train) if limit_train else num_train
+        num_test = min(num_test, limit_test) if limit_test else num_test
+        start, stop = _host_range(num_train, process_index, process_count, True)
+        self._train_split = f"{spec.train_split}[{start}:{stop}]"
+        start, stop = _host_range(num_test, process_index, process_count, False)
+        self._test_split = f"{spec.test_split}[{start}:{stop}]"
+        self._host_test_count = stop - start
+        # Every host must run the same number of eval steps: size them by the largest slice.
+        self._max_host_test_count = math.ceil(num_test / process_count)
+        self.info = DatasetInfo(name=name, num_classes=spec.num_classes,
+                                image_shape=(CROP, CROP, 3), num_train=num_train,
+                                num_test=num_test)
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size={global_batch_size} must be positive")
+        return self.info.num_train // global_batch_size
+
+    def _read(self, split: str, *, shuffle_seed: int | None):
+        import tensorflow_datasets as tfds
+        decoders = {"image": tfds.decode.SkipDecoding()} if self._spec.skip_decoding else None
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+        return self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                        decoders=decoders, read_config=read_config)
+
+    def train_batches(self, epoch: int, global_batch_size: int, seed: int,
+                      start_step: int = 0) -> Iterator[dict]:
+        """Yields {"image": float32 (b, 224, 224, 3), "label": int32 (b,)}."""
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+        b = local_batch_size(global_batch_size, self._process_count)
+        steps = self.steps_per_epoch(global_batch_size)
+        check_epoch_args(epoch, seed, start_step, steps)
+        # Hosts read different records; their augmentation streams differ as well.
+        epoch_seed = stateless_seed(seed, epoch, self._process_index)
+        preprocess = _PREPROCESS[self._name][0]
+
+        def example(index, ex):
+            seed_pair = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            return {"image": preprocess(ex["image"], seed_pair),
+                    "label": tf.cast(ex["label"], tf.int32)}
+
+        ds = self._read(self._train_split, shuffle_seed=epoch_seed % 2**31)
+        ds = ds.shuffle(self._shuffle_buffer or 16 * b, seed=epoch_seed % 2**31,
+                        reshuffle_each_iteration=False)
+        # Enumerate before skipping so each example keeps its augmentation seed on resume.
+        ds = ds.enumerate().skip(start_step * b).take((steps - start_step) * b)
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return iter(tfds.as_numpy(ds))
+
+    def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
+        """Yields this host's test slice in order, zero-padded to full batches ("mask" 0)."""
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+        b = local_batch_size(global_batch_size, self._process_count)
+        preprocess = _PREPROCESS[self._name][1]
+        num_batches = math.ceil(self._max_host_test_count / b)
+        padding = num_batches * b - self._host_test_count
+
+        def example(ex):
+            return {"image": preprocess(ex["image"]), "label": tf.cast(ex["label"], tf.int32),
+                    "mask": tf.constant(1.0, tf.float32)}
+
+        ds = self._read(self._test_split, shuffle_seed=None)
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        pad = {"image": tf.zeros((CROP, CROP, 3), tf.float32), "label": tf.constant(0, tf.int32),
+               "mask": tf.constant(0.0, tf.float32)}
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+        ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return iter(tfds.as_numpy(ds))

@@ -1,0 +1,93 @@
+"""A dataset held in host memory as uint8 arrays, augmented per batch in numpy.
+
+Used by cifar100, fashion_mnist and synthetic (small images: CIFAR-100 is 150 MB as uint8).
+Every host holds the whole dataset and cuts its own slice out of each global batch, so the
+global batch (and its augmentation) does not depend on the number of hosts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from kd_jax.data import augment
+from kd_jax.data.base import (DatasetInfo, augment_rng, check_epoch_args, local_batch_size,
+                              shuffle_rng)
+
+
+class InMemoryDataset:
+    """Train/test uint8 images (N, H, W, 3) and int labels (N,), CIFAR-style augmentation.
+
+    Train batch = zero-pad by `pad`, random (H, W) crop, horizontal flip (p = 0.5), then
+    normalise with (mean, std); test batch = normalise only.
+    """
+
+    def __init__(self, info: DatasetInfo, train_images: np.ndarray, train_labels: np.ndarray,
+                 test_images: np.ndarray, test_labels: np.ndarray, *,
+                 mean: Sequence[float], std: Sequence[float], pad: int = 4,
+                 process_index: int = 0, process_count: int = 1):
+        for split, images, labels in (("train", train_images, train_labels),
+                                      ("test", test_images, test_labels)):
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != info.image_shape:
+                raise ValueError(f"{info.name} {split} images: expected uint8 (N, "
+                                 f"{', '.join(map(str, info.image_shape))}), got {images.dtype} "
+                                 f"{images.shape}")
+            if labels.shape != (images.shape[0],):
+                raise ValueError(f"{info.name} {split} labels: shape {labels.shape} does not "
+                                 f"match {images.shape[0]} images")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+        self.info = info
+        self._train_images = np.ascontiguousarray(train_images)
+        self._train_labels = train_labels.astype(np.int32)
+        self._test_images = np.ascontiguousarray(test_images)
+        self._test_labels = test_labels.astype(np.int32)
+        self._mean, self._std, self._pad = tuple(mean), tuple(std), pad
+        self._process_index, self._process_count = process_index, process_count
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size={global_batch_size} must be positive")
+        return self.info.num_train // global_batch_size
+
+    def train_batches(self, epoch: int, global_batch_size: int, seed: int,
+                      start_step: int = 0) -> Iterator[dict]:
+        """Yields {"image": float32 (b, H, W, 3), "label": int32 (b,)}, b = global / hosts."""
+        b = local_batch_size(global_batch_size, self._process_count)
+        steps = self.steps_per_epoch(global_batch_size)
+        check_epoch_args(epoch, seed, start_step, steps)
+        return self._train_iter(epoch, global_batch_size, b, seed, start_step, steps)
+
+    def _train_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
+        order = shuffle_rng(seed, epoch).permutation(self.info.num_train)
+        host = slice(self._process_index * b, (self._process_index + 1) * b)
+        for step in range(start_step, steps):
+            index = order[step * global_batch_size:(step + 1) * global_batch_size][host]
+            # Parameters are drawn for the whole global batch and sliced, so each host's
+            # images are augmented exactly as in a single-host run.
+            params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
+                                              global_batch_size, self._pad)[host]
+            images = augment.cifar_train_augment(self._train_images[index], params,
+                                                 self._mean, self._std, self._pad)
+            yield {"image": images, "label": self._train_labels[index]}
+
+    def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
+        """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""
+        b = local_batch_size(global_batch_size, self._process_count)
+        return self._eval_iter(global_batch_size, b)
+
+    def _eval_iter(self, global_batch_size, b):
+        n = self.info.num_test
+        for i in range(math.ceil(n / global_batch_size)):
+            start = min(i * global_batch_size + self._process_index * b, n)
+            stop = min(start + b, n)
+            real = stop - start
+            image = np.zeros((b,) + self.info.image_shape, np.float32)
+            label = np.zeros((b,), np.int32)
+            mask = np.zeros((b,), np.float32)
+            image[:real] = augment.normalize(self._test_images[start:stop], self._mean, self._std)
+            label[:real] = self._test_labels[start:stop]
+            mask[:real] = 1.0
+            yield {"image": image, "label": label, "mask": mask}

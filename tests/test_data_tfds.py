@@ -1,0 +1,143 @@
+"""kd_jax.data paths through TensorFlow: CIFAR-100 under tfds.testing.mock_data (never a real
+download) and the tf.data pipeline of imagenet2012 / caltech_birds2011 on a small fake
+builder. Expected images come from PIL (what torchvision uses), not from the code under test."""
+
+import re
+import types
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+tfds = pytest.importorskip("tensorflow_datasets")
+PIL = pytest.importorskip("PIL.Image")
+
+from kd_jax import data  # noqa: E402
+from kd_jax.data import imagenet  # noqa: E402
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def test_cifar100_under_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=24):
+        dataset = data.get_dataset({"name": "cifar100", "data_dir": str(tmp_path),
+                                    "limit_test": 10})
+    assert dataset.info == data.DatasetInfo("cifar100", 100, (32, 32, 3), 24, 10)
+    batches = list(dataset.train_batches(1, 8, seed=0))
+    assert len(batches) == 3
+    assert batches[0]["image"].shape == (8, 32, 32, 3) and batches[0]["image"].dtype == np.float32
+    assert batches[0]["label"].dtype == np.int32
+    assert sum(b["mask"].sum() for b in dataset.eval_batches(8)) == 10
+
+
+def smooth_image(height, width, index):
+    """A smooth uint8 image (bilinear resizers agree on it up to rounding)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [127 + 120 * np.sin(x / (9 + index) + c) * np.cos(y / 13 - c) for c in range(3)]
+    return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+
+class FakeBuilder:
+    """Stands in for a prepared tfds builder: `name[a:b]` splits of smooth images, label = index.
+
+    Images are (60 + 3 i) x (80 - 2 i); JPEG bytes when the image decoder is skipped.
+    """
+
+    def __init__(self, sizes):
+        self.info = types.SimpleNamespace(
+            splits={name: types.SimpleNamespace(num_examples=n) for name, n in sizes.items()})
+
+    @staticmethod
+    def image(index):
+        return smooth_image(60 + 3 * index, 80 - 2 * index, index)
+
+    def as_dataset(self, split, shuffle_files, decoders, read_config):
+        del shuffle_files, read_config
+        start, stop = map(int, re.fullmatch(r"\w+\[(\d+):(\d+)\]", split).groups())
+        skip_decoding = decoders is not None
+        images = [self.image(i) for i in range(start, stop)]
+        if skip_decoding:
+            images = [tf.io.encode_jpeg(im, quality=100).numpy() for im in images]
+        labels = np.arange(start, stop, dtype=np.int64)
+        return tf.data.Dataset.from_generator(
+            lambda: ({"image": im, "label": lab} for im, lab in zip(images, labels)),
+            output_signature={
+                "image": (tf.TensorSpec((), tf.string) if skip_decoding
+                          else tf.TensorSpec((None, None, 3), tf.uint8)),
+                "label": tf.TensorSpec((), tf.int64)})
+
+
+def pil_cub_eval(image):
+    """torchvision Resize((256, 256)) + CenterCrop(224) + ToTensor + Normalize (ImageNet)."""
+    resized = np.asarray(PIL.fromarray(image).resize((256, 256), PIL.BILINEAR), np.float32)
+    return (resized[16:240, 16:240] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@pytest.fixture(scope="module")
+def cub():
+    return imagenet.TFDSImageDataset("caltech_birds2011", FakeBuilder({"train": 10, "test": 5}))
+
+
+def test_cub_eval_matches_pil_and_pads(cub):
+    assert cub.info == data.DatasetInfo("caltech_birds2011", 200, (224, 224, 3), 10, 5)
+    batches = list(cub.eval_batches(4))
+    assert len(batches) == 2
+    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]),
+                                  [1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:5], range(5))
+    np.testing.assert_array_equal(batches[1]["image"][1:], 0.0)
+    for i in range(2):
+        # Same resize up to rounding of PIL's 8-bit output: < 2 grey levels in units of std.
+        np.testing.assert_allclose(batches[0]["image"][i], pil_cub_eval(FakeBuilder.image(i)),
+                                   atol=2 / 255 / 0.224)
+
+
+def test_cub_train_deterministic_resumable_and_cropped(cub):
+    first = list(cub.train_batches(1, 4, seed=3))
+    resumed = list(cub.train_batches(1, 4, seed=3, start_step=1))
+    assert len(first) == 2 and len(resumed) == 1
+    assert first[0]["image"].shape == (4, 224, 224, 3) and first[0]["label"].dtype == np.int32
+    np.testing.assert_array_equal(first[1]["image"], resumed[0]["image"])
+    np.testing.assert_array_equal(first[1]["label"], resumed[0]["label"])
+    other = next(cub.train_batches(2, 4, seed=3))
+    assert not np.array_equal(first[0]["image"], other["image"])
+    # Each image is a 224 window (possibly mirrored) of the 256x256 resize of its source.
+    for image, label in zip(first[0]["image"], first[0]["label"]):
+        full = np.asarray(tf.image.resize(FakeBuilder.image(label), (256, 256),
+                                          antialias=True))
+        full = (full / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        # A mirrored window of `full` is a window of the mirrored `full`; locate it by the
+        # 8x8 corner, then compare the whole crop.
+        candidates = [src[oy:oy + 224, ox:ox + 224] for src in (full, full[:, ::-1])
+                      for oy in range(33) for ox in range(33)]
+        best = min(candidates, key=lambda w: np.abs(w[:8, :8] - image[:8, :8]).max())
+        np.testing.assert_allclose(best, image, atol=1e-4)
+
+
+def test_imagenet_pipeline_shapes_and_eval_resize():
+    dataset = imagenet.TFDSImageDataset("imagenet2012",
+                                        FakeBuilder({"train": 8, "validation": 3}))
+    assert dataset.info.num_classes == 1000 and dataset.steps_per_epoch(4) == 2
+    batch = next(dataset.train_batches(1, 4, seed=0))
+    assert batch["image"].shape == (4, 224, 224, 3) and np.isfinite(batch["image"]).all()
+    (evaluation,) = list(dataset.eval_batches(4))
+    np.testing.assert_array_equal(evaluation["mask"], [1, 1, 1, 0])
+    # Resize(256) keeps the aspect ratio: a 60x80 source becomes 256x341, crop the centre.
+    source = FakeBuilder.image(0)
+    decoded = tf.io.decode_jpeg(tf.io.encode_jpeg(source, quality=100)).numpy()
+    resized = np.asarray(PIL.fromarray(decoded).resize((341, 256), PIL.BILINEAR), np.float32)
+    expected = (resized[16:240, 58:282] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(evaluation["image"][0], expected, atol=2 / 255 / 0.224)
+
+
+def test_tfds_host_slices_partition_the_splits():
+    builder = FakeBuilder({"train": 10, "test": 5})
+    hosts = [imagenet.TFDSImageDataset("caltech_birds2011", builder, process_index=i,
+                                       process_count=2) for i in range(2)]
+    labels = [np.concatenate([b["label"][b["mask"] > 0] for b in h.eval_batches(4)])
+              for h in hosts]
+    np.testing.assert_array_equal(np.concatenate(labels), range(5))
+    assert [len(list(h.eval_batches(4))) for h in hosts] == [2, 2]  # same step count
+    train = [np.concatenate([b["label"] for b in h.train_batches(1, 4, seed=0)]) for h in hosts]
+    assert set(train[0]) <= set(range(5)) and set(train[1]) <= set(range(5, 10))
