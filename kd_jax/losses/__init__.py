@@ -1,1 +1,62 @@
-"""Loss functions: see METHODS.md."""
+"""Exact distillation losses (METHODS.md): KD, DKD, NKD, SDD's scale-decoupled lift, CLKD.
+
+All functions are pure and jittable, validate shapes/dtypes statically (ValueError on bad
+input), treat teacher inputs as constants (stop_gradient) and compute in float32 (float64
+when given float64 under x64). Shapes: logits (B, K), local logits (B, N, K), feature maps
+NHWC (B, H, W, C), labels (B,) int.
+"""
+
+from kd_jax.losses.clkd import clkd_terms
+from kd_jax.losses.common import ce_loss, ce_per_example
+from kd_jax.losses.dkd import dkd_loss, dkd_per_example, dkd_terms_per_example
+from kd_jax.losses.kd import kd_loss, kd_per_example
+from kd_jax.losses.nkd import nkd_loss, nkd_per_example
+from kd_jax.losses.objectives import (
+    clkd_objective,
+    dkd_objective,
+    kd_objective,
+    nkd_objective,
+    sd_objective,
+    warmup_factor,
+)
+from kd_jax.losses.sdd import (
+    adaptive_avg_pool,
+    local_logits,
+    multiscale_pool,
+    num_regions,
+    parse_scales,
+    scale_decoupled,
+    sd_dkd_loss,
+    sd_kd_loss,
+    sd_nkd_loss,
+    sdd_region_weights,
+)
+
+__all__ = [
+    "adaptive_avg_pool",
+    "ce_loss",
+    "ce_per_example",
+    "clkd_objective",
+    "clkd_terms",
+    "dkd_loss",
+    "dkd_objective",
+    "dkd_per_example",
+    "dkd_terms_per_example",
+    "kd_loss",
+    "kd_objective",
+    "kd_per_example",
+    "local_logits",
+    "multiscale_pool",
+    "nkd_loss",
+    "nkd_objective",
+    "nkd_per_example",
+    "num_regions",
+    "parse_scales",
+    "scale_decoupled",
+    "sd_dkd_loss",
+    "sd_kd_loss",
+    "sd_nkd_loss",
+    "sd_objective",
+    "sdd_region_weights",
+    "warmup_factor",
+]
