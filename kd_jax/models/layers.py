@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Dtype = Any
@@ -178,12 +179,14 @@ def avg_pool(x: jax.Array, window: int, stride: int | None = None, padding: int 
     """nn.AvgPool2d(window, stride, padding) on NHWC; padding counted like PyTorch's default."""
     stride = window if stride is None else stride
     pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    summed = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add,
+    # Init values must be NumPy constants: with jnp arrays JAX does not recognise the
+    # sum/max monoid and the pool cannot be differentiated.
+    summed = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add,
                                    (1, window, window, 1), (1, stride, stride, 1), pads)
     if count_include_pad or padding == 0:
         return summed / (window * window)
     ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-    counts = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add,
+    counts = jax.lax.reduce_window(ones, np.array(0, x.dtype), jax.lax.add,
                                    (1, window, window, 1), (1, stride, stride, 1), pads)
     return summed / counts
 
@@ -192,7 +195,7 @@ def max_pool(x: jax.Array, window: int, stride: int | None = None, padding: int 
     """nn.MaxPool2d(window, stride, padding) on NHWC (padding with -inf, like PyTorch)."""
     stride = window if stride is None else stride
     pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+    return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max,
                                  (1, window, window, 1), (1, stride, stride, 1), pads)
 
 

@@ -8,23 +8,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
+_NON_REFERENCE: set[str] = set()
 
 
-def register(name: str):
-    """Decorator: `@register("resnet8")` on a function (num_classes, dtype, rngs) -> Module."""
+def register(name: str, *, reference: bool = True):
+    """Decorator: `@register("resnet8")` on a function (num_classes, dtype, rngs) -> Module.
+
+    reference=False marks a model that is not a port of a reference architecture (e.g. the
+    tiny test networks of kd_jax.train.testing); `names(reference_only=True)` leaves it out.
+    """
 
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = fn
+        if not reference:
+            _NON_REFERENCE.add(name)
         return fn
 
     return wrap
 
 
-def names() -> list[str]:
-    """All registered model names, sorted."""
-    return sorted(_REGISTRY)
+def names(reference_only: bool = False) -> list[str]:
+    """Registered model names, sorted (only the reference ports if reference_only)."""
+    return sorted(n for n in _REGISTRY if not (reference_only and n in _NON_REFERENCE))
 
 
 def create(name: str, num_classes: int = 100, dtype: Any = jnp.float32,
