@@ -1,0 +1,417 @@
+"""Small PyTorch implementations of one model per family of the reference zoo (test oracle).
+
+Written for the conversion parity tests: module names and nesting give state_dict keys exactly
+as in tests/data/torch_state_dicts/<name>.txt (test_convert.py asserts it), and `forward`
+returns `(logits, feats)` with feats = {"feats": [...], "preact_feats": [...] (where the
+reference has them), "pooled_feat": (B, C)}, as the reference models do. NCHW layout.
+
+Families: CIFAR ResNet (resnet8/20/...), WRN, VGG (with BN), ShuffleNetV1, ShuffleNetV2,
+MobileNetV2 (width 0.5) and the ImageNet ResNet of mdistiller (torchvision keys, with the
+ReLU moved to the start of each block so that pre-activation features exist).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1,
+             groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+    return conv, nn.BatchNorm2d(cout)
+
+
+def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel shuffle: (N, g*c, H, W) -> view (N, g, c, H, W) -> swap g, c -> flatten."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+# --- CIFAR ResNet (resnet8 ... resnet110, resnet8x4, resnet32x4) ---
+
+class CifarBasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, cout, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(cout, cout, 3)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        preact = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(preact), preact
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1, self.bn1 = _conv_bn(3, widths[0], 3)
+        cin = widths[0]
+        for i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+            blocks = [CifarBasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                      for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = cout
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer:
+                x, pre = block(x)
+            feats.append(x)
+            preacts.append(pre)
+        pooled = F.avg_pool2d(x, 8).flatten(1)
+        return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+
+
+# --- Wide ResNet (pre-activation blocks) ---
+
+class WRNBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.equal = cin == cout
+        if not self.equal:
+            self.convShortcut = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(x))
+        y = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return (x if self.equal else self.convShortcut(a)) + y
+
+
+class _WRNStage(nn.Module):
+    def __init__(self, n: int, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[WRNBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(n)])
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, k: int, num_classes: int):
+        super().__init__()
+        n = (depth - 4) // 6
+        w = [16, 16 * k, 32 * k, 64 * k]
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.block1 = _WRNStage(n, w[0], w[1], 1)
+        self.block2 = _WRNStage(n, w[1], w[2], 2)
+        self.block3 = _WRNStage(n, w[2], w[3], 2)
+        self.bn1 = nn.BatchNorm2d(w[3])
+        self.fc = nn.Linear(w[3], num_classes)
+
+    def forward(self, x):
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        pooled = F.avg_pool2d(F.relu(self.bn1(f3)), 8).flatten(1)
+        # The reference's pre-activation features: the next BN applied to each stage output.
+        pre = [f0, self.block2.layer[0].bn1(f1), self.block3.layer[0].bn1(f2), self.bn1(f3)]
+        feats = {"feats": [f0, f1, f2, f3], "preact_feats": pre, "pooled_feat": pooled}
+        return self.fc(pooled), feats
+
+
+# --- VGG with BatchNorm (blocks end with BN; the ReLU is applied outside) ---
+
+VGG_CFG = {"vgg8": (1, 1, 1, 1, 1), "vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2),
+           "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+
+
+class VGG(nn.Module):
+    def __init__(self, counts: tuple[int, ...], num_classes: int):
+        super().__init__()
+        cin = 3
+        for b, (count, width) in enumerate(zip(counts, (64, 128, 256, 512, 512))):
+            layers: list[nn.Module] = []
+            for _ in range(count):
+                layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+                cin = width
+            setattr(self, f"block{b}", nn.Sequential(*layers[:-1]))
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        h = x.shape[2]
+        feats, preacts = [], []
+        for b in range(5):
+            x = getattr(self, f"block{b}")(x)
+            preacts.append(F.relu(x) if b == 0 else x)  # the reference's f0 is post-ReLU
+            x = F.relu(x)
+            feats.append(x)
+            if b < 3 or (b == 3 and h == 64):
+                x = F.max_pool2d(x, 2, 2)
+        pooled = x.mean((2, 3))
+        return self.classifier(pooled), {"feats": feats, "preact_feats": preacts,
+                                         "pooled_feat": pooled}
+
+
+# --- ShuffleNetV1 (groups 3) ---
+
+class ShuffleV1Unit(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, groups: int):
+        super().__init__()
+        mid = cout // 4
+        g1 = 1 if cin == 24 else groups
+        self.g1, self.stride = g1, stride
+        self.conv1, self.bn1 = _conv_bn(cin, mid, 1, groups=g1)
+        self.conv2, self.bn2 = _conv_bn(mid, mid, 3, stride, groups=mid)
+        self.conv3, self.bn3 = _conv_bn(mid, cout, 1, groups=groups)
+
+    def forward(self, x):
+        out = _shuffle(F.relu(self.bn1(self.conv1(x))), self.g1)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.stride == 2:
+            pre = torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1)  # count_include_pad=True
+        else:
+            pre = out + x
+        return F.relu(pre), pre
+
+
+class ShuffleNetV1(nn.Module):
+    def __init__(self, num_classes: int, widths=(240, 480, 960), units=(4, 8, 4), groups: int = 3):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(3, 24, 1)
+        cin = 24
+        for i, (w, n) in enumerate(zip(widths, units)):
+            blocks = []
+            for j in range(n):
+                # The first unit's branch is concatenated with the pooled input: w - cin wide.
+                blocks.append(ShuffleV1Unit(cin, w - cin if j == 0 else w, 2 if j == 0 else 1,
+                                            groups))
+                cin = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for unit in layer:
+                x, pre = unit(x)
+            feats.append(x)
+            preacts.append(pre)
+        pooled = F.avg_pool2d(x, 4).flatten(1)
+        return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+
+
+# --- ShuffleNetV2 (net size 1) ---
+
+class ShuffleV2Basic(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        h = c // 2
+        self.conv1, self.bn1 = _conv_bn(h, h, 1)
+        self.conv2, self.bn2 = _conv_bn(h, h, 3, groups=h)
+        self.conv3, self.bn3 = _conv_bn(h, h, 1)
+
+    def forward(self, x):
+        h = x.shape[1] // 2
+        x1, x2 = x[:, :h], x[:, h:]
+        z = self.bn3(self.conv3(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x2)))))))
+        return _shuffle(torch.cat([x1, F.relu(z)], 1), 2), torch.cat([x1, z], 1)
+
+
+class ShuffleV2Down(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        mid = cout // 2
+        self.conv1, self.bn1 = _conv_bn(cin, cin, 3, 2, groups=cin)
+        self.conv2, self.bn2 = _conv_bn(cin, mid, 1)
+        self.conv3, self.bn3 = _conv_bn(cin, mid, 1)
+        self.conv4, self.bn4 = _conv_bn(mid, mid, 3, 2, groups=mid)
+        self.conv5, self.bn5 = _conv_bn(mid, mid, 1)
+
+    def forward(self, x):
+        left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        right = F.relu(self.bn3(self.conv3(x)))
+        right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
+        out = _shuffle(torch.cat([left, right], 1), 2)
+        return out, out
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, num_classes: int, widths=(116, 232, 464, 1024), units=(3, 7, 3)):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(3, 24, 1)
+        cin = 24
+        for i, (w, n) in enumerate(zip(widths[:3], units)):
+            setattr(self, f"layer{i + 1}",
+                    nn.Sequential(ShuffleV2Down(cin, w), *[ShuffleV2Basic(w) for _ in range(n)]))
+            cin = w
+        self.conv2, self.bn2 = _conv_bn(widths[2], widths[3], 1)
+        self.linear = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer:
+                x, pre = block(x)
+            feats.append(x)
+            preacts.append(pre)
+        x = F.relu(self.bn2(self.conv2(x)))
+        pooled = F.avg_pool2d(x, 4).flatten(1)
+        return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+
+
+# --- MobileNetV2 ("mobile_half": expansion 6, width 0.5) ---
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, t: int):
+        super().__init__()
+        hid = cin * t
+        self.use_res = stride == 1 and cin == cout
+        # Indices 0..7: conv, BN, ReLU, dwconv, BN, ReLU, conv, BN (keys conv.{0,1,3,4,6,7}).
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU(),
+            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid),
+            nn.ReLU(),
+            nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int, width: float = 0.5, t_expand: int = 6):
+        super().__init__()
+        cin = int(32 * width)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, cin, 3, 2, 1, bias=False), nn.BatchNorm2d(cin),
+                                   nn.ReLU())
+        blocks = []
+        for t, c, n, s in self.SETTING:
+            t = t_expand if t != 1 else 1
+            cout = int(c * width)
+            units = []
+            for j in range(n):
+                units.append(InvertedResidual(cin, cout, s if j == 0 else 1, t))
+                cin = cout
+            blocks.append(nn.Sequential(*units))
+        self.blocks = nn.ModuleList(blocks)
+        self.conv2 = nn.Sequential(nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280),
+                                   nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        x = self.conv1(x)
+        feats = [x]
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in (1, 2, 4, 6):
+                feats.append(x)
+        x = self.conv2(x)
+        pooled = F.avg_pool2d(x, x.shape[2], ceil_mode=True).flatten(1)  # AvgPool(2) on 32x32 input
+        return self.classifier(pooled), {"feats": feats, "pooled_feat": pooled}
+
+
+# --- ImageNet ResNet (mdistiller variant of torchvision: keys identical to torchvision) ---
+
+class ImageNetBasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, cout, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(cout, cout, 3)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x):
+        # The previous block's final ReLU is applied here, so blocks return pre-activations.
+        x = F.relu(x)
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
+class ImageNetResNet(nn.Module):
+    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin = 64
+        for i, (cout, n) in enumerate(zip((64, 128, 256, 512), layers)):
+            stride = 1 if i == 0 else 2
+            blocks = [ImageNetBasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                      for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = cout
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        stem = self.bn1(self.conv1(x))
+        x = F.max_pool2d(F.relu(stem), 3, 2, 1)
+        pre = [stem]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            pre.append(x)
+        pooled = F.avg_pool2d(F.relu(x), 7, stride=1).flatten(1)  # 7x7 map at 224x224 input
+        return self.fc(pooled), {"feats": [F.relu(p) for p in pre], "preact_feats": pre,
+                                 "pooled_feat": pooled}
+
+
+# --- Registry of the test oracles, by kd_jax.models name ---
+
+def create(name: str, num_classes: int = 100) -> nn.Module:
+    """The PyTorch model `name` (a kd_jax.models registry name) with num_classes outputs."""
+    cifar_resnets = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32, "resnet44": 44,
+                     "resnet56": 56, "resnet110": 110}
+    if name in cifar_resnets:
+        return CifarResNet(cifar_resnets[name], (16, 16, 32, 64), num_classes)
+    if name in ("resnet8x4", "resnet32x4"):
+        return CifarResNet(8 if name == "resnet8x4" else 32, (32, 64, 128, 256), num_classes)
+    if name.startswith("wrn_"):
+        _, depth, k = name.split("_")
+        return WideResNet(int(depth), int(k), num_classes)
+    if name in VGG_CFG:
+        return VGG(VGG_CFG[name], num_classes)
+    if name == "ShuffleV1":
+        return ShuffleNetV1(num_classes)
+    if name == "ShuffleV2":
+        return ShuffleNetV2(num_classes)
+    if name == "MobileNetV2":
+        return MobileNetV2(num_classes)
+    if name == "imagenet_ResNet18":
+        return ImageNetResNet((2, 2, 2, 2), num_classes)
+    if name == "imagenet_ResNet34":
+        return ImageNetResNet((3, 4, 6, 3), num_classes)
+    raise ValueError(f"no PyTorch test model for {name!r}")
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights and BatchNorm statistics (a trained-looking network, not an init).
+
+    Conv/linear weights ~ N(0, 1/fan_in) so activations keep their scale; BN weight ~ U(0.5, 1.5),
+    bias ~ N(0, 0.1), running_mean ~ N(0, 0.1), running_var ~ U(0.5, 1.5). Returns the model
+    in eval mode.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in ** 0.5)
+            if m.bias is not None:
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+        elif isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.copy_(0.5 + torch.rand(c, generator=g))
+            m.bias.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            m.num_batches_tracked.fill_(1000)
+    return model.eval()
