@@ -1,0 +1,90 @@
+"""Times the jitted train step (images/s): KD and SD-DKD, resnet32x4 -> resnet8x4.
+
+    python benchmarks/train_step.py [--batch 64] [--steps 10] [--methods kd,sdd]
+           [--teacher resnet32x4] [--student resnet8x4]
+
+Random teacher weights and a fixed random batch already on the devices (so the input
+pipeline is not measured); the batch is sharded over all devices as in training. Reports
+the compile time, then the mean and best step time over `--steps` timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from kd_jax import models  # noqa: E402
+from kd_jax.train import methods, recipes  # noqa: E402
+from kd_jax.train.state import init_state, make_optimizer, split_student  # noqa: E402
+from kd_jax.train.step import make_mesh, make_train_step  # noqa: E402
+
+
+def bench(method: str, teacher_arch: str, student_arch: str, batch: int, steps: int) -> dict:
+    # The method block of the resnet32x4 -> resnet8x4 recipe (beta 8, scales [1,2]).
+    config = recipes.build_config(method, "cifar100", None, "resnet32x4-resnet8x4")
+    method_impl = methods.get_method(config)
+    mesh = make_mesh()
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    teacher = models.create(teacher_arch, 100, rngs=nnx.Rngs(1))
+    teacher.eval()
+    teacher_graphdef, teacher_state = nnx.split(teacher)
+    teacher_state = jax.device_put(teacher_state, replicated)
+    student = models.create(student_arch, 100, rngs=nnx.Rngs(0))
+    graphdef, _, params, model_state = split_student(student)
+    tx = make_optimizer(config.optimizer)
+    state = jax.device_put(init_state(params, model_state, tx, 0), replicated)
+    if not method_impl.needs_teacher:
+        teacher_graphdef = teacher_state = None
+    step = make_train_step(graphdef, teacher_graphdef, method_impl, tx, mesh)
+    rng = np.random.default_rng(0)
+    batch_arrays = jax.device_put(
+        {"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
+         "label": rng.integers(0, 100, batch).astype(np.int32)}, sharded)
+    lr, epoch = np.float32(0.05), np.int32(30)
+
+    t0 = time.perf_counter()
+    state, metrics = step(state, teacher_state, batch_arrays, lr, epoch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = step(state, teacher_state, batch_arrays, lr, epoch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    mean = float(np.mean(times))
+    label = f"SD-{config.method.base.upper()}" if method == "sdd" else method.upper()
+    return {"method": label,
+            "compile_s": compile_s, "step_s": mean, "best_step_s": float(np.min(times)),
+            "images_per_s": batch / mean, "loss": float(metrics["loss"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--methods", default="kd,sdd", help="comma-separated: kd, dkd, sdd, ...")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    args = parser.parse_args()
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
+          f"({jax.devices()[0].device_kind}); {args.teacher} -> {args.student}, "
+          f"global batch {args.batch}, {args.steps} timed steps")
+    print(f"{'method':<8} {'compile s':>9} {'step ms':>9} {'best ms':>9} {'images/s':>9}")
+    for method in args.methods.split(","):
+        r = bench(method.strip(), args.teacher, args.student, args.batch, args.steps)
+        print(f"{r['method']:<8} {r['compile_s']:>9.2f} {1e3 * r['step_s']:>9.1f} "
+              f"{1e3 * r['best_step_s']:>9.1f} {r['images_per_s']:>9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

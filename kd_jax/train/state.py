@@ -1,0 +1,78 @@
+"""The training state: one pytree of arrays, with the module graph kept outside.
+
+    TrainState(step, params={"student": Params, "extra": method params or None},
+               model_state=the student's non-parameter variables (BatchNorm statistics),
+               opt_state, rng)
+
+The student is split ONCE with nnx.split into (graphdef, params, model_state); the jitted
+step merges them back inside (no per-step Python graph traversal). `extra` is where a
+method keeps trainable modules of its own (e.g. projection heads); they are optimised with
+the student. The epoch is not stored: it is step // steps_per_epoch + 1, and the data
+order is a function of (seed, epoch, step), so a restored state resumes exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: optimizer steps taken.
+    params: Any              # {"student": nnx.State of Params, "extra": pytree or None}
+    model_state: Any         # nnx.State of the student's other variables (BatchStat).
+    opt_state: Any
+    rng: jax.Array           # uint32 (2,) raw key, for methods that sample.
+
+
+def make_optimizer(optimizer_config) -> optax.GradientTransformation:
+    """SGD with momentum and COUPLED weight decay (PyTorch's SGD weight_decay) on all params.
+
+    torch: g += wd * p; buf = m * buf + g; p -= lr * buf. optax.sgd's trace is the same
+    buffer and scales by lr after it, so changing lr between epochs matches too. The lr is
+    an injected hyperparameter set by the step from its `lr` argument (no recompile).
+    """
+    o = optimizer_config
+
+    def chain(learning_rate):
+        return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                           optax.sgd(learning_rate, momentum=o.momentum or None))
+
+    return optax.inject_hyperparams(chain)(learning_rate=o.lr)
+
+
+def split_student(student: nnx.Module):
+    """(train graphdef, eval graphdef, params, model_state) of a student module.
+
+    The two graphdefs differ only in BatchNorm's `use_running_average` flag.
+    """
+    student.eval()
+    eval_graphdef = nnx.graphdef(student)
+    student.train()
+    graphdef, params, model_state = nnx.split(student, nnx.Param, ...)
+    return graphdef, eval_graphdef, params, model_state
+
+
+def init_state(params, model_state, tx: optax.GradientTransformation, seed: int,
+               extra: Any = None) -> TrainState:
+    trainable = {"student": params, "extra": extra}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, model_state=model_state,
+                      opt_state=tx.init(trainable), rng=jax.random.PRNGKey(seed))
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays: the orbax restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state)
+
+
+def param_count(tree: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+

@@ -1,0 +1,47 @@
+"""A tiny CNN with the model contract, for fast trainer tests and smoke runs.
+
+Importing this module registers "tiny_cnn" (width 8) and "tiny_cnn_wide" (width 16):
+conv3x3 -> BN -> ReLU -> conv3x3/s2 -> BN -> ReLU -> global average pool -> fc. Attribute
+names follow a torch module tree (conv1, bn1, conv2, bn2, fc), so a torch twin can share
+weights in parity tests.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from kd_jax.models import layers, registry
+
+
+class TinyCNN(nnx.Module):
+    def __init__(self, width: int, num_classes: int, *, dtype=None, rngs: nnx.Rngs):
+        kw = {} if dtype is None else {"dtype": dtype}
+        self.conv1 = layers.conv(3, width, 3, padding=1, rngs=rngs, **kw)
+        self.bn1 = layers.BatchNorm(width, **kw)
+        self.conv2 = layers.conv(width, 2 * width, 3, stride=2, padding=1, rngs=rngs, **kw)
+        self.bn2 = layers.BatchNorm(2 * width, **kw)
+        self.fc = layers.linear(2 * width, num_classes, rngs=rngs, **kw)
+
+    @property
+    def head(self) -> nnx.Linear:
+        return self.fc
+
+    def __call__(self, x: jax.Array):
+        """x: (B, H, W, 3) -> logits (B, K), features (pre_pool (B, H/2, W/2, 2*width))."""
+        f1 = layers.relu(self.bn1(self.conv1(x)))
+        pre = self.bn2(self.conv2(f1))
+        f2 = layers.relu(pre)
+        pooled = layers.global_avg_pool(f2)
+        feats = {"stages": [f1, f2], "preact_stages": None, "pooled": pooled, "pre_pool": f2}
+        return self.fc(pooled), feats
+
+
+def _register(name: str, width: int) -> None:
+    if name not in registry.names():
+        registry.register(name, reference=False)(
+            lambda num_classes, dtype, rngs: TinyCNN(width, num_classes, dtype=dtype, rngs=rngs))
+
+
+_register("tiny_cnn", 8)
+_register("tiny_cnn_wide", 16)
