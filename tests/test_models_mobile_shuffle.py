@@ -154,8 +154,10 @@ def test_imagenet_bottleneck_matches_torchvision_v15():
     x = torch.randn(2, 16, 7, 7, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = nhwc(tblock(x))
-    ours = np.asarray(block(jnp.asarray(nhwc(x))))
+    out, preact = block(jnp.asarray(nhwc(x)))
+    ours = np.asarray(preact)
     assert ours.shape == (2, 4, 4, 32)
+    np.testing.assert_allclose(np.asarray(out), np.maximum(expected, 0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 

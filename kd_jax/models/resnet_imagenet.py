@@ -22,76 +22,25 @@ from flax import nnx
 
 from kd_jax.models import layers
 from kd_jax.models.registry import register
-
-
-def _downsample(cin: int, cout: int, stride: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.List:
-    return nnx.List([layers.conv(cin, cout, 1, stride=stride, dtype=dtype, rngs=rngs),
-                     layers.BatchNorm(cout, dtype=dtype)])
-
-
-class BasicBlock(nnx.Module):
-    """conv3x3(stride)-BN-ReLU-conv3x3-BN + shortcut; returns the sum before the ReLU."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
-        self.conv1 = layers.conv(inplanes, planes, 3, stride=stride, padding=1, dtype=dtype,
-                                 rngs=rngs)
-        self.bn1 = layers.BatchNorm(planes, dtype=dtype)
-        self.conv2 = layers.conv(planes, planes, 3, padding=1, dtype=dtype, rngs=rngs)
-        self.bn2 = layers.BatchNorm(planes, dtype=dtype)
-        self.downsample = (_downsample(inplanes, planes, stride, dtype=dtype, rngs=rngs)
-                           if stride != 1 or inplanes != planes else None)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        out = layers.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
-        return out + shortcut
-
-
-class Bottleneck(nnx.Module):
-    """1x1-BN-ReLU-3x3(stride)-BN-ReLU-1x1(x4)-BN + shortcut; returns the sum before the ReLU."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
-        out = planes * self.expansion
-        self.conv1 = layers.conv(inplanes, planes, 1, dtype=dtype, rngs=rngs)
-        self.bn1 = layers.BatchNorm(planes, dtype=dtype)
-        self.conv2 = layers.conv(planes, planes, 3, stride=stride, padding=1, dtype=dtype,
-                                 rngs=rngs)
-        self.bn2 = layers.BatchNorm(planes, dtype=dtype)
-        self.conv3 = layers.conv(planes, out, 1, dtype=dtype, rngs=rngs)
-        self.bn3 = layers.BatchNorm(out, dtype=dtype)
-        self.downsample = (_downsample(inplanes, out, stride, dtype=dtype, rngs=rngs)
-                           if stride != 1 or inplanes != out else None)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        out = layers.relu(self.bn1(self.conv1(x)))
-        out = layers.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
-        return out + shortcut
+# The CIFAR blocks use torchvision's key layout ("downsample.{0,1}") and its v1.5 stride
+# placement, with the same conv init (normal(0, sqrt(2 / (k*k*out))) = kaiming fan_out).
+from kd_jax.models.resnet_cifar import BasicBlock, Bottleneck, make_stage, run_stage
 
 
 class ResNet(nnx.Module):
     """torchvision-topology ResNet; `logits, features = model(x)` with x (B, H, W, 3)."""
 
-    def __init__(self, block: type, num_blocks: tuple[int, ...], num_classes: int, *,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: tuple[int, ...],
+                 num_classes: int, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
         self.conv1 = layers.conv(3, 64, 7, stride=2, padding=3, dtype=dtype, rngs=rngs)
         self.bn1 = layers.BatchNorm(64, dtype=dtype)
         inplanes = 64
         stages = []
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
-            units = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                units.append(block(inplanes, planes, stride, dtype=dtype, rngs=rngs))
-                inplanes = planes * block.expansion
-            stages.append(nnx.List(units))
+            stage, inplanes = make_stage(block, inplanes, planes, n, 1 if i == 0 else 2,
+                                         dtype=dtype, rngs=rngs)
+            stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = layers.linear(inplanes, num_classes, dtype=dtype, rngs=rngs)
 
@@ -104,9 +53,7 @@ class ResNet(nnx.Module):
         out = layers.max_pool(layers.relu(stem), 3, 2, 1)
         preacts = [stem]
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for unit in layer:
-                preact = unit(out)
-                out = layers.relu(preact)
+            out, preact = run_stage(layer, out)
             preacts.append(preact)
         pooled = layers.global_avg_pool(out)
         logits = self.head(pooled).astype(jnp.float32)
