@@ -8,6 +8,7 @@ resumes from its latest checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -39,7 +40,16 @@ def main(argv) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-    run(_CONFIG.value, _WORKDIR.value)
+    from kd_jax.data.base import DataNotFoundError
+    from kd_jax.train.config_validation import ConfigError
+    from kd_jax.train.trainer import NonFiniteLossError
+
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, DataNotFoundError, NonFiniteLossError) as e:
+        # Expected failures: one clear message, no traceback (the message names the fix).
+        print(f"kd_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

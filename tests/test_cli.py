@@ -117,3 +117,16 @@ def test_wrong_teacher_checkpoint_names_the_key(tmp_path):
 def test_unknown_key_is_rejected(tmp_path):
     with pytest.raises(Exception, match="beta"):
         cli("cifar_kd.py", str(tmp_path), *TINY, "--config.method.beta=8")
+
+
+def test_command_line_reports_config_errors_without_traceback(tmp_path):
+    """`python -m kd_jax.main` with a bad setting: exit code 2 and one message naming the key."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd_jax.main", f"--config={os.path.join(ROOT, 'configs', 'cifar_kd.py')}",
+         f"--workdir={tmp_path}", "--config.dataset.name=synthetic"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "kd_jax: error: method.name='kd' needs teacher.checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr

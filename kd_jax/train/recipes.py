@@ -158,8 +158,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name=dataset,
         data_dir=_optional_str(),   # None: the library's default location.
-        num_train=0,                # synthetic only: number of training images.
-        num_test=0,                 # synthetic only: number of test images.
+        num_train=2048,             # synthetic only: number of training images.
+        num_test=512,               # synthetic only: number of test images.
         image_size=224 if dataset in ("imagenet2012", "caltech_birds2011") else 32,
         num_classes={"cifar100": 100, "imagenet2012": 1000, "caltech_birds2011": 200}.get(dataset, 10),
         limit_train=0,              # >0: use only the first N training images.
