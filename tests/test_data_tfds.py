@@ -2,6 +2,7 @@
 download) and the tf.data pipeline of imagenet2012 / caltech_birds2011 on a small fake
 builder. Expected images come from PIL (what torchvision uses), not from the code under test."""
 
+import math
 import re
 import types
 
@@ -141,3 +142,48 @@ def test_tfds_host_slices_partition_the_splits():
     assert [len(list(h.eval_batches(4))) for h in hosts] == [2, 2]  # same step count
     train = [np.concatenate([b["label"] for b in h.train_batches(1, 4, seed=0)]) for h in hosts]
     assert set(train[0]) <= set(range(5)) and set(train[1]) <= set(range(5, 10))
+
+
+def _torchvision_rrc_window(height, width, uniforms):
+    """torchvision RandomResizedCrop.get_params written out in Python, driven by the given
+    uniform draws (area, log-ratio, top, left per attempt) instead of torch's RNG."""
+    area = height * width
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    for u_area, u_ratio, u_top, u_left in uniforms:
+        target_area = area * (0.08 + (1.0 - 0.08) * u_area)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return [int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w]
+    in_ratio = width / height
+    if in_ratio < 3 / 4:
+        w, h = width, int(round(width / (3 / 4)))
+    elif in_ratio > 4 / 3:
+        h, w = height, int(round(height * (4 / 3)))
+    else:
+        w, h = width, height
+    return [(height - h) // 2, (width - w) // 2, h, w]
+
+
+def test_imagenet_random_resized_crop_follows_torchvision():
+    """Same draws -> the same window as torchvision's algorithm, fallback included."""
+    import tensorflow as tf
+    from kd_jax.data import imagenet
+
+    rng = np.random.default_rng(0)
+    shapes = [(375, 500), (500, 333), (224, 224), (64, 900), (900, 40), (1, 1), (3, 1000)]
+    exact = total = 0
+    for height, width in shapes:
+        for _ in range(25):
+            uniforms = rng.random((imagenet.RRC_ATTEMPTS, 4), dtype=np.float32)
+            got = imagenet.random_resized_crop_window(height, width, tf.constant(uniforms))
+            expected = _torchvision_rrc_window(height, width, uniforms.astype(np.float64))
+            top, left, h, w = got.numpy().tolist()
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+            # float32 (TF) and float64 (reference) can round a length differently when it
+            # lands within float32 precision of .5: allow 1 pixel there, and only rarely.
+            np.testing.assert_allclose(got.numpy(), expected, atol=1)
+            exact += got.numpy().tolist() == expected
+            total += 1
+    assert exact >= 0.97 * total, f"only {exact}/{total} windows identical"

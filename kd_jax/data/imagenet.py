@@ -8,9 +8,9 @@ Each host reads its own contiguous slice of the train split (equal sizes, remain
 and of the test split; a global batch is the concatenation of the hosts' batches.
 
 imagenet2012 (train: RandomResizedCrop 224, scale (0.08, 1), ratio (3/4, 4/3), flip; test:
-resize the short side to 256, center crop 224) samples the crop box with TensorFlow's
-sample_distorted_bounding_box (10 attempts, whole image as fallback; aspect ratio uniform in
-the range where torchvision samples it log-uniformly). caltech_birds2011 (train: resize to
+resize the short side to 256, center crop 224) samples the crop box with torchvision's
+algorithm (`random_resized_crop_window`: 10 attempts, log-uniform aspect ratio, a clamped
+central crop as fallback), vectorised over the attempts. caltech_birds2011 (train: resize to
 256x256, random 224 crop, flip; test: resize to 256x256, center crop 224). Both normalise with
 the ImageNet mean/std; resizes are bilinear with antialiasing, like PIL's.
 """
@@ -73,17 +73,51 @@ def _center_crop(image, size: int):
     return tf.ensure_shape(image[top:top + size, left:left + size], (size, size, 3))
 
 
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+RRC_ATTEMPTS = 10
+
+
+def random_resized_crop_window(height, width, uniforms):
+    """torchvision RandomResizedCrop.get_params as a pure TF function -> [top, left, h, w].
+
+    uniforms: float32 (RRC_ATTEMPTS, 4) in [0, 1), the draws of each attempt (area, log
+    aspect ratio, top, left). Attempt k: target area = H*W*U(scale), aspect = exp(U(log
+    ratio)), w = round(sqrt(area*aspect)), h = round(sqrt(area/aspect)) (round half to even,
+    as Python's round); the first attempt with 0 < w <= W and 0 < h <= H wins, with top =
+    floor(U * (H - h + 1)) and left likewise (torch.randint). If none fits: the central crop
+    of the whole image clamped to the ratio range.
+    """
+    import tensorflow as tf
+    h_img = tf.cast(height, tf.float32)
+    w_img = tf.cast(width, tf.float32)
+    u_area, u_ratio, u_top, u_left = tf.unstack(uniforms, axis=1)
+    area = h_img * w_img * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u_area)
+    log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    w = tf.round(tf.sqrt(area * aspect))
+    h = tf.round(tf.sqrt(area / aspect))
+    fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
+    top = tf.floor(u_top * (h_img - h + 1))
+    left = tf.floor(u_left * (w_img - w + 1))
+    first = tf.argmax(tf.cast(fits, tf.int32))   # the first fitting attempt (0 if none)
+    found = tf.stack([top[first], left[first], h[first], w[first]])
+
+    in_ratio = w_img / h_img
+    fb_w = tf.where(in_ratio < RRC_RATIO[0], w_img,
+                    tf.where(in_ratio > RRC_RATIO[1], tf.round(h_img * RRC_RATIO[1]), w_img))
+    fb_h = tf.where(in_ratio < RRC_RATIO[0], tf.round(w_img / RRC_RATIO[0]), h_img)
+    fallback = tf.stack([tf.floor((h_img - fb_h) / 2), tf.floor((w_img - fb_w) / 2), fb_h, fb_w])
+    return tf.cast(tf.where(tf.reduce_any(fits), found, fallback), tf.int32)
+
+
 def imagenet_train(image_bytes, seed):
     """JPEG bytes -> float32 (224, 224, 3): random resized crop, flip, normalise."""
     import tensorflow as tf
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.io.extract_jpeg_shape(image_bytes)
-    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, whole_image, seed=crop_seed, min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    uniforms = tf.random.stateless_uniform((RRC_ATTEMPTS, 4), crop_seed)
+    window = random_resized_crop_window(shape[0], shape[1], uniforms)
     image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
     image = _resize(image, [CROP, CROP])
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
