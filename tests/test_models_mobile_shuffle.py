@@ -21,7 +21,8 @@ import pytest
 from flax import nnx
 
 from kd_jax import models
-from kd_jax.models import layers, mobilenetv2, resnet_imagenet, shufflenetv1, shufflenetv2
+from kd_jax.models import (layers, mobilenetv1, mobilenetv2, resnet_imagenet, shufflenetv1,
+                           shufflenetv2)
 from kd_jax.models.shufflenetv1 import channel_shuffle
 
 try:
@@ -205,7 +206,7 @@ def test_imagenet_mobilenetv1_matches_torch():
                                atol=1e-4)
 
 
-# --- A jitted train step per CIFAR family (2 x 32 x 32) ---
+# --- A jitted train step per family of this file (2 x 32 x 32) ---
 
 # Shallower instances of the same classes (every unit kind, stride and merge kept), since
 # compiling the backward pass of the full depth costs several times more; the full models'
@@ -215,6 +216,10 @@ SMALL = {
         100, setting=tuple((t, c, 1, s) for t, c, _, s in mobilenetv2.SETTING), rngs=nnx.Rngs(0)),
     "ShuffleV1": lambda: shufflenetv1.ShuffleNetV1(100, num_blocks=(1, 2, 1), rngs=nnx.Rngs(0)),
     "ShuffleV2": lambda: shufflenetv2.ShuffleNetV2(100, num_blocks=(1, 1, 1), rngs=nnx.Rngs(0)),
+    # The ImageNet families at 32x32 (their pools are global, so any size runs).
+    "imagenet_ResNet": lambda: resnet_imagenet.ResNet(
+        resnet_imagenet.Bottleneck, (1, 1, 1, 1), 100, rngs=nnx.Rngs(0)),
+    "imagenet_MobileNetV1": lambda: mobilenetv1.MobileNetV1(100, rngs=nnx.Rngs(0)),
 }
 
 
@@ -240,7 +245,7 @@ def train_step(name: str):
     return model, loss, grads, logits, feats, stats
 
 
-@pytest.mark.parametrize("name", ["MobileNetV2", "ShuffleV1", "ShuffleV2"])
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_train_step(name):
     model, loss, grads, logits, feats, stats = train_step(name)
     assert np.isfinite(float(loss)) and logits.dtype == jnp.float32
