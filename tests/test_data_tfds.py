@@ -7,14 +7,13 @@ import re
 import types
 
 import numpy as np
+import PIL.Image
 import pytest
+import tensorflow as tf  # core dependencies: a failed import is a failure, not a skip
+import tensorflow_datasets as tfds
 
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-PIL = pytest.importorskip("PIL.Image")
-
-from kd_jax import data  # noqa: E402
-from kd_jax.data import imagenet  # noqa: E402
+from kd_jax import data
+from kd_jax.data import imagenet
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -71,7 +70,7 @@ class FakeBuilder:
 
 def pil_cub_eval(image):
     """torchvision Resize((256, 256)) + CenterCrop(224) + ToTensor + Normalize (ImageNet)."""
-    resized = np.asarray(PIL.fromarray(image).resize((256, 256), PIL.BILINEAR), np.float32)
+    resized = np.asarray(PIL.Image.fromarray(image).resize((256, 256), PIL.Image.BILINEAR), np.float32)
     return (resized[16:240, 16:240] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
@@ -127,7 +126,7 @@ def test_imagenet_pipeline_shapes_and_eval_resize():
     # Resize(256) keeps the aspect ratio: a 60x80 source becomes 256x341, crop the centre.
     source = FakeBuilder.image(0)
     decoded = tf.io.decode_jpeg(tf.io.encode_jpeg(source, quality=100)).numpy()
-    resized = np.asarray(PIL.fromarray(decoded).resize((341, 256), PIL.BILINEAR), np.float32)
+    resized = np.asarray(PIL.Image.fromarray(decoded).resize((341, 256), PIL.Image.BILINEAR), np.float32)
     expected = (resized[16:240, 58:282] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(evaluation["image"][0], expected, atol=2 / 255 / 0.224)
 
