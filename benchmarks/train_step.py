@@ -6,6 +6,10 @@
 Random teacher weights and a fixed random batch already on the devices (so the input
 pipeline is not measured); the batch is sharded over all devices as in training. Reports
 the compile time, then the mean and best step time over `--steps` timed steps.
+
+`--conv-baseline` also times the floor XLA sets on this backend: forward+backward of a bare
+stack of 3x3 NHWC convolutions with resnet8x4's widths and strides (no BatchNorm, no
+shortcuts, gradients w.r.t. weights and input), to tell model overhead from convolution cost.
 """
 
 from __future__ import annotations
@@ -68,6 +72,35 @@ def bench(method: str, teacher_arch: str, student_arch: str, batch: int, steps: 
             "images_per_s": batch / mean, "loss": float(metrics["loss"])}
 
 
+# (in, out, stride) of resnet8x4's 3x3 convolutions: stem, then one BasicBlock per stage.
+_RESNET8X4_CONVS = ((3, 32, 1), (32, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1),
+                    (128, 256, 2), (256, 256, 1))
+
+
+def conv_baseline(batch: int, steps: int) -> float:
+    """Mean seconds of jit(grad) of sum(relu(conv(...))) over the resnet8x4 conv stack."""
+    rng = np.random.default_rng(0)
+    kernels = [jax.numpy.asarray(0.05 * rng.normal(size=(3, 3, cin, cout)), np.float32)
+               for cin, cout, _ in _RESNET8X4_CONVS]
+    x = jax.numpy.asarray(rng.normal(size=(batch, 32, 32, 3)), np.float32)
+
+    def forward(kernels, x):
+        for kernel, (_, _, stride) in zip(kernels, _RESNET8X4_CONVS):
+            x = jax.nn.relu(jax.lax.conv_general_dilated(
+                x, kernel, (stride, stride), ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        return x.sum()
+
+    grad = jax.jit(jax.grad(forward, argnums=(0, 1)))
+    jax.block_until_ready(grad(kernels, x))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(kernels, x))
+        times.append(time.perf_counter() - t0)
+    return float(np.mean(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -75,6 +108,8 @@ def main() -> None:
     parser.add_argument("--methods", default="kd,sdd", help="comma-separated: kd, dkd, sdd, ...")
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--conv-baseline", action="store_true",
+                        help="also time a bare conv stack (resnet8x4 widths), fwd+bwd")
     args = parser.parse_args()
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
           f"({jax.devices()[0].device_kind}); {args.teacher} -> {args.student}, "
@@ -84,6 +119,10 @@ def main() -> None:
         r = bench(method.strip(), args.teacher, args.student, args.batch, args.steps)
         print(f"{r['method']:<8} {r['compile_s']:>9.2f} {1e3 * r['step_s']:>9.1f} "
               f"{1e3 * r['best_step_s']:>9.1f} {r['images_per_s']:>9.1f}", flush=True)
+    if args.conv_baseline:
+        seconds = conv_baseline(args.batch, args.steps)
+        print(f"bare conv stack (resnet8x4 widths, fwd+bwd): {1e3 * seconds:.1f} ms "
+              f"({args.batch / seconds:.1f} images/s)")
 
 
 if __name__ == "__main__":

@@ -61,14 +61,20 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                x, pre = block(x)
-            feats.append(x)
-            preacts.append(pre)
+        x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
         pooled = F.avg_pool2d(x, 8).flatten(1)
         return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+
+
+def run_stages(stages, x):
+    """Runs stages of blocks returning (out, preact): (out, [x, stage outs], [x, stage preacts])."""
+    feats, preacts = [x], [x]
+    for stage in stages:
+        for block in stage:
+            x, pre = block(x)
+        feats.append(x)
+        preacts.append(pre)
+    return x, feats, preacts
 
 
 # --- Wide ResNet (pre-activation blocks) ---
@@ -197,12 +203,7 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for unit in layer:
-                x, pre = unit(x)
-            feats.append(x)
-            preacts.append(pre)
+        x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
         pooled = F.avg_pool2d(x, 4).flatten(1)
         return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
@@ -256,12 +257,7 @@ class ShuffleNetV2(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                x, pre = block(x)
-            feats.append(x)
-            preacts.append(pre)
+        x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
         x = F.relu(self.bn2(self.conv2(x)))
         pooled = F.avg_pool2d(x, 4).flatten(1)
         return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}

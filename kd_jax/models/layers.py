@@ -8,7 +8,7 @@ HWIO / (in, out) layout, and the reference initialisation schemes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -202,3 +202,14 @@ def max_pool(x: jax.Array, window: int, stride: int | None = None, padding: int 
 def global_avg_pool(x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, C)."""
     return jnp.mean(x, axis=(1, 2))
+
+
+def run_stage(blocks: Sequence[nnx.Module], x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Runs blocks that each return (out, preact); returns the last block's (out, preact).
+
+    The reference's feature lists take a stage's pre-activation from its last block.
+    """
+    preact = x
+    for block in blocks:
+        x, preact = block(x)
+    return x, preact

@@ -8,7 +8,7 @@ fc), so converted state_dicts map key for key.
 Initialisation (reference): convs kaiming_normal(fan_out, relu), BN weight 1 / bias 0,
 fc PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
-BasicBlock, Bottleneck, make_stage and run_stage are shared with the CIFAR ResNet18/34/50
+BasicBlock, Bottleneck and make_stage are shared with the CIFAR ResNet18/34/50
 (resnet_cifar_large.py, shortcut_name="shortcut"); with the default "downsample" they have
 the torchvision key layout too.
 """
@@ -121,13 +121,6 @@ def make_stage(block: type[BasicBlock] | type[Bottleneck], in_planes: int, plane
     return nnx.List(blocks), in_planes
 
 
-def run_stage(blocks: Sequence[nnx.Module], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Runs a stage of blocks returning (out, preact); the stage's preact is its last block's."""
-    preact = x
-    for block in blocks:
-        x, preact = block(x)
-    return x, preact
-
 
 class CifarResNet(nnx.Module):
     """ResNet for 32x32 inputs with widths (stem, stage1, stage2, stage3) and n blocks per stage.
@@ -162,7 +155,7 @@ class CifarResNet(nnx.Module):
         x = layers.relu(self.bn1(self.conv1(x)))
         stages, preacts = [x], [x]
         for stage in (self.layer1, self.layer2, self.layer3):
-            x, preact = run_stage(stage, x)
+            x, preact = layers.run_stage(stage, x)
             stages.append(x)
             preacts.append(preact)
         # AvgPool2d(8) on the 8x8 map of a 32x32 input is the global average.

@@ -18,7 +18,7 @@ from flax import nnx
 
 from kd_jax.models import layers
 from kd_jax.models.registry import register
-from kd_jax.models.resnet_cifar import BasicBlock, Bottleneck, make_stage, run_stage
+from kd_jax.models.resnet_cifar import BasicBlock, Bottleneck, make_stage
 
 Features = dict[str, Any]
 
@@ -54,7 +54,7 @@ class CifarResNetLarge(nnx.Module):
         x = layers.relu(self.bn1(self.conv1(x)))
         stages, preacts = [x], [x]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, preact = run_stage(stage, x)
+            x, preact = layers.run_stage(stage, x)
             stages.append(x)
             preacts.append(preact)
         pooled = layers.global_avg_pool(x)

@@ -24,7 +24,7 @@ from kd_jax.models import layers
 from kd_jax.models.registry import register
 # The CIFAR blocks use torchvision's key layout ("downsample.{0,1}") and its v1.5 stride
 # placement, with the same conv init (normal(0, sqrt(2 / (k*k*out))) = kaiming fan_out).
-from kd_jax.models.resnet_cifar import BasicBlock, Bottleneck, make_stage, run_stage
+from kd_jax.models.resnet_cifar import BasicBlock, Bottleneck, make_stage
 
 
 class ResNet(nnx.Module):
@@ -53,7 +53,7 @@ class ResNet(nnx.Module):
         out = layers.max_pool(layers.relu(stem), 3, 2, 1)
         preacts = [stem]
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out, preact = run_stage(layer, out)
+            out, preact = layers.run_stage(layer, out)
             preacts.append(preact)
         pooled = layers.global_avg_pool(out)
         logits = self.head(pooled).astype(jnp.float32)

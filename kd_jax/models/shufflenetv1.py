@@ -107,8 +107,7 @@ class ShuffleNetV1(nnx.Module):
         out = layers.relu(self.bn1(self.conv1(x.astype(self.dtype))))
         stages, preacts = [out], [out]
         for layer in (self.layer1, self.layer2, self.layer3):
-            for unit in layer:
-                out, preact = unit(out)
+            out, preact = layers.run_stage(layer, out)
             stages.append(out)
             preacts.append(preact)
         pooled = layers.global_avg_pool(out)

@@ -13,6 +13,8 @@ from typing import Optional
 
 import ml_collections
 
+from kd_jax.losses import objectives
+
 # --- Published top-1 (%) -------------------------------------------------------------------
 
 # CIFAR-100 models trained alone (CE only): teachers and students from scratch.
@@ -231,10 +233,12 @@ def method_config(method: str, dataset: str, teacher: str = "", student: str = "
 
 
 def sdd_weights(base: str, dataset: str) -> tuple[float, float]:
-    """(ce_weight, kd_weight) of SD-<base>: SD-KD 0.1/0.9 (ImageNet 0.5/0.5), else 1/1."""
-    if base == "kd":
-        return (0.5, 0.5) if dataset == "imagenet2012" else (0.1, 0.9)
-    return 1.0, 1.0
+    """(ce_weight, kd_weight) of SD-<base>: the loss library's SDD defaults (SD-KD 0.1/0.9,
+    SD-DKD / SD-NKD 1/1), except SD-KD on ImageNet, which takes KD's ImageNet 0.5/0.5."""
+    if base == "kd" and dataset == "imagenet2012":
+        return 0.5, 0.5
+    ce_weight, kd_weight, _ = objectives.SD_DEFAULTS[base]
+    return ce_weight, kd_weight
 
 
 def build_config(method: str, dataset: str, arg: Optional[str], default_pair: str,
