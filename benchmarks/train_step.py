@@ -1,6 +1,6 @@
 """Times the jitted train step (images/s): KD and SD-DKD, resnet32x4 -> resnet8x4.
 
-    python benchmarks/train_step.py [--batch 64] [--steps 10] [--methods kd,sdd]
+    python benchmarks/train_step.py [--batch 64] [--steps 10] [--methods kd,sdd:dkd]
            [--teacher resnet32x4] [--student resnet8x4]
 
 Random teacher weights and a fixed random batch already on the devices (so the input
@@ -23,32 +23,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from kd_jax import models  # noqa: E402
-from kd_jax.train import methods, recipes  # noqa: E402
-from kd_jax.train.state import init_state, make_optimizer, split_student  # noqa: E402
-from kd_jax.train.step import make_mesh, make_train_step  # noqa: E402
+from kd_jax import data, recipes  # noqa: E402
+from kd_jax.train import config_validation, trainer  # noqa: E402
 
 
 def bench(method: str, teacher_arch: str, student_arch: str, batch: int, steps: int) -> dict:
     # The method block of the resnet32x4 -> resnet8x4 recipe (beta 8, scales [1,2]).
-    config = recipes.build_config(method, "cifar100", None, "resnet32x4-resnet8x4")
-    method_impl = methods.get_method(config)
-    mesh = make_mesh()
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    teacher = models.create(teacher_arch, 100, rngs=nnx.Rngs(1))
-    teacher.eval()
-    teacher_graphdef, teacher_state = nnx.split(teacher)
-    teacher_state = jax.device_put(teacher_state, replicated)
-    student = models.create(student_arch, 100, rngs=nnx.Rngs(0))
-    graphdef, _, params, model_state = split_student(student)
-    tx = make_optimizer(config.optimizer)
-    state = jax.device_put(init_state(params, model_state, tx, 0), replicated)
-    if not method_impl.needs_teacher:
-        teacher_graphdef = teacher_state = None
-    step = make_train_step(graphdef, teacher_graphdef, method_impl, tx, mesh)
+    method, _, base = method.partition(":")
+    arg = "resnet32x4-resnet8x4" + (f",{base}" if base else "")
+    config = recipes.build_config(method, data.CIFAR100, arg, default_pair=arg) if method != "ce" \
+        else recipes.build_config("ce", data.CIFAR100, student_arch, default_pair=student_arch)
+    config.student.arch = student_arch
+    if method != "ce":
+        config.teacher.arch, config.teacher.checkpoint = teacher_arch, "random"
+    plan = config_validation.validate(config)
+    built = trainer.build(config, plan, 100)
+    state, teacher_state, step = built.state, built.teacher_state, built.train_step
+    sharded = NamedSharding(built.mesh, P("data"))
     rng = np.random.default_rng(0)
     batch_arrays = jax.device_put(
         {"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
@@ -66,10 +59,9 @@ def bench(method: str, teacher_arch: str, student_arch: str, batch: int, steps: 
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     mean = float(np.mean(times))
-    label = f"SD-{config.method.base.upper()}" if method == "sdd" else method.upper()
-    return {"method": label,
+    return {"method": plan.students[0].label,
             "compile_s": compile_s, "step_s": mean, "best_step_s": float(np.min(times)),
-            "images_per_s": batch / mean, "loss": float(metrics["loss"])}
+            "images_per_s": batch / mean, "loss": float(metrics["student"]["loss"])}
 
 
 # (in, out, stride) of resnet8x4's 3x3 convolutions: stem, then one BasicBlock per stage.
@@ -105,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--methods", default="kd,sdd", help="comma-separated: kd, dkd, sdd, ...")
+    parser.add_argument("--methods", default="kd,sdd:dkd", help="comma-separated: kd, dkd, sdd:kd, sdd:dkd, ce, ...")
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
     parser.add_argument("--conv-baseline", action="store_true",

@@ -1,11 +1,12 @@
-"""DKD on CUB-200-2011 (beta of the same pair on CIFAR-100, 8 if none).
+"""DKD on CUB-200-2011: CE + min(epoch/20,1)*(TCKD + beta*NCKD), T=4, beta of SDD's CUB config.
 
 Usage: python -m kd_jax.main --config configs/cub_dkd.py:resnet32x4-MobileNetV2 --workdir DIR
-The argument after ':' names the pair (teacher-student, without the cub_ prefix); see kd_jax/train/recipes.py for all of them.
+The argument after ':' names the pair (teacher-student); `python -m kd_jax.main --help` lists the config
+files, and an unknown pair (teacher-student) lists the known ones. The printed config holds every value used.
 """
 
-from kd_jax.train import recipes
+from kd_jax import data, recipes
 
 
 def get_config(arg=None):
-    return recipes.build_config("dkd", "caltech_birds2011", arg, default_pair="resnet32x4-MobileNetV2")
+    return recipes.build_config("dkd", data.CUB, arg, default_pair="resnet32x4-MobileNetV2")

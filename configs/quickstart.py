@@ -13,7 +13,7 @@ resumes or skips finished runs. DKD-style warmups use 1 epoch (the recipe's 20 a
 
 import ml_collections
 
-from kd_jax.train import recipes
+from kd_jax import recipes
 
 
 def get_config(arg=None):

@@ -63,7 +63,7 @@ def read_jsonl(workdir):
     ("cifar_nkd.py", [], "nkd"),
     ("cifar_sdd.py", [], "sd_dkd"),
     ("cifar_sdd.py:resnet32x4-ShuffleV1,kd", [], "sd_kd"),
-    ("cifar_sdd.py", ["--config.method.base=nkd"], "sd_nkd"),
+    ("cifar_sdd.py:resnet32x4-ShuffleV1,nkd", [], "sd_nkd"),
     ("cifar_clkd.py", [], "correlation"),
 ])
 def test_every_method_runs(tmp_path, config_arg, extra, term):

@@ -17,8 +17,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config():
-    from kd_jax.train import recipes
-    c = recipes.build_config("sdd", "cifar100", None, "resnet32x4-ShuffleV1")
+    from kd_jax import data, recipes
+    c = recipes.build_config("sdd", data.CIFAR100, None, default_pair="resnet32x4-ShuffleV1")
     c.dataset.update(name="synthetic", num_train=48, num_test=16, num_classes=10, image_size=16)
     c.student.arch, c.teacher.arch, c.teacher.checkpoint = "tiny_cnn", "tiny_cnn_wide", "random"
     c.batch_size, c.num_epochs, c.total_steps = 16, 2, 3
@@ -32,7 +32,7 @@ def train(workdir):
     from kd_jax.train import trainer
     summary, state = trainer.train(tiny_config(), workdir)
     leaves = [np.asarray(x) for x in
-              jax.tree.leaves((state.params, state.model_state, state.opt_state))]
+              jax.tree.leaves(state.students)]
     with open(os.path.join(workdir, "metrics.jsonl")) as fh:
         losses = [r["loss"] for r in map(json.loads, fh) if r["kind"] == "train"]
     return {"devices": jax.device_count(), "losses": losses, "top1": summary["last_top1"]}, leaves

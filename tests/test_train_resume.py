@@ -4,6 +4,7 @@ Tiny KD runs (tiny_cnn <- random tiny_cnn_wide, batch 8, 3 steps per epoch) on s
 data; all runs share one compiled step through the persistent compilation cache.
 """
 
+import dataclasses
 import os
 import signal
 
@@ -13,13 +14,14 @@ import numpy as np
 import pytest
 
 import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
-from kd_jax import data
-from kd_jax.train import methods, recipes, trainer
+from kd_jax import data, recipes
+from kd_jax.methods import registry
+from kd_jax.train import trainer
 from kd_jax.train.checkpoint import Checkpointer
 
 
 def tiny_config(total_steps, method="kd"):
-    c = recipes.build_config(method, "cifar100", None, "resnet32x4-resnet8x4")
+    c = recipes.build_config(method, data.CIFAR100, None, default_pair="resnet32x4-resnet8x4")
     c.dataset.update(name="synthetic", num_train=24, num_test=8, num_classes=10, image_size=16)
     c.student.arch, c.teacher.arch, c.teacher.checkpoint = "tiny_cnn", "tiny_cnn_wide", "random"
     c.batch_size, c.num_epochs, c.total_steps = 8, 3, total_steps
@@ -94,19 +96,18 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, uninterrupted, 
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_get_method = methods.get_method
+    spec = registry.get("kd")
 
-    def get_method(config):
-        method = real_get_method(config)
+    def build(hp):
+        compute_loss = spec.build(hp)
 
-        def compute_loss(*args):
-            loss, terms = method.compute_loss(*args)
-            epoch = args[3]
-            return jnp.where(epoch >= 2, jnp.nan, loss), terms   # NaN from epoch 2 on
+        def nan_from_epoch_2(student, teacher, labels, epoch, extra):
+            loss, terms = compute_loss(student, teacher, labels, epoch, extra)
+            return jnp.where(epoch >= 2, jnp.nan, loss), terms
 
-        return methods.Method(method.name, method.needs_teacher, compute_loss)
+        return nan_from_epoch_2
 
-    monkeypatch.setattr(methods, "get_method", get_method)
+    monkeypatch.setitem(registry._SPECS, "kd", dataclasses.replace(spec, build=build))
     wd = str(tmp_path)
     with pytest.raises(trainer.NonFiniteLossError,
                        match=r"non-finite loss at step 4 \(epoch 2\): .*kd=.*last good checkpoint is step 3"):

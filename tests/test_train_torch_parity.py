@@ -16,9 +16,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from flax import nnx  # noqa: E402
 
-from kd_jax.train import methods, recipes  # noqa: E402
-from kd_jax.train.state import init_state, make_optimizer, split_student  # noqa: E402
-from kd_jax.train.step import make_mesh, make_train_step  # noqa: E402
+from kd_jax import data, recipes  # noqa: E402
+from kd_jax.train import config_validation  # noqa: E402
+from kd_jax.train.state import init_state, init_student, make_optimizer, split_student  # noqa: E402
+from kd_jax.train.step import StepStudent, make_mesh, make_train_step  # noqa: E402
 from kd_jax.train.testing import TinyCNN  # noqa: E402
 
 NUM_CLASSES, BATCH, SIZE, EPOCH = 10, 8, 8, 5
@@ -87,7 +88,7 @@ def batches():
 
 @pytest.mark.parametrize("method,torch_loss", [("kd", torch_kd), ("dkd", torch_dkd)])
 def test_two_steps_match_pytorch(batches, method, torch_loss):
-    config = recipes.build_config(method, "cifar100", None, "resnet32x4-resnet8x4")
+    config = recipes.build_config(method, data.CIFAR100, None, default_pair="resnet32x4-resnet8x4")
     config.optimizer.weight_decay = WD
     student = TinyCNN(4, NUM_CLASSES, rngs=nnx.Rngs(1))
     teacher = TinyCNN(8, NUM_CLASSES, rngs=nnx.Rngs(2))
@@ -105,12 +106,14 @@ def test_two_steps_match_pytorch(batches, method, torch_loss):
     graphdef, _, params, model_state = split_student(student)
     tx = make_optimizer(config.optimizer)
     mesh = make_mesh()
-    step = make_train_step(graphdef, teacher_graphdef, methods.get_method(config), tx, mesh)
-    state = init_state(params, model_state, tx, seed=0)
+    config.student.arch, config.teacher.arch, config.teacher.checkpoint = "resnet8", "resnet8", "random"
+    (plan,) = config_validation.validate(config, num_devices=1).students
+    step = make_train_step({"s": StepStudent(graphdef, plan.compute_loss)}, teacher_graphdef, tx, mesh)
+    state = init_state({"s": init_student(params, model_state, tx)}, seed=0)
     jax_losses = []
     for batch, lr in zip(batches, LRS):
         state, metrics = step(state, teacher_state, batch, np.float32(lr), np.int32(EPOCH))
-        jax_losses.append(float(metrics["loss"]))
+        jax_losses.append(float(metrics["s"]["loss"]))
 
     # --- torch
     opt = torch.optim.SGD(t_student.parameters(), lr=LRS[0], momentum=0.9, weight_decay=WD)
@@ -129,7 +132,7 @@ def test_two_steps_match_pytorch(batches, method, torch_loss):
         torch_losses.append(loss.item())
 
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=0, atol=1e-5)
-    trained = nnx.merge(graphdef, state.params["student"], state.model_state)
+    trained = nnx.merge(graphdef, state.students["s"].params["model"], state.students["s"].model_state)
     expected = to_torch(trained, 4).state_dict()
     got = t_student.state_dict()
     for key, value in expected.items():

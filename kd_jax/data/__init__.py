@@ -44,14 +44,15 @@ from __future__ import annotations
 from typing import Any
 
 from kd_jax.data import augment
+from kd_jax.data.catalog import (CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET, SYNTHETIC,
+                                 facts)
 from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
 from kd_jax.data.in_memory import InMemoryDataset
 from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
 
-__all__ = ["DATASETS", "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
+__all__ = ["CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC", "facts",
+           "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
            "get_dataset", "prefetch_to_mesh", "to_global_array"]
-
-DATASETS = ("cifar100", "imagenet2012", "caltech_birds2011", "fashion_mnist", "synthetic")
 
 # name -> (num_classes, mean, std) of the in-memory datasets.
 _IN_MEMORY = {

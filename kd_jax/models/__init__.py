@@ -19,6 +19,7 @@ Attribute paths mirror the PyTorch module tree, so that `".".join(path)` of ever
 (kernel/scale -> weight, mean -> running_mean, var -> running_var).
 """
 
+from kd_jax.models.families import FAMILIES, arch_name, base_name, family_of
 from kd_jax.models.registry import create, names, register
 
 # Importing a family module registers its models.
@@ -33,4 +34,4 @@ from kd_jax.models import resnet_imagenet  # noqa: F401,E402
 from kd_jax.models import mobilenetv1  # noqa: F401,E402
 from kd_jax.models import cub  # noqa: F401,E402
 
-__all__ = ["create", "names", "register"]
+__all__ = ["FAMILIES", "arch_name", "base_name", "create", "family_of", "names", "register"]

@@ -1,19 +1,65 @@
-"""Checks a config before anything is built: every error names the key and allowed values."""
+"""Checks a config before anything is built, and returns the plan of the run it describes.
+
+Every error names the config key and the allowed values. `validate` builds each student's
+loss (kd_jax.methods) once; the trainer uses the returned `RunPlan`, so nothing is built
+twice and a bad hyperparameter fails before any data is read or anything compiles.
+
+A config trains one student (`config.method`), or several in lockstep (`config.students`:
+name -> {method: {...}, init_seed_offset}); see kd_jax.recipes.lockstep.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from typing import Any, Mapping
 
 import jax
 
-from kd_jax.train import methods, recipes
+from kd_jax import methods, models
+from kd_jax.data import catalog
 
-DATASETS = ("cifar100", "imagenet2012", "caltech_birds2011", "fashion_mnist", "synthetic")
 RANDOM_TEACHER = "random"   # teacher.checkpoint value for smoke tests and benchmarks only.
+SOLO = "student"            # the name of the only student of a solo run
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
     """A bad or contradictory config value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentPlan:
+    """One student of a run: its method, resolved and built."""
+
+    name: str                      # SOLO, or the lockstep entry name
+    spec: methods.MethodSpec
+    hparams: Mapping[str, Any]     # the config's method block without "name"
+    compute_loss: methods.LossFn
+    init_seed: int                 # nnx.Rngs seed of the student's initialisation
+    subdir: str                    # its outputs: <workdir>/<subdir> ("" for a solo run)
+
+    @property
+    def method_key(self) -> str:
+        return self.spec.method_key(self.hparams)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label(self.hparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    students: tuple[StudentPlan, ...]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(s.spec.needs_teacher for s in self.students)
+
+    @property
+    def lockstep(self) -> bool:
+        return bool(self.students) and self.students[0].name != SOLO
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -21,44 +67,92 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _positive_int(config, key: str, allow_zero: bool = False) -> None:
+def _get(config, key: str):
     value = config
     for part in key.split("."):
         value = value[part]
+    return value
+
+
+def _int(config, key: str, allow_zero: bool = False) -> None:
+    value = _get(config, key)
     ok = isinstance(value, int) and not isinstance(value, bool) and (
         value >= 0 if allow_zero else value > 0)
     _require(ok, f"{key}={value!r}: expected an integer {'>= 0' if allow_zero else '> 0'}")
 
 
-def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> None:
-    """Raises ConfigError on unknown or contradictory settings (before any training)."""
-    from kd_jax import models
+def parse_seeds(seeds: str) -> list[int]:
+    """config.seeds "0,1,2" -> [0, 1, 2] ("" -> [])."""
+    if not str(seeds).strip():
+        return []
+    try:
+        values = [int(s) for s in str(seeds).split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"seeds={seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    _require(all(v >= 0 for v in values) and len(set(values)) == len(values),
+             f"seeds={seeds!r}: expected distinct non-negative integers")
+    return values
 
+
+def _student(name: str, method_config, init_seed: int, subdir: str, where: str) -> StudentPlan:
+    block = method_config.to_dict()
+    method_name = block.pop("name", None)
+    try:
+        spec = methods.get(method_name)
+        compute_loss = spec.build(block)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}" if where != "method" else str(e)) from None
+    return StudentPlan(name, spec, block, compute_loss, init_seed, subdir)
+
+
+def _students(config) -> tuple[StudentPlan, ...]:
+    entries = config.get("students")
+    if not entries:
+        _require("method" in config, "the config has neither `method` nor `students`")
+        return (_student(SOLO, config.method, config.seed, "", "method"),)
+    plans = []
+    for name, entry in entries.items():
+        _require(re.fullmatch(r"[A-Za-z0-9_.@-]+", name) is not None and name != SOLO,
+                 f"students.{name}: a student name must be letters, digits, '_', '-', '.', '@'")
+        offset = entry.get("init_seed_offset", 0)
+        _require(isinstance(offset, int) and offset >= 0,
+                 f"students.{name}.init_seed_offset={offset!r}: expected an integer >= 0")
+        plans.append(_student(name, entry.method, config.seed + offset, name,
+                              f"students.{name}.method"))
+    return tuple(plans)
+
+
+def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
+    """Raises ConfigError on unknown or contradictory settings; returns the run's plan."""
     d = config.dataset
-    _require(d.name in DATASETS, f"dataset.name={d.name!r}; allowed: {', '.join(DATASETS)}")
+    _require(d.name in catalog.DATASETS,
+             f"dataset.name={d.name!r}; allowed: {', '.join(catalog.DATASETS)}")
     for key in ("num_train", "num_test", "limit_train", "limit_test"):
-        _positive_int(config, f"dataset.{key}", allow_zero=True)
-    if d.name == "synthetic":
+        _int(config, f"dataset.{key}", allow_zero=True)
+    if d.name == catalog.SYNTHETIC:
         _require(d.num_train > 0 and d.num_test > 0,
                  "dataset.name='synthetic' needs dataset.num_train > 0 and dataset.num_test > 0")
+    for key in ("seed", "total_steps", "eval_batch_size"):
+        _int(config, key, allow_zero=True)
+    parse_seeds(config.get("seeds", ""))
+    _require(config.get("compute_dtype", "float32") in COMPUTE_DTYPES,
+             f"compute_dtype={config.get('compute_dtype')!r}; allowed: {', '.join(COMPUTE_DTYPES)}")
 
     names = models.names()
     _require(config.student.arch in names,
              f"student.arch={config.student.arch!r}; allowed: {', '.join(names)}")
+    plan = RunPlan(_students(config))
 
-    _require(config.method.name in recipes.METHODS,
-             f"method.name={config.method.name!r}; allowed: {', '.join(recipes.METHODS)}")
-    try:
-        method = methods.get_method(config)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     ckpt = config.teacher.checkpoint
-    if method.needs_teacher:
+    if plan.needs_teacher:
+        needing = ", ".join(
+            f"method.name={s.spec.name!r}" if s.name == SOLO else f"students.{s.name} ({s.label})"
+            for s in plan.students if s.spec.needs_teacher)
         _require(config.teacher.arch in names,
                  f"teacher.arch={config.teacher.arch!r}; allowed: {', '.join(names)}")
         _require(bool(ckpt),
-                 f"method.name={method.name!r} needs teacher.checkpoint (a .pth file or a "
-                 f"converted orbax directory; {RANDOM_TEACHER!r} for smoke tests only)")
+                 f"{needing} needs teacher.checkpoint (a .pth file or a converted orbax "
+                 f"directory; {RANDOM_TEACHER!r} for smoke tests only)")
         if check_files and ckpt != RANDOM_TEACHER:
             _require(os.path.exists(ckpt), f"teacher.checkpoint={ckpt!r}: no such file or directory")
             _require(os.path.isdir(ckpt) or ckpt.endswith((".pth", ".pt", ".tar")),
@@ -66,20 +160,20 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
                      "directory")
     else:
         _require(not ckpt and not config.teacher.arch,
-                 f"method.name='ce' trains without a teacher, but teacher.arch="
+                 f"method.name={plan.students[0].spec.name!r} trains without a teacher, but "
+                 f"teacher.arch="
                  f"{config.teacher.arch!r} / teacher.checkpoint={ckpt!r} are set; clear them")
 
-    # Input size must fit the architecture family: ImageNet models for imagenet2012, the
-    # 224-input CUB variants for caltech_birds2011, CIFAR models (32x32) otherwise.
-    family = {"imagenet2012": "imagenet_", "caltech_birds2011": "cub_"}.get(d.name, "")
+    # The input size must fit the model family: ImageNet models for imagenet2012, the
+    # 224-input CUB variants for caltech_birds2011, CIFAR-size models otherwise.
+    family = catalog.facts(d.name).model_family
     for key in ("student.arch", "teacher.arch"):
-        arch = config[key.split(".")[0]].arch
-        if not arch:
-            continue
-        prefix = next((p for p in ("imagenet_", "cub_") if arch.startswith(p)), "")
-        _require(prefix == family,
-                 f"{key}={arch!r} does not fit dataset.name={d.name!r}: use "
-                 + (f"a {family}* model" if family else "a CIFAR model (no imagenet_/cub_ prefix)"))
+        arch = _get(config, key)
+        if arch:
+            _require(models.family_of(arch) == family,
+                     f"{key}={arch!r} does not fit dataset.name={d.name!r}: use a "
+                     f"{family} model" + {"cifar": " (no imagenet_/cub_ prefix)",
+                                          "imagenet": " (imagenet_*)", "cub": " (cub_*)"}[family])
 
     o = config.optimizer
     _require(o.schedule in ("multistep", "cosine"),
@@ -93,11 +187,10 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
 
     for key in ("batch_size", "num_epochs", "log_every_steps", "eval_every_epochs",
                 "keep_checkpoints", "checkpoint_every_epochs"):
-        _positive_int(config, key)
-    for key in ("total_steps", "eval_batch_size", "seed"):
-        _positive_int(config, key, allow_zero=True)
+        _int(config, key)
     n = jax.device_count() if num_devices is None else num_devices
     for key in ("batch_size", "eval_batch_size"):
         value = config[key]
         _require(value % n == 0,
                  f"{key}={value} must be divisible by the number of devices ({n})")
+    return plan

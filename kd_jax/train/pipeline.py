@@ -12,16 +12,16 @@ import os
 
 import ml_collections
 
-from kd_jax.train import recipes, trainer
+from kd_jax import methods, recipes
+from kd_jax.data import catalog
+from kd_jax.train import trainer
 
-STUDENT_RUNS = {
-    # name -> (method, sdd base)
-    "ce": ("ce", None), "kd": ("kd", None), "dkd": ("dkd", None), "nkd": ("nkd", None),
-    "clkd": ("clkd", None), "sd_kd": ("sdd", "kd"), "sd_dkd": ("sdd", "dkd"),
-    "sd_nkd": ("sdd", "nkd"),
-}
-LABELS = {"teacher": "teacher (CE)", "ce": "student alone (CE)", "kd": "KD", "dkd": "DKD",
-          "nkd": "NKD", "clkd": "CLKD", "sd_kd": "SD-KD", "sd_dkd": "SD-DKD", "sd_nkd": "SD-NKD"}
+# The quickstart's students take the CIFAR-100 recipe of this pair (DKD beta 8, T 4, ...).
+RECIPE_PAIR = ("resnet32x4", "resnet8x4")
+
+
+def _label(run: str) -> str:
+    return {"teacher": "teacher (CE)", "ce": "student alone (CE)"}.get(run, methods.label_of(run))
 
 
 def run_config(q, run: str, teacher_dir: str) -> ml_collections.ConfigDict:
@@ -29,16 +29,17 @@ def run_config(q, run: str, teacher_dir: str) -> ml_collections.ConfigDict:
     if run == "teacher":
         method, base, arch = "ce", None, q.teacher_arch
     else:
-        if run not in STUDENT_RUNS:
-            raise ValueError(f"students entry {run!r}; allowed: {', '.join(STUDENT_RUNS)}")
-        (method, base), arch = STUDENT_RUNS[run], q.student_arch
+        keys = methods.method_keys()
+        if run not in keys:
+            raise ValueError(f"students entry {run!r}; allowed: {', '.join(keys)}")
+        (method, base), arch = keys[run], q.student_arch
     c = recipes.base_config(q.dataset.name)
     c.dataset = ml_collections.ConfigDict(q.dataset.to_dict())
     c.recipe = f"quickstart/{run}"
     c.student.arch = arch
-    c.method = recipes.method_config(method, "cifar100", q.teacher_arch, q.student_arch,
-                                     base or "dkd")
-    if "warmup_epochs" in c.method:
+    c.method = recipes.method_block(method, recipes.reference_hparams(
+        method, catalog.CIFAR100, *RECIPE_PAIR, base or ""))
+    if c.method.get("warmup_epochs"):
         c.method.warmup_epochs = q.warmup_epochs
     if method != "ce":
         c.teacher.arch = q.teacher_arch
@@ -62,7 +63,7 @@ def _plot(results: dict, path: str) -> None:
     for run, summary in results.items():
         epochs = [h["epoch"] for h in summary["history"]]
         top1 = [h["top1"] for h in summary["history"]]
-        ax.plot(epochs, top1, marker="o", label=LABELS.get(run, run),
+        ax.plot(epochs, top1, marker="o", label=_label(run),
                 linestyle="--" if run == "teacher" else "-")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -79,7 +80,7 @@ def format_table(results: dict) -> str:
     lines = [f"{'run':<20} {'arch':<10} {'best top-1':>10} {'last top-1':>10} {'img/s':>8}"]
     for run, s in results.items():
         ips = "-" if s["images_per_s"] is None else f"{s['images_per_s']:.0f}"
-        lines.append(f"{LABELS.get(run, run):<20} {s['student']:<10} {s['best_top1']:>10.2f} "
+        lines.append(f"{_label(run):<20} {s['student']:<10} {s['best_top1']:>10.2f} "
                      f"{s['last_top1']:>10.2f} {ips:>8}")
     return "\n".join(lines)
 
@@ -95,7 +96,7 @@ def run_pipeline(q, workdir: str) -> dict:
     configs = {run: run_config(q, run, teacher_dir) for run in runs}   # validate names first
     results = {}
     for run in runs:
-        print(f"\n=== quickstart: {LABELS.get(run, run)} ===", flush=True)
+        print(f"\n=== quickstart: {_label(run)} ===", flush=True)
         results[run] = trainer.train_and_evaluate(configs[run], os.path.join(workdir, run))
     plot_path = os.path.join(workdir, "quickstart_accuracy.png")
     _plot(results, plot_path)

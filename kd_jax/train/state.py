@@ -1,14 +1,16 @@
-"""The training state: one pytree of arrays, with the module graph kept outside.
+"""The training state: one pytree of arrays, with the module graphs kept outside.
 
-    TrainState(step, params={"student": Params, "extra": method params or None},
-               model_state=the student's non-parameter variables (BatchNorm statistics),
-               opt_state, rng)
+    TrainState(step, students={name: StudentState}, rng)
+    StudentState(params={"model": the student's Params, "extra": method params or None},
+                 model_state=the student's other variables (BatchNorm statistics),
+                 opt_state)
 
-The student is split ONCE with nnx.split into (graphdef, params, model_state); the jitted
-step merges them back inside (no per-step Python graph traversal). `extra` is where a
-method keeps trainable modules of its own (e.g. projection heads); they are optimised with
-the student. The epoch is not stored: it is step // steps_per_epoch + 1, and the data
-order is a function of (seed, epoch, step), so a restored state resumes exactly.
+A solo run has one student (named "student"); a lockstep run one per entry, all updated by
+the same jitted step. Each student is split ONCE with nnx.split into (graphdef, params,
+model_state); the step merges them back inside (no per-step Python graph traversal). `extra`
+is where a method keeps trainable modules of its own (e.g. projection heads); they are
+optimised with the student. The epoch is not stored: it is step // steps_per_epoch + 1, and
+the data order is a function of (seed, epoch, step), so a restored state resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from flax import nnx
 
 
 @flax.struct.dataclass
-class TrainState:
-    step: jax.Array          # int32 scalar: optimizer steps taken.
-    params: Any              # {"student": nnx.State of Params, "extra": pytree or None}
+class StudentState:
+    params: Any              # {"model": nnx.State of Params, "extra": pytree or None}
     model_state: Any         # nnx.State of the student's other variables (BatchStat).
     opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: optimizer steps taken.
+    students: Any            # {name: StudentState}
     rng: jax.Array           # uint32 (2,) raw key, for methods that sample.
 
 
@@ -59,11 +66,15 @@ def split_student(student: nnx.Module):
     return graphdef, eval_graphdef, params, model_state
 
 
-def init_state(params, model_state, tx: optax.GradientTransformation, seed: int,
-               extra: Any = None) -> TrainState:
-    trainable = {"student": params, "extra": extra}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, model_state=model_state,
-                      opt_state=tx.init(trainable), rng=jax.random.PRNGKey(seed))
+def init_student(params, model_state, tx: optax.GradientTransformation,
+                 extra: Any = None) -> StudentState:
+    trainable = {"model": params, "extra": extra}
+    return StudentState(params=trainable, model_state=model_state, opt_state=tx.init(trainable))
+
+
+def init_state(students: dict[str, StudentState], seed: int) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), students=dict(students),
+                      rng=jax.random.PRNGKey(seed))
 
 
 def abstract_like(state: Any) -> Any:
@@ -75,4 +86,3 @@ def abstract_like(state: Any) -> Any:
 
 def param_count(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
-

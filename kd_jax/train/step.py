@@ -3,11 +3,15 @@
 Data parallelism is jit over a Mesh: the batch is sharded P('data'), the state and the
 teacher replicated P(); means over the batch (losses, BatchNorm statistics) are therefore
 over the GLOBAL batch, exactly as on one device. The state is donated.
+
+A step updates every student of the state (one for a solo run, several in lockstep) on the
+same batch, with ONE teacher forward shared by all of them. The loop over students runs at
+trace time: the step is a single XLA program.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +20,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kd_jax.train.methods import Method
-from kd_jax.train.state import TrainState
+from kd_jax.methods import LossFn, ModelOutput
+from kd_jax.train.state import StudentState, TrainState
+
+
+class StepStudent(NamedTuple):
+    graphdef: Any          # the student's train-mode graphdef
+    compute_loss: LossFn
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -26,7 +35,8 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def _head(model) -> tuple[jax.Array, jax.Array]:
+def head_of(model) -> tuple[jax.Array, jax.Array]:
+    """(kernel (C, K), bias (K,)) of the model's final linear layer."""
     return model.head.kernel[...], model.head.bias[...]
 
 
@@ -37,65 +47,84 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def make_train_step(graphdef, teacher_graphdef: Optional[Any], method: Method,
-                    tx: optax.GradientTransformation, mesh: Mesh):
+def teacher_forward(teacher_graphdef, teacher_state, images) -> ModelOutput:
+    """The teacher's outputs as constants (its graphdef is in inference mode)."""
+    teacher = nnx.merge(teacher_graphdef, teacher_state)
+    logits, features = teacher(images)
+    return jax.lax.stop_gradient(ModelOutput(logits, features, head_of(teacher)))
+
+
+def _student_update(student: StepStudent, s: StudentState, tx, images, labels,
+                    teacher_out: Optional[ModelOutput], lr, epoch):
+    def loss_fn(params, model_state):
+        # Fresh Variable objects (tree.map rebuilds them) created inside the differentiated
+        # trace, where BatchNorm may update its statistics.
+        model_state = jax.tree.map(lambda x: x, model_state)
+        model = nnx.merge(student.graphdef, params["model"], model_state)
+        logits, features = model(images)
+        out = ModelOutput(logits, features, head_of(model))
+        loss, terms = student.compute_loss(out, teacher_out, labels, epoch, params["extra"])
+        _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+        return loss, (terms, new_model_state, logits)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (terms, model_state, logits)), grads = grad_fn(s.params, s.model_state)
+    opt_state = s.opt_state
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    updates, opt_state = tx.update(grads, opt_state, s.params)
+    params = optax.apply_updates(s.params, updates)
+    metrics = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, labels, 1)),
+               "lr": jnp.asarray(lr, jnp.float32),
+               **{k: v for k, v in terms.items() if k != "loss"}}
+    return StudentState(params=params, model_state=model_state, opt_state=opt_state), metrics
+
+
+def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
+                    tx: optax.GradientTransformation, mesh: Mesh,
+                    compute_dtype: Any = jnp.float32):
     """jit(train_step)(state, teacher_state, batch, lr, epoch) -> (state, metrics).
 
     batch: {"image": (B, H, W, C) f32, "label": (B,) i32} sharded over 'data';
     lr: f32 scalar (the epoch's learning rate); epoch: i32 scalar from 1 (warmups).
-    metrics: {"loss", "top1" (batch accuracy), "lr", one entry per loss term}.
+    metrics: {student name: {"loss", "top1" (batch accuracy), "lr", one entry per term}}.
+    Images enter the models in `compute_dtype`; parameters, BatchNorm statistics, optimizer
+    state and losses stay float32.
     """
 
     def train_step(state: TrainState, teacher_state, batch, lr, epoch):
-        images, labels = batch["image"], batch["label"]
-        teacher_out = teacher_head = None
+        images = batch["image"].astype(compute_dtype)
+        labels = batch["label"]
+        teacher_out = None
         if teacher_graphdef is not None:
-            # Teacher in inference mode (eval graphdef) and a constant for the gradient.
-            teacher = nnx.merge(teacher_graphdef, teacher_state)
-            teacher_out = jax.lax.stop_gradient(teacher(images))
-            teacher_head = jax.lax.stop_gradient(_head(teacher))
-
-        def loss_fn(params, model_state):
-            # Fresh Variable objects (tree.map rebuilds them) created inside the
-            # differentiated trace, where BatchNorm may update its statistics.
-            model_state = jax.tree.map(lambda x: x, model_state)
-            student = nnx.merge(graphdef, params["student"], model_state)
-            student_out = student(images)
-            loss, terms = method.compute_loss(student_out, teacher_out, labels, epoch,
-                                              _head(student), teacher_head, params["extra"])
-            _, _, new_model_state = nnx.split(student, nnx.Param, ...)
-            return loss, (terms, new_model_state, student_out[0])
-
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (terms, model_state, logits)), grads = grad_fn(state.params, state.model_state)
-        opt_state = state.opt_state
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-        updates, opt_state = tx.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, labels, 1)),
-                   "lr": jnp.asarray(lr, jnp.float32),
-                   **{k: v for k, v in terms.items() if k != "loss"}}
-        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_state=opt_state)
-        return new_state, metrics
+            teacher_out = teacher_forward(teacher_graphdef, teacher_state, images)
+        new_students, metrics = {}, {}
+        for name, student in students.items():
+            new_students[name], metrics[name] = _student_update(
+                student, state.students[name], tx, images, labels, teacher_out, lr, epoch)
+        return state.replace(step=state.step + 1, students=new_students), metrics
 
     replicated = NamedSharding(mesh, P())
     return jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_eval_step(eval_graphdef, mesh: Mesh):
-    """jit(eval_step)(params, model_state, batch) -> sums {"top1", "top5", "count"}.
+def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
+                   compute_dtype: Any = jnp.float32):
+    """jit(eval_step)(students, batch) -> {name: sums {"top1", "top5", "count"}}.
 
-    batch carries "mask" (B,) marking real (1) vs padding (0) examples, so the full test
-    set is covered with a fixed batch shape.
+    students: {name: (params, model_state)}. batch carries "mask" (B,) marking real (1) vs
+    padding (0) examples, so the full test set is covered with a fixed batch shape.
     """
 
-    def eval_step(params, model_state, batch):
-        model = nnx.merge(eval_graphdef, params, model_state)
-        logits, _ = model(batch["image"])
+    def eval_step(students, batch):
+        images = batch["image"].astype(compute_dtype)
         mask = batch["mask"].astype(jnp.float32)
-        return {"top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
-                "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
-                "count": jnp.sum(mask)}
+        sums = {}
+        for name, graphdef in eval_graphdefs.items():
+            model = nnx.merge(graphdef, *students[name])
+            logits, _ = model(images)
+            sums[name] = {"top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
+                          "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
+                          "count": jnp.sum(mask)}
+        return sums
 
     return jax.jit(eval_step, out_shardings=NamedSharding(mesh, P()))

@@ -1,4 +1,10 @@
-"""The final summary of a run: best/last top-1 and top-5, the published number, speed."""
+"""Run summaries: best/last top-1 and top-5, the published number, time and speed.
+
+A run's `summary.json` (one per student: the workdir of a solo run, <workdir>/<name> in
+lockstep) holds the numbers below plus the eval history. Wall time is the sum of the run's
+segments (the first run and every resume); images/s counts training steps only (no
+compilation, evaluation or checkpointing).
+"""
 
 from __future__ import annotations
 
@@ -6,76 +12,104 @@ import json
 import os
 from typing import Optional, Sequence
 
-from kd_jax.train import recipes
+from kd_jax import models
+from kd_jax.recipes import published
+
+SUMMARY_FILE = "summary.json"
 
 
-def published_for(config) -> Optional[float]:
-    """The published top-1 (%) of the config's pair and method, or None."""
-    base = config.method.get("base", "dkd")
-    return recipes.published_top1(config.dataset.name, config.method.name,
-                                  recipes.unprefixed(config.teacher.arch) or None,
-                                  recipes.unprefixed(config.student.arch), base)
+def published_top1(dataset: str, method_key: str, teacher_arch: str,
+                   student_arch: str) -> Optional[float]:
+    """The published top-1 (%) of the pair and method, or None."""
+    return published.top1(dataset, method_key,
+                          models.base_name(teacher_arch) if teacher_arch else None,
+                          models.base_name(student_arch))
 
 
-def method_label(config) -> str:
-    name = config.method.name
-    if name == "sdd":
-        return f"SD-{config.method.base.upper()}"
-    return {"ce": "CE"}.get(name, name.upper())
-
-
-def make_summary(config, history: Sequence[dict], *, steps: int, wall_time_s: float,
-                 train_time_s: float, images_seen: int) -> dict:
-    """history: one {"epoch", "step", "top1", "top5"} (percent) per evaluation."""
+def make_summary(config, student, history: Sequence[dict], *, steps: int,
+                 segments: Sequence[dict], images_seen: int, finished: bool) -> dict:
+    """student: a config_validation.StudentPlan; history: one {"epoch", "step", "top1",
+    "top5"} (percent) per evaluation; segments: {"wall_s", "train_s", ...} per run segment."""
     best = max(history, key=lambda h: h["top1"]) if history else None
     last = history[-1] if history else None
-    published = published_for(config)
+    teacher = config.teacher.arch if student.spec.needs_teacher else ""
+    pub = published_top1(config.dataset.name, student.method_key, teacher, config.student.arch)
+    train_time = sum(s["train_s"] for s in segments)
     return {
-        "method": method_label(config),
+        "method": student.label,
+        "method_key": student.method_key,
+        "name": student.name,
         "dataset": config.dataset.name,
-        "teacher": config.teacher.arch or None,
+        "teacher": teacher or None,
         "student": config.student.arch,
         "recipe": config.recipe,
+        "seed": config.seed,
+        "init_seed": student.init_seed,
         "steps": steps,
+        "finished": finished,
         "epochs_evaluated": len(history),
         "best_top1": best["top1"] if best else None,
         "best_top5": max(h["top5"] for h in history) if history else None,
         "best_epoch": best["epoch"] if best else None,
         "last_top1": last["top1"] if last else None,
         "last_top5": last["top5"] if last else None,
-        "published_top1": published,
-        "best_minus_published": (best["top1"] - published) if best and published else None,
-        "wall_time_s": wall_time_s,
-        "images_per_s": images_seen / train_time_s if train_time_s > 0 else None,
+        "published_top1": pub,
+        "best_minus_published": (best["top1"] - pub) if best and pub is not None else None,
+        "wall_time_s": sum(s["wall_s"] for s in segments),
+        "segments": list(segments),
+        "train_time_s": train_time,
+        "images_per_s": images_seen / train_time if train_time > 0 else None,
         "history": list(history),
     }
 
 
+def _f(v, fmt="{:.2f}"):
+    return "-" if v is None else fmt.format(v)
+
+
 def format_table(summary: dict) -> str:
     """A small fixed-width table: ours (best / last) vs published."""
-
-    def f(v, fmt="{:.2f}"):
-        return "-" if v is None else fmt.format(v)
-
+    segments = summary.get("segments") or []
     rows = [
         ("method", summary["method"]),
         ("teacher -> student", f"{summary['teacher'] or '(none)'} -> {summary['student']}"),
         ("dataset", summary["dataset"]),
-        ("top-1 best (epoch)", f"{f(summary['best_top1'])} ({summary['best_epoch']})"),
-        ("top-1 last", f(summary["last_top1"])),
-        ("top-5 best / last", f"{f(summary['best_top5'])} / {f(summary['last_top5'])}"),
-        ("published top-1", f(summary["published_top1"])),
-        ("ours (best) - published", f(summary["best_minus_published"], "{:+.2f}")),
+        ("top-1 best (epoch)", f"{_f(summary['best_top1'])} ({summary['best_epoch']})"),
+        ("top-1 last", _f(summary["last_top1"])),
+        ("top-5 best / last", f"{_f(summary['best_top5'])} / {_f(summary['last_top5'])}"),
+        ("published top-1", _f(summary["published_top1"])),
+        ("ours (best) - published", _f(summary["best_minus_published"], "{:+.2f}")),
         ("steps", str(summary["steps"])),
-        ("wall time (s)", f(summary["wall_time_s"], "{:.1f}")),
-        ("train images/s", f(summary["images_per_s"], "{:.1f}")),
+        ("wall time (s)", _f(summary["wall_time_s"], "{:.1f}")
+         + (" (" + " + ".join(f"{s['wall_s']:.1f}" for s in segments) + ")"
+            if len(segments) > 1 else "")),
+        ("train images/s", _f(summary["images_per_s"], "{:.1f}")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def write_summary(workdir: str, summary: dict) -> str:
-    path = os.path.join(workdir, "summary.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
+def format_lockstep_table(summaries: dict) -> str:
+    """One line per student of a lockstep run."""
+    lines = [f"{'student':<16} {'method':<8} {'best top-1':>10} {'last top-1':>10} "
+             f"{'published':>9}"]
+    for name, s in summaries.items():
+        lines.append(f"{name:<16} {s['method']:<8} {_f(s['best_top1']):>10} "
+                     f"{_f(s['last_top1']):>10} {_f(s['published_top1']):>9}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, obj: dict) -> str:
+    """Writes `obj` atomically (a reader never sees a half-written file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
     return path
+
+
+def read_json(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)

@@ -1,22 +1,35 @@
-"""The training loop: data -> jitted step -> logs, evaluation, checkpoints, summary.
+"""The training loop: setup, epochs of jitted steps, periodic actions, finish.
 
-Resumption: the state (step, parameters, BatchNorm statistics, optimizer state, RNG) is
-checkpointed every `checkpoint_every_epochs`, at the end, and on SIGTERM; starting again
-with the same workdir restores the latest checkpoint and continues at the same epoch and
-step with the same data order (a function of (seed, epoch, step)), so a killed and resumed
-run ends with the same parameters as an uninterrupted one.
+    summary = train_and_evaluate(config, workdir)
 
-Non-finite losses: the step returns its metrics as device arrays and the loop keeps them
-until the next logging point (every `log_every_steps`, at epoch ends and before every
-checkpoint), where they are fetched in one transfer and checked; a NaN/inf loss raises
-NonFiniteLossError naming the step and the loss terms. Checking only there avoids one
-host sync per step, and because the check runs before each save, a checkpoint never holds
-a state that came from a non-finite loss: the last good one stays.
+- setup: validate the config (which builds every student's loss), read the dataset (before
+  anything is written, so a missing dataset leaves no workdir behind), build the models,
+  the state and the jitted steps, and restore the latest checkpoint of `workdir`.
+- one epoch: the data of (seed, epoch) through the train step; after each step
+  `_actions_due` decides which periodic actions run: log (fetch the step metrics, check the
+  loss is finite), evaluate, checkpoint.
+- finish: export each student, write and print its summary.
+
+Resumption: the state (step, every student's parameters, BatchNorm statistics and
+optimizer state, RNG) is checkpointed every `checkpoint_every_epochs`, at the end, and on
+SIGTERM; the same command with the same workdir restores the latest checkpoint and continues
+at the same step with the same data order (a function of (seed, epoch, step)), so a killed
+run ends with the parameters of an uninterrupted one. A finished run is not re-run: it says
+so and prints its summary. Each start of a run is a segment; summaries keep the wall and
+training time of every segment.
+
+Non-finite losses: step metrics stay on the device until the next logging point (every
+`log_every_steps`, at epoch ends and before every checkpoint), where they are fetched in
+one transfer and checked, so the loop never waits for the device between steps; a NaN/inf
+loss raises NonFiniteLossError naming the step, the student and the terms. The check runs
+before each save, so a checkpoint never holds a state reached through a non-finite loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -24,16 +37,20 @@ import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax.train import config_validation, methods, schedules
+from kd_jax import convert, data, methods, models
+from kd_jax.train import config_validation, schedules
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer
+from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
 from kd_jax.train.metric_log import MetricLog
-from kd_jax.train.state import init_state, make_optimizer, param_count, split_student
-from kd_jax.train.step import make_eval_step, make_mesh, make_train_step
+from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
+                                split_student)
+from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
 
 FINAL_MODEL_DIR = "final_model"   # the trained student, loadable as a teacher.
 
@@ -42,20 +59,24 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf."""
 
 
+def compute_dtype(config) -> Any:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.get("compute_dtype",
+                                                                         "float32")]
+
+
 def load_teacher(config, num_classes: int) -> nnx.Module:
     """The teacher in eval mode: 'random' init, a .pth file or a converted directory."""
-    from kd_jax import convert, models
-
     path = config.teacher.checkpoint
+    dtype = compute_dtype(config)
     if path == config_validation.RANDOM_TEACHER:
-        teacher = models.create(config.teacher.arch, num_classes,
+        teacher = models.create(config.teacher.arch, num_classes, dtype=dtype,
                                 rngs=nnx.Rngs(config.seed + 1))
     else:
         try:
             teacher = convert.load_teacher(path, config.teacher.arch, num_classes,
-                                           allow_pickle=config.teacher.allow_pickle)
+                                           allow_pickle=config.teacher.allow_pickle, dtype=dtype)
         except Exception as e:  # name the config key whatever the converter raised
-            raise config_validation.ConfigError(
+            raise ConfigError(
                 f"teacher.checkpoint={path!r} could not be loaded as a {config.teacher.arch} "
                 f"with {num_classes} classes: {e}") from e
     teacher.eval()
@@ -76,210 +97,470 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _evaluate(eval_step, state, ds, batch_size: int, sharding) -> dict:
-    from kd_jax import data
+class _Clock:
+    """Wall time of this segment, and training time without compilation, eval or saving."""
 
-    sums = []
-    for batch in data.prefetch_to_mesh(ds.eval_batches(batch_size), sharding):
-        sums.append(eval_step(state.params["student"], state.model_state, batch))
-    total = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
-    count = max(total["count"], 1.0)
-    return {"top1": 100.0 * total["top1"] / count, "top5": 100.0 * total["top5"] / count}
+    def __init__(self, step: int, t0: float):
+        self.segment = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "first_step": step,
+                        "last_step": step, "wall_s": 0.0, "train_s": 0.0}
+        self._t0 = t0   # perf_counter() at the start of the segment (before setup)
+        self._mark: Optional[float] = None
+        self.compiled = False
+        self.images = 0
 
+    def after_step(self, metrics, batch_size: int, step: int) -> None:
+        self.segment["last_step"] = step
+        if not self.compiled:
+            # The first step of a process includes compilation: time from after it.
+            jax.block_until_ready(metrics)
+            self.compiled, self._mark = True, time.perf_counter()
+        else:
+            self.images += batch_size
 
-class _Pending:
-    """Step metrics kept on device until the next logging point."""
+    def pause(self) -> None:
+        if self._mark is not None:
+            self.segment["train_s"] += time.perf_counter() - self._mark
+            self._mark = None
 
-    def __init__(self):
-        self.metrics: list = []
-        self.first_step = 0
-        self.t0 = time.perf_counter()
+    def resume(self) -> None:
+        if self.compiled:
+            self._mark = time.perf_counter()
 
-    def reset(self, step: int) -> None:
-        self.metrics, self.first_step, self.t0 = [], step, time.perf_counter()
-
-
-def _flush(pending: _Pending, log: MetricLog, step: int, epoch: int, batch_size: int,
-           ckpt: Checkpointer) -> Optional[dict]:
-    """Fetches, checks and logs the pending metrics; returns their mean (None if empty)."""
-    if not pending.metrics:
-        return None
-    host = jax.device_get(pending.metrics)
-    for i, m in enumerate(host):
-        if not np.isfinite(m["loss"]):
-            terms = ", ".join(f"{k}={float(v):.6g}" for k, v in m.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at step {pending.first_step + i + 1} (epoch {epoch}): {terms}. "
-                f"Stopped; the last good checkpoint is step {ckpt.latest_step()} in "
-                f"{ckpt.directory}")
-    elapsed = time.perf_counter() - pending.t0
-    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    mean["epoch"] = epoch
-    mean["images_per_s"] = len(host) * batch_size / max(elapsed, 1e-9)
-    log.write(step, "train", mean)
-    log.progress(len(host), loss=mean["loss"], img_s=round(mean["images_per_s"], 1),
-                 epoch=epoch)
-    pending.reset(step)
-    return mean
+    def wall(self) -> dict:
+        self.segment["wall_s"] = time.perf_counter() - self._t0
+        return dict(self.segment)
 
 
-def _export_model(workdir: str, graphdef, state, arch: str, num_classes: int,
-                  top1: Optional[float]) -> None:
-    from kd_jax import convert
-
-    model = nnx.merge(graphdef, jax.device_get(state.params["student"]),
-                      jax.device_get(state.model_state))
-    model.eval()
-    convert.save_converted(model, os.path.join(workdir, FINAL_MODEL_DIR),
-                           {"arch": arch, "num_classes": num_classes, "top1": top1,
-                            "source": "kd_jax.train"}, overwrite=True)
+@dataclasses.dataclass
+class _Student:
+    plan: StudentPlan
+    graphdef: Any
+    eval_graphdef: Any
+    out_dir: str
+    log: Optional[MetricLog] = None
+    history: list = dataclasses.field(default_factory=list)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains config's student in `workdir` (resuming if it holds a checkpoint).
+@dataclasses.dataclass
+class _Due:
+    log: bool
+    eval: bool
+    checkpoint: bool
+    stop: bool
 
-    Returns the summary dict (also written to workdir/summary.json).
-    """
-    return train(config, workdir)[0]
+
+@dataclasses.dataclass
+class _Run:
+    config: Any
+    plan: RunPlan
+    workdir: str
+    ds: Any
+    mesh: Any
+    batch_sharding: Any
+    batch_size: int
+    eval_batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    students: dict
+    teacher_state: Any
+    train_step: Any
+    eval_step: Any
+    state: Any
+    step: int
+    ckpt: Checkpointer
+    progress: Optional[MetricLog] = None
+    segments: list = dataclasses.field(default_factory=list)
+    images_seen: int = 0
+    clock: Optional[_Clock] = None
+    pending: list = dataclasses.field(default_factory=list)
+    pending_t0: float = 0.0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch (from 1) of the next step, or of the last one at an epoch end."""
+        return max(self.step - 1, 0) // self.steps_per_epoch + 1
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+
+    def close(self) -> None:
+        self.ckpt.close()
+        for s in self.students.values():
+            if s.log is not None and s.log is not self.progress:
+                s.log.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
-def train(config, workdir: str) -> tuple[dict, Any]:
-    """train_and_evaluate, also returning the final TrainState (for tests and pipelines)."""
-    from kd_jax import data, models
+# --- setup -----------------------------------------------------------------------------------
 
-    wall_t0 = time.time()
-    config_validation.validate(config)
-    method = methods.get_method(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-
-    ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-    num_classes = ds.info.num_classes
-    batch_size = config.batch_size
-    eval_batch_size = config.eval_batch_size or batch_size
-    steps_per_epoch = ds.steps_per_epoch(batch_size)
+def _train_steps(config, ds) -> tuple[int, int]:
+    steps_per_epoch = ds.steps_per_epoch(config.batch_size)
     if steps_per_epoch < 1:
-        raise config_validation.ConfigError(
-            f"batch_size={batch_size} exceeds the {ds.info.num_train} training images")
-    total_steps = config.num_epochs * steps_per_epoch
-    if config.total_steps:
-        total_steps = min(total_steps, config.total_steps)
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {ds.info.num_train} "
+                          "training images")
+    total = config.num_epochs * steps_per_epoch
+    return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
 
+
+def _build_students(config, plan: RunPlan, num_classes: int, teacher, tx, workdir: str):
+    """(runtime students, initial StudentStates) of the plan."""
+    students, states = {}, {}
+    teacher_head = None if teacher is None else tuple(teacher.head.kernel.shape)
+    for p in plan.students:
+        model = models.create(config.student.arch, num_classes, dtype=compute_dtype(config),
+                              rngs=nnx.Rngs(p.init_seed))
+        graphdef, eval_graphdef, params, model_state = split_student(model)
+        extra = None
+        if p.spec.init_extra is not None:
+            shapes = methods.HeadShapes(tuple(model.head.kernel.shape), teacher_head)
+            extra = p.spec.init_extra(jax.random.PRNGKey(p.init_seed + 2), shapes, p.hparams)
+        students[p.name] = _Student(p, graphdef, eval_graphdef, os.path.join(workdir, p.subdir))
+        states[p.name] = init_student(params, model_state, tx, extra)
+    return students, states
+
+
+def _restore(run: _Run) -> dict:
+    """Restores the latest checkpoint into run.state; returns its metadata ({} if none)."""
+    if run.ckpt.latest_step() is None:
+        return {}
+    state, meta = run.ckpt.restore(run.state)
+    names = sorted(run.students)
+    if (meta.get("batch_size") != run.batch_size
+            or meta.get("steps_per_epoch") != run.steps_per_epoch
+            or sorted(meta.get("students", [])) != names):
+        raise ConfigError(
+            f"{run.workdir} holds a run with batch_size={meta.get('batch_size')}, "
+            f"{meta.get('steps_per_epoch')} steps per epoch and students "
+            f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
+            f"{run.steps_per_epoch} and {names}: use another --workdir")
+    run.state = state
+    run.step = int(jax.device_get(state.step))
+    for name, history in meta["history"].items():
+        run.students[name].history = list(history)
+    run.segments = list(meta["segments"])
+    run.images_seen = int(meta["images_seen"])
+    return meta
+
+
+@dataclasses.dataclass
+class Built:
+    """The models, the initial state and the jitted steps of a run (no data, no files)."""
+
+    mesh: Any
+    students: dict          # name -> _Student
+    teacher_state: Any      # replicated teacher variables, or None
+    state: Any              # the initial TrainState, replicated
+    train_step: Any         # jit(state, teacher_state, batch, lr, epoch) -> (state, metrics)
+    eval_step: Any          # jit({name: (params, model_state)}, batch) -> {name: sums}
+
+
+def build(config, plan: RunPlan, num_classes: int, workdir: str = "") -> Built:
+    """Builds the teacher (if any student needs one), the students and the steps of `plan`.
+
+    Used by the trainer and by benchmarks/, so that both time the same step.
+    """
     mesh = make_mesh()
     replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-
-    teacher_graphdef = teacher_state = None
-    if method.needs_teacher:
+    teacher = teacher_graphdef = teacher_state = None
+    if plan.needs_teacher:
         teacher = load_teacher(config, num_classes)
         teacher_graphdef, teacher_state = nnx.split(teacher)
         teacher_state = jax.device_put(teacher_state, replicated)
-
-    student = models.create(config.student.arch, num_classes, rngs=nnx.Rngs(config.seed))
-    graphdef, eval_graphdef, params, model_state = split_student(student)
     tx = make_optimizer(config.optimizer)
-    extra = None
-    if method.init_extra is not None:
-        extra = method.init_extra(jax.random.PRNGKey(config.seed + 2), student, num_classes)
-    state = jax.device_put(init_state(params, model_state, tx, config.seed, extra), replicated)
+    students, states = _build_students(config, plan, num_classes, teacher, tx, workdir)
+    dtype = compute_dtype(config)
+    train_step = make_train_step(
+        {n: StepStudent(s.graphdef, s.plan.compute_loss) for n, s in students.items()},
+        teacher_graphdef, tx, mesh, dtype)
+    eval_step = make_eval_step({n: s.eval_graphdef for n, s in students.items()}, mesh, dtype)
+    state = jax.device_put(init_state(states, config.seed), replicated)
+    return Built(mesh, students, teacher_state, state, train_step, eval_step)
 
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    meta = {"history": [], "train_time_s": 0.0, "images_seen": 0}
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        if meta.get("batch_size", batch_size) != batch_size or meta.get(
-                "steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-            raise config_validation.ConfigError(
-                f"{workdir} holds a run with batch_size={meta.get('batch_size')} and "
-                f"{meta.get('steps_per_epoch')} steps per epoch; this config gives "
-                f"batch_size={batch_size} and {steps_per_epoch}: use another --workdir")
-    step = int(jax.device_get(state.step))
-    history = list(meta["history"])
-    train_time = float(meta["train_time_s"])
-    images_seen = int(meta["images_seen"])
 
-    train_step = make_train_step(graphdef, teacher_graphdef, method, tx, mesh)
-    eval_step = make_eval_step(eval_graphdef, mesh)
-    log = MetricLog(workdir, tensorboard=config.tensorboard, progress_bar=config.progress_bar,
-                    total_steps=total_steps, initial_step=step)
-    if step == 0:
-        log.message(f"{summary_lib.method_label(config)}: {config.teacher.arch or '-'} -> "
-                    f"{config.student.arch} ({param_count(params):,} params) on "
-                    f"{ds.info.name}, {jax.device_count()} device(s), global batch {batch_size},"
-                    f" {steps_per_epoch} steps/epoch (remainder dropped), {total_steps} steps")
+def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
+    steps_per_epoch, total_steps = _train_steps(config, ds)
+    b = build(config, plan, ds.info.num_classes, workdir)
+    run = _Run(config=config, plan=plan, workdir=workdir, ds=ds, mesh=b.mesh,
+               batch_sharding=NamedSharding(b.mesh, P("data")), batch_size=config.batch_size,
+               eval_batch_size=config.eval_batch_size or config.batch_size,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, students=b.students,
+               teacher_state=b.teacher_state, train_step=b.train_step, eval_step=b.eval_step,
+               state=b.state, step=0, ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
+    _restore(run)
+    return run
+
+
+def _open_logs(run: _Run) -> None:
+    c = run.config
+    if run.plan.lockstep:
+        run.progress = MetricLog(run.workdir, tensorboard=False, progress_bar=c.progress_bar,
+                                 total_steps=run.total_steps, initial_step=run.step)
+        for s in run.students.values():
+            s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False)
     else:
-        log.message(f"resuming from step {step} (epoch {step // steps_per_epoch + 1}) in "
-                    f"{ckpt.directory}")
+        (s,) = run.students.values()
+        s.log = run.progress = MetricLog(run.workdir, tensorboard=c.tensorboard,
+                                         progress_bar=c.progress_bar,
+                                         total_steps=run.total_steps, initial_step=run.step)
 
-    def save(epoch: int) -> None:
-        ckpt.save(step, state, {"step": step, "epoch": epoch, "history": history,
-                                "train_time_s": train_time, "images_seen": images_seen,
-                                "batch_size": batch_size, "steps_per_epoch": steps_per_epoch})
 
-    pending = _Pending()
-    t_steady = None
-    stopped_by_signal = False
-    try:
-        with _sigterm_flag() as sigterm:
-            while step < total_steps and not stopped_by_signal:
-                epoch = step // steps_per_epoch + 1
-                lr = np.float32(schedules.learning_rate(config.optimizer, config.num_epochs, epoch))
-                epoch_arr = np.int32(epoch)
-                batches = data.prefetch_to_mesh(
-                    ds.train_batches(epoch, batch_size, config.seed,
-                                     start_step=step % steps_per_epoch), batch_sharding)
-                pending.reset(step)
-                t_epoch = time.perf_counter()
-                for batch in batches:
-                    state, metrics = train_step(state, teacher_state, batch, lr, epoch_arr)
-                    pending.metrics.append(metrics)
-                    step += 1
-                    if t_steady is None:
-                        # The first step of a process includes compilation: time from after it
-                        # (one extra sync per process) for the reported images/s.
-                        jax.block_until_ready(metrics)
-                        t_steady = time.perf_counter()
-                    else:
-                        images_seen += batch_size
-                    end_of_epoch = step % steps_per_epoch == 0
-                    if step % config.log_every_steps == 0 or end_of_epoch or step == total_steps:
-                        _flush(pending, log, step, epoch, batch_size, ckpt)
-                    if step >= total_steps or sigterm.is_set():
-                        break
-                if hasattr(batches, "close"):
-                    batches.close()   # stops the prefetch thread after an early break
-                _flush(pending, log, step, epoch, batch_size, ckpt)
-                if t_steady is not None:   # steady-state training time (no compile, no eval)
-                    train_time += time.perf_counter() - max(t_epoch, t_steady)
-                stopped_by_signal = sigterm.is_set()
-                end_of_epoch = step % steps_per_epoch == 0
-                finished = step >= total_steps
-                if (end_of_epoch and epoch % config.eval_every_epochs == 0) or finished:
-                    result = _evaluate(eval_step, state, ds, eval_batch_size, batch_sharding)
-                    history.append({"epoch": epoch, "step": step, **result})
-                    log.write(step, "eval", {"epoch": epoch, **result})
-                    log.message(f"epoch {epoch} step {step}: test top-1 {result['top1']:.2f} "
-                                f"top-5 {result['top5']:.2f} (lr {float(lr):.4g})")
-                if ((end_of_epoch and epoch % config.checkpoint_every_epochs == 0) or finished
-                        or stopped_by_signal):
-                    save(epoch)
-            if stopped_by_signal:
-                log.message(f"SIGTERM: saved step {step}; run again with the same --workdir "
-                            "to resume")
-        ckpt.wait()
-        best = max((h["top1"] for h in history), default=None)
-        if step >= total_steps and config.export_model:
-            _export_model(workdir, graphdef, state, config.student.arch, num_classes, best)
-    finally:
-        ckpt.close()
-        log.close()
+CONFIG_FILE = "config.json"
 
-    result = summary_lib.make_summary(config, history, steps=step,
-                                      wall_time_s=time.time() - wall_t0,
-                                      train_time_s=train_time, images_seen=images_seen)
-    result["finished"] = step >= total_steps
+
+def _save_config(run: _Run) -> None:
+    """The config this segment trains with, every hyperparameter included."""
     if jax.process_index() == 0:
-        summary_lib.write_summary(workdir, result)
-        print(summary_lib.format_table(result), flush=True)
-    return result, state
+        os.makedirs(run.workdir, exist_ok=True)
+        summary_lib.write_json(os.path.join(run.workdir, CONFIG_FILE),
+                               json.loads(run.config.to_json_best_effort()))
+
+
+def _header(run: _Run) -> str:
+    c = run.config
+    first = next(iter(run.state.students.values()))
+    what = ", ".join(s.plan.label if s.plan.name == config_validation.SOLO
+                     else f"{s.plan.name} ({s.plan.label})" for s in run.students.values())
+    lines = [f"{what}: {c.teacher.arch or '-'} -> {c.student.arch} "
+             f"({param_count(first.params['model']):,} params) on {run.ds.info.name}, "
+             f"{jax.device_count()} device(s), global batch {run.batch_size}, "
+             f"{run.steps_per_epoch} steps/epoch (remainder dropped), {run.total_steps} steps"]
+    for s in run.students.values():
+        hp = " ".join(f"{k}={v}" for k, v in sorted(s.plan.hparams.items()))
+        who = "" if s.plan.name == config_validation.SOLO else f"{s.plan.name}: "
+        lines.append(f"  {who}method {s.plan.spec.name} {hp}".rstrip())
+    o = c.optimizer
+    lines.append(f"  optimizer lr={o.lr} momentum={o.momentum} weight_decay={o.weight_decay} "
+                 f"schedule={o.schedule} milestones={tuple(o.milestones)} epochs={c.num_epochs}"
+                 f" (all values: {os.path.join(run.workdir, CONFIG_FILE)})")
+    return "\n".join(lines)
+
+
+# --- periodic actions ------------------------------------------------------------------------
+
+def _actions_due(run: _Run, stop_requested: bool) -> _Due:
+    """Which periodic actions follow the step just taken (run.step)."""
+    c = run.config
+    end_of_epoch = run.step % run.steps_per_epoch == 0
+    finished = run.step >= run.total_steps
+    stop = finished or stop_requested
+    return _Due(
+        log=run.step % c.log_every_steps == 0 or end_of_epoch or stop,
+        eval=(end_of_epoch and run.epoch % c.eval_every_epochs == 0) or finished,
+        checkpoint=(end_of_epoch and run.epoch % c.checkpoint_every_epochs == 0) or stop,
+        stop=stop)
+
+
+def _flush_metrics(run: _Run) -> None:
+    """Fetches, checks and logs the step metrics kept since the last logging point."""
+    if not run.pending:
+        return
+    host = jax.device_get(run.pending)
+    first_step = run.step - len(host) + 1
+    for i, metrics in enumerate(host):
+        for name, m in metrics.items():
+            if not np.isfinite(m["loss"]):
+                terms = ", ".join(f"{k}={float(v):.6g}" for k, v in m.items())
+                who = f" of student {name!r}" if run.plan.lockstep else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss{who} at step {first_step + i} (epoch {run.epoch}): "
+                    f"{terms}. Stopped; the last good checkpoint is step "
+                    f"{run.ckpt.latest_step()} in {run.ckpt.directory}")
+    elapsed = time.perf_counter() - run.pending_t0
+    images_per_s = len(host) * run.batch_size / max(elapsed, 1e-9)
+    losses = {}
+    for name, s in run.students.items():
+        mean = {k: float(np.mean([m[name][k] for m in host])) for k in host[0][name]}
+        s.log.write(run.step, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
+        losses[name] = mean["loss"]
+    loss = (next(iter(losses.values())) if len(losses) == 1
+            else "/".join(f"{v:.4g}" for v in losses.values()))
+    run.progress.progress(len(host), loss=loss, img_s=round(images_per_s, 1), epoch=run.epoch)
+    run.pending, run.pending_t0 = [], time.perf_counter()
+
+
+def _evaluate(run: _Run) -> None:
+    sums = []
+    for batch in data.prefetch_to_mesh(run.ds.eval_batches(run.eval_batch_size),
+                                       run.batch_sharding):
+        students = {n: (s.params["model"], s.model_state) for n, s in run.state.students.items()}
+        sums.append(run.eval_step(students, batch))
+    host = jax.device_get(sums)
+    lr = schedules.learning_rate(run.config.optimizer, run.config.num_epochs, run.epoch)
+    for name, s in run.students.items():
+        total = {k: float(np.sum([b[name][k] for b in host])) for k in ("top1", "top5", "count")}
+        count = max(total["count"], 1.0)
+        result = {"top1": 100.0 * total["top1"] / count, "top5": 100.0 * total["top5"] / count}
+        s.history.append({"epoch": run.epoch, "step": run.step, **result})
+        s.log.write(run.step, "eval", {"epoch": run.epoch, **result})
+        who = f"{name}: " if run.plan.lockstep else ""
+        run.message(f"{who}epoch {run.epoch} step {run.step}: test top-1 {result['top1']:.2f} "
+                    f"top-5 {result['top5']:.2f} (lr {lr:.4g})")
+
+
+def _segments(run: _Run) -> list:
+    return run.segments + [run.clock.wall()]
+
+
+def _save(run: _Run) -> None:
+    run.ckpt.save(run.step, run.state, {
+        "step": run.step, "epoch": run.epoch, "students": sorted(run.students),
+        "history": {n: s.history for n, s in run.students.items()},
+        "segments": _segments(run), "images_seen": run.images_seen + run.clock.images,
+        "batch_size": run.batch_size, "steps_per_epoch": run.steps_per_epoch})
+
+
+def _run_actions(run: _Run, due: _Due) -> None:
+    if due.log:
+        _flush_metrics(run)   # before any eval or save: a non-finite loss stops here
+    if due.eval or due.checkpoint:
+        run.clock.pause()
+        if due.eval:
+            _evaluate(run)
+        if due.checkpoint:
+            _save(run)
+        run.clock.resume()
+        run.pending_t0 = time.perf_counter()
+
+
+# --- epochs ----------------------------------------------------------------------------------
+
+def _train_epoch(run: _Run, sigterm: threading.Event) -> bool:
+    """Runs the steps of run.epoch from run.step on; True when the run should stop."""
+    c = run.config
+    epoch = run.step // run.steps_per_epoch + 1
+    lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
+    epoch_arr = np.int32(epoch)
+    batches = data.prefetch_to_mesh(
+        run.ds.train_batches(epoch, run.batch_size, c.seed,
+                             start_step=run.step % run.steps_per_epoch), run.batch_sharding)
+    try:
+        for batch in batches:
+            run.state, metrics = run.train_step(run.state, run.teacher_state, batch, lr,
+                                                epoch_arr)
+            run.step += 1
+            run.pending.append(metrics)
+            run.clock.after_step(metrics, run.batch_size, run.step)
+            due = _actions_due(run, sigterm.is_set())
+            _run_actions(run, due)
+            if due.stop:
+                return True
+    finally:
+        batches.close()   # stops the prefetch thread, also when a step raised
+    return False
+
+
+def _train_loop(run: _Run) -> bool:
+    """Trains until the end or SIGTERM; True if stopped by SIGTERM."""
+    run.pending_t0 = time.perf_counter()
+    with _sigterm_flag() as sigterm:
+        while run.step < run.total_steps:
+            if _train_epoch(run, sigterm):
+                break
+        run.ckpt.wait()
+        if sigterm.is_set() and run.step < run.total_steps:
+            run.message(f"SIGTERM: saved step {run.step}; run again with the same --workdir "
+                        "to resume")
+            return True
+    return False
+
+
+# --- finish ----------------------------------------------------------------------------------
+
+def _export(run: _Run, student: _Student, top1: Optional[float]) -> None:
+    s = run.state.students[student.plan.name]
+    model = nnx.merge(student.graphdef, jax.device_get(s.params["model"]),
+                      jax.device_get(s.model_state))
+    model.eval()
+    convert.save_converted(model, os.path.join(student.out_dir, FINAL_MODEL_DIR),
+                           {"arch": run.config.student.arch,
+                            "num_classes": run.ds.info.num_classes, "top1": top1,
+                            "source": "kd_jax.train"}, overwrite=True)
+
+
+def _summaries(run: _Run, segments: list, images_seen: int) -> dict:
+    finished = run.step >= run.total_steps
+    return {name: summary_lib.make_summary(run.config, s.plan, s.history, steps=run.step,
+                                           segments=segments, images_seen=images_seen,
+                                           finished=finished)
+            for name, s in run.students.items()}
+
+
+def _report(run: _Run, summaries: dict) -> dict:
+    """Writes (process 0) and prints the summaries; returns the run's summary."""
+    if run.plan.lockstep:
+        result = {"lockstep": True, "students": summaries, "seed": run.config.seed,
+                  "finished": run.step >= run.total_steps}
+        table = summary_lib.format_lockstep_table(summaries)
+    else:
+        (result,) = summaries.values()
+        table = summary_lib.format_table(result)
+    if jax.process_index() == 0:
+        for name, s in run.students.items():
+            if run.plan.lockstep:
+                summary_lib.write_json(os.path.join(s.out_dir, summary_lib.SUMMARY_FILE),
+                                       summaries[name])
+        summary_lib.write_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE), result)
+        print(table, flush=True)
+    return result
+
+
+def _finish(run: _Run) -> dict:
+    segments = _segments(run)
+    images_seen = run.images_seen + run.clock.images
+    summaries = _summaries(run, segments, images_seen)
+    if run.step >= run.total_steps and run.config.export_model and jax.process_index() == 0:
+        for name, s in run.students.items():
+            _export(run, s, summaries[name]["best_top1"])
+    return _report(run, summaries)
+
+
+def _report_finished(run: _Run) -> dict:
+    """A finished run: nothing to train; prints (and returns) its saved summary."""
+    saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    print(f"{run.workdir} holds a finished run (step {run.step} of {run.total_steps}); "
+          "nothing to do. Its summary:", flush=True)
+    if saved is None or not saved.get("finished"):
+        # Stopped after the last checkpoint and before its summary: rebuild it from the
+        # checkpoint's metadata (the times of the segments that were saved).
+        return _report(run, _summaries(run, run.segments, run.images_seen))
+    print(summary_lib.format_lockstep_table(saved["students"]) if saved.get("lockstep")
+          else summary_lib.format_table(saved), flush=True)
+    return saved
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+def train(config, workdir: str) -> tuple[dict, Any]:
+    """Trains the config's student(s) in `workdir`, resuming from its latest checkpoint.
+
+    Returns (summary, final TrainState); the summary is also written to
+    workdir/summary.json (lockstep: {"lockstep": True, "students": {name: summary}}, and
+    each student's in workdir/<name>/summary.json).
+    """
+    t0 = time.perf_counter()
+    plan = config_validation.validate(config)
+    ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    workdir = os.path.abspath(workdir)
+    run = _setup(config, plan, ds, workdir)
+    run.clock = _Clock(run.step, t0)
+    try:
+        if run.step >= run.total_steps:
+            return _report_finished(run), run.state
+        _open_logs(run)
+        _save_config(run)
+        run.message(_header(run) if run.step == 0 else
+                    f"resuming from step {run.step} of {run.total_steps} "
+                    f"(epoch {run.step // run.steps_per_epoch + 1}) "
+                    f"in {run.ckpt.directory}")
+        _train_loop(run)
+    finally:
+        run.close()
+    return _finish(run), run.state
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """train(), returning only the summary."""
+    return train(config, workdir)[0]

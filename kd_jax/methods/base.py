@@ -1,0 +1,126 @@
+"""What a distillation method is to the trainer: a `MethodSpec`, and the records it reads.
+
+    spec = kd_jax.methods.get("dkd")
+    hp = spec.hparams(Recipe("cifar100", "resnet32x4", "resnet8x4"))   # the reference values
+    compute_loss = spec.build(hp)                                         # validated, pure
+    loss, terms = compute_loss(student_out, teacher_out, labels, epoch, extra)
+
+`student_out` / `teacher_out` are `ModelOutput` records; the teacher's are constants
+(the train step puts them under stop_gradient, so no method can forget). `epoch` is an int32
+scalar counted from 1 (warmups change per epoch without a recompile). `extra` holds the
+method's own trainable parameters (None unless the spec has `init_extra`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
+
+import jax
+
+Terms = dict[str, jax.Array]
+LossFn = Callable[..., tuple[jax.Array, Terms]]
+
+
+class ModelOutput(NamedTuple):
+    """One network's outputs on a batch: what a method may read."""
+
+    logits: jax.Array                    # (B, K)
+    features: Mapping[str, Any]          # the model's features record (pre_pool (B,H,W,C), ...)
+    head: tuple[jax.Array, jax.Array]    # its final linear layer: kernel (C, K), bias (K,)
+
+
+class Recipe(NamedTuple):
+    """What a method's reference hyperparameters depend on (un-prefixed model names)."""
+
+    dataset: str
+    teacher: str          # "" for a model trained alone
+    student: str
+    variant: str = ""     # a method's variant, e.g. SDD's base loss 'kd' | 'dkd' | 'nkd'
+
+
+class HeadShapes(NamedTuple):
+    """Kernel shapes (C, K) of the final linear layers, for methods with extra parameters."""
+
+    student: tuple[int, int]
+    teacher: Optional[tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One distillation method.
+
+    name: the config's method.name. needs_teacher: whether the step runs a teacher for it.
+    hparams: Recipe -> the reference hyperparameters (every value the loss uses).
+    build: hyperparameters -> compute_loss; raises ValueError naming `method.<key>` on a bad,
+      missing or unexpected value.
+    variants: the values Recipe.variant may take (none: the method has no variants); the
+      hyperparameter `variant_param` holds the chosen one (SDD: method.base), and
+      `default_variant` is used when a config argument names none.
+    key_format: the method key of a variant ('sd_{}' -> 'sd_kd'); the key of a method without
+      variants is its name. Keys name runs and published columns; the label is the key in
+      capitals with '-' for '_' ('SD-DKD').
+    init_extra: (rng, HeadShapes, hyperparameters) -> trainable parameters of the method's
+      own (None: the method has none). They are optimised with the student, checkpointed,
+      and not exported.
+    """
+
+    name: str
+    needs_teacher: bool
+    hparams: Callable[[Recipe], dict]
+    build: Callable[[Mapping[str, Any]], LossFn]
+    variants: tuple[str, ...] = ()
+    variant_param: str = ""
+    default_variant: str = ""
+    key_format: str = ""
+    init_extra: Optional[Callable[[jax.Array, HeadShapes, Mapping[str, Any]], Any]] = None
+
+    def variant_key(self, variant: str) -> str:
+        return self.key_format.format(variant) if self.variants else self.name
+
+    def method_key(self, hp: Mapping[str, Any]) -> str:
+        return self.variant_key(hp[self.variant_param]) if self.variants else self.name
+
+    def label(self, hp: Mapping[str, Any]) -> str:
+        return label_of(self.method_key(hp))
+
+
+def label_of(method_key: str) -> str:
+    """'sd_dkd' -> 'SD-DKD', 'ce' -> 'CE'."""
+    return method_key.upper().replace("_", "-")
+
+
+def check_keys(method: str, hp: Mapping[str, Any], keys: Iterable[str], hint: str = "") -> None:
+    """Raises ValueError unless `hp` has exactly `keys` (the config must hold every value)."""
+    keys = set(keys)
+    missing, unexpected = sorted(keys - set(hp)), sorted(set(hp) - keys)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"method.{k}" for k in missing))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(f"method.{k}" for k in unexpected))
+        raise ValueError(f"method {method!r}: {'; '.join(parts)}{hint}")
+
+
+def check_number(hp: Mapping[str, Any], key: str, *, low: float = 0.0,
+                 strict: bool = False) -> None:
+    """method.<key> must be a real number >= low (> low if strict)."""
+    v = hp[key]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+        v > low if strict else v >= low)
+    if not ok:
+        raise ValueError(f"method.{key}={v!r}: expected a number {'>' if strict else '>='} {low}")
+
+
+def check_choice(hp: Mapping[str, Any], key: str, allowed: Iterable[Any]) -> None:
+    allowed = tuple(allowed)
+    if hp[key] not in allowed:
+        raise ValueError(f"method.{key}={hp[key]!r}; allowed: "
+                         + ", ".join(repr(a) if not isinstance(a, str) else a for a in allowed))
+
+
+def check_int(hp: Mapping[str, Any], key: str, *, low: int = 0) -> None:
+    v = hp[key]
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+        raise ValueError(f"method.{key}={v!r}: expected an integer >= {low}")

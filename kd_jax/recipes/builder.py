@@ -1,0 +1,143 @@
+"""The config builder: (method, dataset, pair) -> a complete ml_collections config.
+
+Every config file in configs/ is a thin `get_config(arg)` over `build_config`. The method
+block holds every hyperparameter its objective uses, resolved here from the method's
+reference recipe (kd_jax.methods.<name>.hparams over kd_jax.recipes.table), so the config a
+run prints and saves is the objective it trains; the trainer never falls back on a library
+default. Pairs are named "<teacher>-<student>" with the reference's model names,
+case-insensitively ("resnet32x4-ShuffleV1"; ImageNet "ResNet34-ResNet18", CUB
+"vgg13-MobileNetV2").
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import ml_collections
+
+from kd_jax import methods, models
+from kd_jax.data import catalog
+from kd_jax.recipes import table
+
+
+def _optional_str(value: Optional[str] = None):
+    return ml_collections.FieldReference(value, field_type=str)
+
+
+def base_config(dataset: str) -> ml_collections.ConfigDict:
+    """Everything but the method: dataset, models, solver, run settings."""
+    facts = catalog.facts(dataset)
+    solver = table.solver(dataset)
+    c = ml_collections.ConfigDict()
+    c.dataset = ml_collections.ConfigDict(dict(
+        name=dataset,
+        data_dir=_optional_str(),   # None: the library's default location.
+        num_train=2048,             # synthetic only: number of training images.
+        num_test=512,               # synthetic only: number of test images.
+        image_size=facts.image_size,
+        num_classes=facts.num_classes,
+        limit_train=0,              # >0: use only the first N training images.
+        limit_test=0,               # >0: use only the first N test images.
+    ))
+    # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
+    # <workdir>/final_model of a kd_jax run), or 'random' (smoke tests and benchmarks only).
+    c.teacher = ml_collections.ConfigDict(dict(arch="", checkpoint=_optional_str(),
+                                               allow_pickle=False))
+    c.student = ml_collections.ConfigDict(dict(arch=""))
+    c.recipe = ""                   # the config argument the config was built from.
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=solver.lr,
+        momentum=solver.momentum,
+        weight_decay=solver.weight_decay,   # coupled L2 on ALL student parameters.
+        schedule="multistep",     # multistep | cosine
+        milestones=solver.milestones,
+        decay_rate=solver.decay_rate,
+    ))
+    c.batch_size = solver.batch_size   # global, over all devices and hosts.
+    c.eval_batch_size = 0              # 0: same as batch_size.
+    c.num_epochs = solver.num_epochs
+    c.total_steps = 0       # >0: stop after this many steps in total (smoke runs).
+    c.seed = 0              # student init, data order and augmentation.
+    c.seeds = ""            # "0,1,2": one run per seed in <workdir>/seed_<s>, then mean ± std.
+    c.compute_dtype = "float32"   # float32 | bfloat16 (student and teacher compute).
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1
+    c.keep_checkpoints = 3
+    c.checkpoint_every_epochs = 1
+    c.tensorboard = True
+    c.progress_bar = True
+    c.export_model = True   # write the final student to <workdir>/final_model (teacher-loadable).
+    c.multihost = False     # True: jax.distributed.initialize() before anything else.
+    return c
+
+
+def reference_hparams(method: str, dataset: str, teacher: str, student: str,
+                      variant: str = "") -> dict:
+    """The reference hyperparameters of `method` for (teacher, student) on `dataset`."""
+    spec = methods.get(method)
+    if spec.variants and variant not in spec.variants:
+        raise ValueError(f"{method} needs one of the variants {', '.join(spec.variants)}, "
+                         f"got {variant!r}")
+    if not spec.variants and variant:
+        raise ValueError(f"{method} has no variants, got {variant!r}")
+    return spec.hparams(methods.Recipe(dataset, teacher, student, variant))
+
+
+def method_block(method: str, hparams: dict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"name": method, **hparams})
+
+
+def pairs(dataset: str, method: str = "kd", variant: str = "") -> list[tuple[str, str]]:
+    """The (teacher, student) pairs of `dataset` with a reference recipe for `method`."""
+    found = []
+    for teacher, student in table.pairs(dataset):
+        try:
+            reference_hparams(method, dataset, teacher, student, variant)
+        except ValueError:
+            continue
+        found.append((teacher, student))
+    return found
+
+
+def parse_pair(dataset: str, arg: str, method: str = "kd", variant: str = "") -> tuple[str, str]:
+    """'resnet32x4-ShuffleV1' -> ('resnet32x4', 'ShuffleV1'), matched case-insensitively."""
+    known = {f"{t}-{s}".lower(): (t, s) for t, s in pairs(dataset, method, variant)}
+    if arg.lower() not in known:
+        what = methods.label_of(methods.get(method).variant_key(variant))
+        raise ValueError(f"unknown {dataset} pair {arg!r} for {what}; known pairs: "
+                         + ", ".join(f"{t}-{s}" for t, s in pairs(dataset, method, variant)))
+    return known[arg.lower()]
+
+
+def split_variant(method: str, arg: str) -> tuple[str, str]:
+    """'pair,kd' -> ('pair', 'kd') for methods with variants; the default variant otherwise."""
+    spec = methods.get(method)
+    if "," in arg:
+        arg, variant = (part.strip() for part in arg.split(",", 1))
+        if variant not in spec.variants:
+            raise ValueError(f"{arg!r},{variant!r}: {method} variants are "
+                             + (", ".join(spec.variants) if spec.variants else "none"))
+        return arg, variant
+    return arg, spec.default_variant
+
+
+def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair: str
+                 ) -> ml_collections.ConfigDict:
+    """The full config of `method` on `dataset`; `arg` names the pair ("pair,base" for SDD)
+    or, for method 'ce', the model trained alone."""
+    c = base_config(dataset)
+    arg = arg or default_pair
+    family = catalog.facts(dataset).model_family
+    c.recipe = arg
+    if method == "ce":
+        c.student.arch = models.arch_name(arg, family)
+        c.optimizer.lr = table.model_lr(dataset, arg)
+        c.method = method_block("ce", reference_hparams("ce", dataset, "", arg))
+        return c
+    pair_arg, variant = split_variant(method, arg)
+    teacher, student = parse_pair(dataset, pair_arg, method, variant)
+    c.teacher.arch = models.arch_name(teacher, family)
+    c.student.arch = models.arch_name(student, family)
+    c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    c.method = method_block(method, reference_hparams(method, dataset, teacher, student, variant))
+    return c
