@@ -1,4 +1,5 @@
-"""Exact distillation losses (METHODS.md): KD, DKD, NKD, SDD's scale-decoupled lift, CLKD.
+"""Exact distillation losses (METHODS.md): KD, DKD, NKD, SDD's scale-decoupled lift, CLKD,
+and the MSDCRD reconstruction.
 
 All functions are pure and jittable, validate shapes/dtypes statically (ValueError on bad
 input), treat teacher inputs as constants (stop_gradient) and compute in float32 (float64
@@ -10,6 +11,14 @@ from kd_jax.losses.clkd import clkd_terms
 from kd_jax.losses.common import ce_loss, ce_per_example
 from kd_jax.losses.dkd import dkd_loss, dkd_per_example, dkd_terms_per_example
 from kd_jax.losses.kd import kd_loss, kd_per_example
+from kd_jax.losses.msdcrd import (
+    adaptive_pool_to,
+    info_nce_rows,
+    msdcrd_objective,
+    msdcrd_sample_weights,
+    msdcrd_terms,
+    sliding_window_pool,
+)
 from kd_jax.losses.nkd import nkd_loss, nkd_per_example
 from kd_jax.losses.objectives import (
     clkd_objective,
@@ -34,6 +43,7 @@ from kd_jax.losses.sdd import (
 
 __all__ = [
     "adaptive_avg_pool",
+    "adaptive_pool_to",
     "ce_loss",
     "ce_per_example",
     "clkd_objective",
@@ -42,10 +52,14 @@ __all__ = [
     "dkd_objective",
     "dkd_per_example",
     "dkd_terms_per_example",
+    "info_nce_rows",
     "kd_loss",
     "kd_objective",
     "kd_per_example",
     "local_logits",
+    "msdcrd_objective",
+    "msdcrd_sample_weights",
+    "msdcrd_terms",
     "multiscale_pool",
     "nkd_loss",
     "nkd_objective",
@@ -58,5 +72,6 @@ __all__ = [
     "sd_nkd_loss",
     "sd_objective",
     "sdd_region_weights",
+    "sliding_window_pool",
     "warmup_factor",
 ]
