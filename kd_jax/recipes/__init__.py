@@ -6,8 +6,10 @@
 """
 
 from kd_jax.recipes import published, table
-from kd_jax.recipes.builder import (base_config, build_config, method_block, pairs, parse_pair,
-                                    reference_hparams, split_variant)
+from kd_jax.recipes.builder import (base_config, build_config, build_lockstep_config,
+                                    method_block, pairs, parse_pair, parse_students,
+                                    reference_hparams, split_variant, student_entry)
 
-__all__ = ["base_config", "build_config", "method_block", "pairs", "parse_pair", "published",
-           "reference_hparams", "split_variant", "table"]
+__all__ = ["base_config", "build_config", "build_lockstep_config", "method_block", "pairs",
+           "parse_pair", "parse_students", "published", "reference_hparams", "split_variant",
+           "student_entry", "table"]

@@ -141,3 +141,60 @@ def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair:
     c.optimizer.lr = table.pair(dataset, teacher, student).lr
     c.method = method_block(method, reference_hparams(method, dataset, teacher, student, variant))
     return c
+
+
+def parse_students(entries: str) -> list[tuple[str, str, int]]:
+    """'kd,sd_dkd,kd@1' -> [(name, method key, init seed offset)]: 'key@k' is a second
+    student of the same method whose initialisation seed is config.seed + k."""
+    keys = methods.method_keys()
+    out, seen = [], set()
+    for entry in (e.strip() for e in entries.split(",")):
+        if not entry:
+            continue
+        key, _, offset = entry.partition("@")
+        if key not in keys:
+            raise ValueError(f"unknown student {entry!r}; students are method keys "
+                             f"({', '.join(keys)}), optionally with @<init seed offset>")
+        if offset and not offset.isdigit():
+            raise ValueError(f"student {entry!r}: the part after '@' must be an integer >= 0")
+        if entry in seen:
+            raise ValueError(f"student {entry!r} is listed twice")
+        seen.add(entry)
+        out.append((entry, key, int(offset or 0)))
+    if not out:
+        raise ValueError("no students given")
+    return out
+
+
+def student_entry(method_key: str, dataset: str, teacher: str, student: str,
+                  init_seed_offset: int = 0) -> ml_collections.ConfigDict:
+    """A lockstep student: {method: <the reference block of method_key>, init_seed_offset}."""
+    method, variant = methods.method_keys()[method_key]
+    hp = reference_hparams(method, dataset, teacher if methods.get(method).needs_teacher else "",
+                           student, variant)
+    return ml_collections.ConfigDict({"method": method_block(method, hp),
+                                      "init_seed_offset": init_seed_offset})
+
+
+def build_lockstep_config(dataset: str, arg: Optional[str], *, default: str
+                          ) -> ml_collections.ConfigDict:
+    """Several students of one pair trained in lockstep: arg = "<pair>,<student>,<student>..."
+    with students named by method key (e.g. "resnet32x4-resnet8x4,kd,dkd,sd_dkd,kd@1").
+
+    All students see the same batches and share one teacher forward per step; each has the
+    reference hyperparameters of its method for the pair, its own initialisation seed
+    (config.seed + init_seed_offset) and its own outputs in <workdir>/<name>.
+    """
+    arg = arg or default
+    pair_arg, _, entries = arg.partition(",")
+    teacher, student = parse_pair(dataset, pair_arg, "kd")
+    family = catalog.facts(dataset).model_family
+    c = base_config(dataset)
+    c.recipe = arg
+    c.teacher.arch = models.arch_name(teacher, family)
+    c.student.arch = models.arch_name(student, family)
+    c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    c.students = ml_collections.ConfigDict({
+        name: student_entry(key, dataset, teacher, student, offset)
+        for name, key, offset in parse_students(entries)})
+    return c

@@ -158,7 +158,7 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
             _require(os.path.isdir(ckpt) or ckpt.endswith((".pth", ".pt", ".tar")),
                      f"teacher.checkpoint={ckpt!r}: expected a .pth file or a converted orbax "
                      "directory")
-    else:
+    elif not plan.lockstep:   # a lockstep run of CE students simply leaves its teacher unused
         _require(not ckpt and not config.teacher.arch,
                  f"method.name={plan.students[0].spec.name!r} trains without a teacher, but "
                  f"teacher.arch="
