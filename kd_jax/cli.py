@@ -167,7 +167,9 @@ def load_config(config_arg: str):
         raise UsageError(f"--config {path} is a directory; give one of its .py files")
     if not os.path.isfile(path):
         files = config_files()
-        close = difflib.get_close_matches(path, files, n=1, cutoff=0.5)
+        names = {os.path.basename(f): f for f in files}
+        close = [names[n] for n in difflib.get_close_matches(os.path.basename(path), names,
+                                                             n=1, cutoff=0.75)]
         hint = f"did you mean {close[0]!r}? " if close else ""
         where = os.path.dirname(files[0]) if files else "configs"
         raise UsageError(f"config file {path!r} not found; {hint}config files in {where}/: "
