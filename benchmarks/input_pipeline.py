@@ -40,9 +40,14 @@ def throughput(iterator, batch_size: int, seconds: float, block=lambda batch: No
     return count * batch_size / (time.perf_counter() - start)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every flag's default."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="wall time of each measurement (after one warm-up batch)")
     args = parser.parse_args()
 
     datasets = {"synthetic 32x32": data.get_dataset({

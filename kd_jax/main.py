@@ -2,22 +2,18 @@
 
 Any config key can be overridden, e.g. --config.num_epochs=10 --config.teacher.checkpoint=t.pth;
 unknown keys are rejected (the config is locked). Running again with the same --workdir
-resumes from its latest checkpoint.
+resumes from its latest checkpoint. A mistake (unknown key or pair, bad value, missing flag,
+file or dataset) ends in one `kd_jax: error: ...` line on stderr and exit code 2; `--help`
+lists the config files. Parsing lives in kd_jax.cli.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A configs/*.py file, optionally with ':argument' (the pair).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and summary.")
-flags.mark_flags_as_required(["config", "workdir"])
+from kd_jax import cli   # importing kd_jax first sets the C++ logging environment
 
 
 def run(config, workdir: str) -> dict:
@@ -34,10 +30,12 @@ def run(config, workdir: str) -> dict:
     return trainer.train_and_evaluate(config, workdir)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def main(argv=None) -> None:
+    try:
+        args = cli.parse(sys.argv if argv is None else argv)
+    except cli.UsageError as e:
+        cli.exit_with_error(e)
+    logging.use_absl_handler()   # what app.run would do: absl's log format on stderr
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from kd_jax.data.base import DataNotFoundError
@@ -45,12 +43,12 @@ def main(argv) -> None:
     from kd_jax.train.trainer import NonFiniteLossError
 
     try:
-        run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataNotFoundError, NonFiniteLossError) as e:
+        with cli.workdir_removed_on_failure(args.workdir):
+            run(args.config, args.workdir)
+    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteLossError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
-        print(f"kd_jax: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.exit_with_error(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

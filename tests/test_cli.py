@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+from kd_jax import cli as kd_cli
 from kd_jax import main as kd_main
 from kd_jax.train.config_validation import ConfigError
 
@@ -28,20 +28,14 @@ TINY = [
 
 
 def cli(config_arg, workdir, *overrides):
-    """Parses the flags as `python -m kd_jax.main` would and runs; returns the summary."""
-    fl = flags.FLAGS
-    fl.unparse_flags()
-    for name in [n for n in fl if n.startswith("config.")]:
-        delattr(fl, name)   # override flags of the previous in-process run
+    """Parses the flags as `python -m kd_jax.main` does and runs; returns the summary.
+
+    kd_jax.cli.parse works on a private FlagValues per call: no global flag state is
+    defined, reset or shared between tests."""
     argv = ["kd_jax.main", f"--config={os.path.join(ROOT, 'configs', config_arg)}",
             f"--workdir={workdir}", *overrides]
-    saved = sys.argv
-    sys.argv = argv   # config_flags finds the --config.* overrides in sys.argv
-    try:
-        fl(argv)
-    finally:
-        sys.argv = saved
-    return kd_main.run(fl.config, fl.workdir)
+    args = kd_cli.parse(argv)
+    return kd_main.run(args.config, args.workdir)
 
 
 def tiny(config_arg, workdir, *extra, teacher=True):
@@ -115,8 +109,19 @@ def test_wrong_teacher_checkpoint_names_the_key(tmp_path):
 
 
 def test_unknown_key_is_rejected(tmp_path):
-    with pytest.raises(Exception, match="beta"):
+    with pytest.raises(kd_cli.UsageError, match="unknown config key 'method.beta'"):
         cli("cifar_kd.py", str(tmp_path), *TINY, "--config.method.beta=8")
+
+
+def test_parses_are_independent(tmp_path):
+    """Overrides of one parse do not leak into the next (no shared flag state)."""
+    config = os.path.join(ROOT, "configs", "cifar_kd.py")
+    first = kd_cli.parse(["p", f"--config={config}", f"--workdir={tmp_path}",
+                          "--config.num_epochs=3", "--config.optimizer.lr=0.5"])
+    second = kd_cli.parse(["p", f"--config={config}", f"--workdir={tmp_path}"])
+    assert (first.config.num_epochs, first.config.optimizer.lr) == (3, 0.5)
+    assert (second.config.num_epochs, second.config.optimizer.lr) == (240, 0.05)
+    assert first.config is not second.config
 
 
 def test_command_line_reports_config_errors_without_traceback(tmp_path):
@@ -130,3 +135,14 @@ def test_command_line_reports_config_errors_without_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "kd_jax: error: method.name='kd' needs teacher.checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_progress_is_plain_lines_in_a_log(tmp_path, capsys):
+    """stderr is not a terminal here: one line per logging interval, no bar."""
+    tiny("cifar_kd.py", str(tmp_path), "--config.progress_bar=True")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"], err
+    assert all(" epoch 1 loss " in line and " img/s " in line for line in lines)
+    assert "\r" not in err and "%|" not in err
+    assert err.splitlines()[0].startswith("KD: tiny_cnn_wide -> tiny_cnn")

@@ -41,6 +41,7 @@ imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kd_jax.data import augment
@@ -53,6 +54,18 @@ from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
 __all__ = ["CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC", "facts",
            "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
            "get_dataset", "prefetch_to_mesh", "to_global_array"]
+
+def _how_to(name: str) -> str:
+    """How to provide dataset `name` (each loader's own sentence)."""
+    if name == "cifar100":
+        from kd_jax.data import cifar
+        return cifar.HOW_TO
+    if name == "fashion_mnist":
+        from kd_jax.data import fashion_mnist
+        return fashion_mnist.HOW_TO
+    from kd_jax.data import imagenet
+    return imagenet.SPECS[name].how_to
+
 
 # name -> (num_classes, mean, std) of the in-memory datasets.
 _IN_MEMORY = {
@@ -75,6 +88,12 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset name {name!r}; allowed: {', '.join(DATASETS)}")
     data_dir = _get(config, "data_dir") or None  # "" means unset, as on the command line
+    if data_dir is not None and name != "synthetic" and not os.path.isdir(
+            os.path.expanduser(data_dir)):
+        create = (" (create it first to let tfds download into it)"
+                  if name in ("cifar100", "caltech_birds2011") else "")
+        raise DataNotFoundError(f"dataset.data_dir={data_dir!r}: no such directory{create}. "
+                                f"{_how_to(name)}")
     limit_train = int(_get(config, "limit_train", 0))
     limit_test = int(_get(config, "limit_test", 0))
     if limit_train < 0 or limit_test < 0:

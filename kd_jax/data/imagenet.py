@@ -47,8 +47,10 @@ SPECS = {
         "prepares the tfds records there."),
     "caltech_birds2011": _Spec(
         "train", "test", 200, False,
-        "Give the trainer network access for tfds to download CUB-200-2011 once, or point "
-        "--config.dataset.data_dir at a directory where tfds prepared caltech_birds2011."),
+        "Give the trainer network access for tfds to download CUB-200-2011 once, or place "
+        "CUB_200_2011.tgz and segmentations.tgz (https://data.caltech.edu/records/65de6-vp158, "
+        "/records/w9d68-gec53) in --config.dataset.data_dir (used as tfds's manual and data "
+        "directory), or point it at a directory where tfds prepared caltech_birds2011."),
 }
 
 

@@ -1,13 +1,19 @@
 """Metrics out: JSON lines (<workdir>/metrics.jsonl), TensorBoard events (<workdir>/tb)
-and a tqdm progress bar. Only process 0 writes; others are silent.
+and progress on stderr. Only process 0 writes; others are silent.
+
+Progress: a tqdm bar when stderr is a terminal (or a notebook); otherwise (CI, nohup, SLURM
+logs) one plain line per logging interval, e.g.
+``step 150/3905 epoch 1 loss 2.3456 img/s 312.4 eta 0:12:34``, and no bar at all.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -19,13 +25,38 @@ def _to_python(value):
     return value
 
 
+def _interactive(stream) -> bool:
+    """A terminal, or a Jupyter kernel (where tqdm.auto draws a widget)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
 class MetricLog:
+    """write(step, kind, metrics) -> JSON line + TB scalars; progress(steps, **postfix) ->
+    the bar or a plain line; message(text) -> a line that does not break the bar.
+
+    interactive: True for a tqdm bar, False for plain lines, None (default): a bar iff stderr
+    is a terminal or a notebook.
+    """
+
     def __init__(self, workdir: str, *, tensorboard: bool = True, progress_bar: bool = True,
-                 total_steps: int = 0, initial_step: int = 0):
+                 total_steps: int = 0, initial_step: int = 0,
+                 interactive: bool | None = None):
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._lines = False   # plain progress lines instead of a bar
+        self._total, self._step = total_steps, initial_step
+        self._t0, self._step0 = time.perf_counter(), initial_step
+        self._first = None   # (time, step) of the first progress call: the ETA's origin
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -41,10 +72,13 @@ class MetricLog:
             # writes the same event records.
             self._scalar_meta = summary_pb2.SummaryMetadata()
             self._scalar_meta.plugin_data.plugin_name = "scalars"
-        if progress_bar:
+        if progress_bar and (interactive if interactive is not None else
+                             _interactive(sys.stderr)):
             from tqdm.auto import tqdm
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step",
                              dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+        else:
+            self._lines = progress_bar
 
     def write(self, step: int, kind: str, metrics: dict) -> None:
         """One JSON line {"step", "kind" (train | eval), **metrics} and TB scalars kind/name."""
@@ -60,16 +94,43 @@ class MetricLog:
             with self._tb.as_default():
                 for k, v in values.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        self._tf.summary.write(f"{kind}/{k}", self._tf.constant(v, self._tf.float32),
+                        self._tf.summary.write(f"{kind}/{k}",
+                                               self._tf.constant(v, self._tf.float32),
                                                step=int(step), metadata=self._scalar_meta)
             self._tb.flush()
 
     def progress(self, steps: int, **postfix) -> None:
+        """`steps` more steps done; postfix: loss, img_s, epoch, ... of the last interval."""
+        self._step += steps
         if self._bar is not None:
             self._bar.update(steps)
             if postfix:
                 self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
                                        for k, v in postfix.items()}, refresh=False)
+        elif self._lines and self.enabled:
+            print(self.progress_line(postfix), file=sys.stderr, flush=True)
+
+    def progress_line(self, postfix: dict) -> str:
+        """'step 150/3905 epoch 1 loss 2.3456 img/s 312.4 eta 0:12:34'. The ETA uses the mean
+        time per step since the first progress call (evaluations included, the first
+        interval's compilation not); on the first line, since this log was created."""
+        parts = [f"step {self._step}/{self._total}" if self._total else f"step {self._step}"]
+        rest = dict(postfix)
+        if "epoch" in rest:
+            parts.append(f"epoch {rest.pop('epoch')}")
+        if "loss" in rest:
+            parts.append(f"loss {float(rest.pop('loss')):.4f}")
+        if "img_s" in rest:
+            parts.append(f"img/s {float(rest.pop('img_s')):.1f}")
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rest.items()]
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, self._step)
+        t_ref, step_ref = self._first if self._step > self._first[1] else (self._t0, self._step0)
+        if self._total and self._step > step_ref:
+            per_step = (now - t_ref) / (self._step - step_ref)
+            parts.append(f"eta {format_eta(per_step * max(self._total - self._step, 0))}")
+        return " ".join(parts)
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -1,0 +1,338 @@
+"""Command-line parsing for `python -m kd_jax.main`: every user mistake becomes one UsageError.
+
+The config file is loaded here, as config_flags.DEFINE_config_file would (`get_config(ARG)`
+for `--config FILE:ARG`), so that its own argument errors (an unknown pair) and the names of
+the --config.KEY overrides (closest valid key suggested) are checked first. Then
+config_flags.DEFINE_config_dict converts each override to the field's type, on a private
+FlagValues: no global flag state is defined or shared between runs in one process. A
+mistyped key, a bad value, an unknown pair, a missing flag or file ends in one
+`kd_jax: error: ...` line (`exit_with_error`), not a traceback. Nothing here imports
+TensorFlow, and JAX only through the config file (kd_jax.train.recipes).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import difflib
+import importlib.util
+import os
+import re
+import shutil
+import sys
+from typing import Iterator, Optional, Sequence
+
+from absl import flags
+
+PROG = "python -m kd_jax.main"
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+HELP_FLAGS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
+# --config.KEY=VALUE, --config.KEY VALUE, --noconfig.KEY (booleans), as config_flags reads them.
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+_BAD_VALUE = re.compile(r"^flag --config\.([^=]+)=(.*?): ", re.DOTALL)
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             tuple: "a tuple, e.g. '(1, 2)', or the flag repeated"}
+
+EXAMPLES = f"""\
+examples:
+  {PROG} --config configs/quickstart.py --workdir runs/quickstart
+  {PROG} --config configs/cifar_kd.py:resnet32x4-resnet8x4 --workdir runs/kd \\
+      --config.teacher.checkpoint=teachers/resnet32x4 --config.num_epochs=240
+  {PROG} --help --config configs/cifar_kd.py     # that config's keys and values"""
+
+
+class UsageError(Exception):
+    """A command-line mistake; `main` prints it as one line and exits with code 2."""
+
+
+@dataclasses.dataclass
+class Args:
+    config: object        # the ConfigDict, overrides applied, locked
+    workdir: str
+    config_arg: str       # the --config value, e.g. "configs/cifar_kd.py:vgg13-vgg8"
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def parse(argv: Sequence[str]) -> Args:
+    """argv (program name first) -> Args; raises UsageError, or SystemExit(0) after --help."""
+    prog, args = argv[0], list(argv[1:])
+    try:
+        args = flags.FLAGS.read_flags_from_files(args, force_gnu=False)   # --flagfile=...
+    except flags.Error as e:
+        raise UsageError(one_line(e).removeprefix("ERROR:: ")) from None
+    config_arg, args = _take(args, "config")
+    workdir, args = _take(args, "workdir")
+    if any(a.split("=", 1)[0] in HELP_FLAGS for a in args):
+        print(help_text(config_arg))
+        raise SystemExit(0)
+    for name, value in (("config", config_arg), ("workdir", workdir)):
+        if not value:
+            _check_misspelled(args, name)
+    if not config_arg:
+        raise UsageError(f"missing --config: give a config file, e.g. --config "
+                         f"configs/quickstart.py (see {PROG} --help)")
+    if not workdir:
+        raise UsageError("missing --workdir: the directory for checkpoints, logs and the "
+                         "summary (running again with the same one resumes)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir={workdir!r} is a file, not a directory")
+    config = load_config(config_arg)
+    for arg in args:
+        match = _OVERRIDE.match(arg)
+        if match:
+            check_key(config, match.group(1), config_arg)
+
+    from ml_collections import config_flags
+    fv = flags.FlagValues()   # private: nothing global to reset between in-process runs
+    try:
+        holder = config_flags.DEFINE_config_dict("config", config, flag_values=fv,
+                                                 lock_config=True, sys_argv=[prog] + args)
+        rest = fv([prog] + args, known_only=True)
+    except flags.IllegalFlagValueError as e:
+        raise UsageError(_bad_value_message(e, config, config_arg)) from None
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        raise UsageError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)) \
+            from None
+    _parse_absl_flags([prog] + rest[1:])
+    return Args(holder.value, workdir, config_arg)
+
+
+def _take(args: list[str], name: str) -> tuple[Optional[str], list[str]]:
+    """Removes --name=V / --name V (also with one dash) from args: (last V or None, rest)."""
+    value, rest, i = None, [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in (f"-{name}", f"--{name}"):
+            if i + 1 == len(args):
+                raise UsageError(f"{arg} needs a value")
+            value, i = args[i + 1], i + 2
+            continue
+        if arg.startswith((f"-{name}=", f"--{name}=")):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def _check_misspelled(args: list[str], name: str) -> None:
+    """--workdri=x when --workdir is missing: name the typo rather than the missing flag."""
+    for arg in args:
+        flag = arg.lstrip("-").split("=", 1)[0]
+        if (arg.startswith("-") and not _OVERRIDE.match(arg) and flag not in flags.FLAGS
+                and difflib.get_close_matches(flag, [name], cutoff=0.6)):
+            raise UsageError(f"unknown flag --{flag}; did you mean --{name}?")
+
+
+def _parse_absl_flags(argv: list[str]) -> None:
+    """Whatever is not ours goes to absl's global flags (--verbosity, --logtostderr, ...);
+    parsing them also tells absl logging that flags are parsed."""
+    try:
+        positional = flags.FLAGS(argv)[1:]
+    except flags.UnrecognizedFlagError as e:
+        known = ["config", "workdir", "help"] + list(flags.FLAGS)
+        close = difflib.get_close_matches(e.flagname, known, n=1)
+        hint = f"; did you mean --{close[0]}?" if close else f" (see {PROG} --help)"
+        raise UsageError(f"unknown flag --{e.flagname}{hint}") from None
+    except flags.Error as e:
+        raise UsageError(one_line(e).removeprefix("flag ")) from None
+    if positional:
+        raise UsageError(f"unexpected argument {positional[0]!r}: flags take the form "
+                         "--name=value (values with spaces need quotes)")
+
+
+# --- the config file -----------------------------------------------------------------------
+
+def config_files() -> list[str]:
+    """configs/*.py as the user would type them: relative if ./configs exists, else absolute."""
+    if os.path.isdir("configs"):
+        return sorted(os.path.join("configs", f) for f in os.listdir("configs")
+                      if f.endswith(".py") and not f.startswith("_"))
+    if os.path.isdir(CONFIG_DIR):
+        return sorted(os.path.join(CONFIG_DIR, f) for f in os.listdir(CONFIG_DIR)
+                      if f.endswith(".py") and not f.startswith("_"))
+    return []
+
+
+def load_config(config_arg: str):
+    """configs/x.py[:arg] -> get_config([arg]), as config_flags would call it."""
+    from ml_collections import ConfigDict
+
+    path, sep, arg = config_arg.partition(":")
+    if os.path.isdir(path):
+        raise UsageError(f"--config {path} is a directory; give one of its .py files")
+    if not os.path.isfile(path):
+        files = config_files()
+        names = {os.path.basename(f): f for f in files}
+        close = [names[n] for n in difflib.get_close_matches(os.path.basename(path), names,
+                                                             n=1, cutoff=0.75)]
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        where = os.path.dirname(files[0]) if files else "configs"
+        raise UsageError(f"config file {path!r} not found; {hint}config files in {where}/: "
+                         + ", ".join(os.path.basename(f) for f in files))
+    if not path.endswith(".py"):
+        raise UsageError(f"--config {path}: expected a Python config file (configs/*.py)")
+    spec = importlib.util.spec_from_file_location("kd_jax_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)   # an error inside the file is a bug: keep its traceback
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise UsageError(f"{path} defines no get_config() function")
+    try:
+        config = get_config(arg) if sep else get_config()
+    except ValueError as e:   # the config's check of its argument, e.g. an unknown pair
+        raise UsageError(f"--config {config_arg}: {one_line(e)}") from None
+    if not isinstance(config, ConfigDict):
+        raise UsageError(f"{path}: get_config() returned {type(config).__name__}, "
+                         "not a ConfigDict")
+    return config
+
+
+def _keys(config, prefix: str = "") -> list[str]:
+    """Every dotted key of a ConfigDict, groups included."""
+    out = []
+    for key in config.keys():
+        out.append(prefix + key)
+        value = config[key]
+        if hasattr(value, "keys") and hasattr(value, "get_type"):
+            out.extend(_keys(value, f"{prefix}{key}."))
+    return out
+
+
+def check_key(config, path: str, config_arg: str) -> None:
+    """Raises UsageError naming the closest valid key if `path` is not a key of config."""
+    node, parts = config, path.split(".")
+    for depth, part in enumerate(parts):
+        parent = ".".join(parts[:depth])
+        if not (hasattr(node, "keys") and hasattr(node, "get_type")):
+            raise UsageError(f"unknown config key {path!r}: {parent!r} is a value "
+                             f"({node!r}), not a group of keys")
+        if part in node:
+            node = node[part]
+            continue
+        prefix = parent + "." if parent else ""
+        siblings = sorted(node.keys())
+        close = difflib.get_close_matches(part, siblings, n=1, cutoff=0.6)
+        candidates = [prefix + close[0] + "".join("." + p for p in parts[depth + 1:])] \
+            if close else []
+        every = _keys(config)
+        candidates += [k for k in every if k.rsplit(".", 1)[-1] == part]   # --config.lr
+        candidates += difflib.get_close_matches(path, every, n=1, cutoff=0.75)
+        if candidates:
+            hint = f"did you mean {candidates[0]!r}?"
+        else:
+            where = f"keys of {parent!r}" if parent else "top-level keys"
+            hint = f"{where}: {', '.join(siblings)}"
+        raise UsageError(f"unknown config key {path!r}; {hint}")
+
+
+def _bad_value_message(error: Exception, config, config_arg: str) -> str:
+    text = one_line(error)
+    match = _BAD_VALUE.match(str(error))
+    if not match:
+        return text.removeprefix("flag ")
+    key, raw = match.groups()
+    from ml_collections.config_flags import config_path
+    try:
+        field_type = config_path.get_type(key, config)
+        current = config_path.get_value(key, config)
+    except (AttributeError, KeyError, TypeError):
+        return text.removeprefix("flag ")
+    if hasattr(current, "keys"):   # a whole group, e.g. --config.optimizer="{'lr': 0.1}"
+        return (f"--config.{key}={raw}: expected a dict of {key}'s keys "
+                f"({', '.join(sorted(current.keys()))})")
+    expected = _EXPECTED.get(field_type, getattr(field_type, "__name__", str(field_type)))
+    return (f"--config.{key}={raw}: expected {expected} ({key} is {current!r} in "
+            f"{config_arg.partition(':')[0]})")
+
+
+# --- --help ----------------------------------------------------------------------------------
+
+def _summary(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = ast.get_docstring(ast.parse(fh.read())) or ""
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return doc.strip().split("\n\n", 1)[0].replace("\n", " ")
+
+
+def help_text(config_arg: Optional[str] = None) -> str:
+    lines = [
+        f"usage: {PROG} --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE ...]",
+        "",
+        "Trains a student with knowledge distillation (or a model alone, or runs a pipeline",
+        "such as the quickstart). Running again with the same --workdir resumes from its latest",
+        "checkpoint. Mistakes end in one 'kd_jax: error: ...' line and exit code 2.",
+        "",
+        "flags:",
+        "  --config FILE[:ARG]  a config file; ARG picks a variant, for most configs the pair",
+        "                       TEACHER-STUDENT (an unknown one lists the known pairs)",
+        "  --workdir DIR        checkpoints, metrics.jsonl, TensorBoard events, summary.json",
+        "  --config.KEY=VALUE   overrides one config key, nested ones with dots, e.g.",
+        "                       --config.optimizer.lr=0.1; unknown keys are refused",
+        "  -h, --help           this help; with --config, also that config's keys and values",
+        "  (absl's logging flags, e.g. --verbosity=1, are accepted as well)",
+        "",
+        "config files:",
+    ]
+    files = config_files()
+    width = max((len(os.path.basename(f)) for f in files), default=0)
+    for f in files:
+        lines.append(f"  {os.path.basename(f):<{width}}  {_summary(f)}")
+    if files:
+        lines.append(f"  (in {os.path.dirname(files[0]) or '.'}/)")
+    lines += ["", EXAMPLES]
+    if config_arg:
+        try:
+            config = load_config(config_arg)
+        except UsageError as e:
+            lines += ["", f"--config {config_arg}: {e}"]
+        else:
+            lines += ["", f"keys of --config {config_arg} (override with --config.KEY=VALUE):"]
+            lines += ["  " + line for line in _flat_values(config)]
+    return "\n".join(lines)
+
+
+def _flat_values(config, prefix: str = "") -> Iterator[str]:
+    for key in config.keys():
+        value = config[key]
+        if hasattr(value, "keys") and hasattr(value, "get_type"):
+            yield from _flat_values(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key} = {value!r}"
+
+
+# --- the workdir -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def workdir_removed_on_failure(workdir: str) -> Iterator[None]:
+    """Creates workdir; if the run then fails before writing a file there, removes it again
+    (only when it did not exist before), so that a mistake leaves nothing behind."""
+    existed = os.path.exists(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--workdir={workdir!r}: cannot create it ({e.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        if not existed and not _holds_files(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _holds_files(directory: str) -> bool:
+    for root, dirs, files in os.walk(directory):
+        if files or any(os.path.islink(os.path.join(root, d)) for d in dirs):
+            return True
+    return False
+
+
+def exit_with_error(message) -> None:
+    print(f"kd_jax: error: {one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(2)

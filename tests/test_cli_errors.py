@@ -1,0 +1,158 @@
+"""The real command line in a subprocess: every user mistake ends in ONE `kd_jax: error:` line
+on stderr, exit code 2, no traceback, no C++ start-up noise, and nothing left behind.
+
+HOME points at a temporary directory (tfds's default data dir lives there) and KD_JAX_OFFLINE=1
+forbids downloads, so that these tests never touch the real home or the network. Config
+mistakes fail before JAX compiles anything (about a second each, mostly imports).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KD = "configs/cifar_kd.py"
+# What the CLI must set by itself (the test process has some of them from conftest.py).
+_LOGGING_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY",
+                "GLOG_minloglevel", "TFDS_DATA_DIR")
+NOISE = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "Traceback", "Retrying",
+         "Dl Completed", "Dl Size", "%|", "Variant folder", "FATAL")
+
+
+def run_cli(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k not in _LOGGING_ENV}
+    env.update(HOME=str(tmp_path / "home"), KD_JAX_OFFLINE="1")
+    os.makedirs(env["HOME"], exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "kd_jax.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def error_line(proc) -> str:
+    """The one non-empty stderr line, after checking exit code 2 and no other output there."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("kd_jax: error: "), lines[0]
+    return lines[0]
+
+
+def workdir(tmp_path):
+    return ["--workdir", str(tmp_path / "run")]
+
+
+CASES = {
+    "typo": ([KD, "--config.num_epoch=1"],
+             "kd_jax: error: unknown config key 'num_epoch'; did you mean 'num_epochs'?"),
+    "unknown key": ([KD, "--config.foo=1"],
+                    "kd_jax: error: unknown config key 'foo'; top-level keys: batch_size,"),
+    "nested typo": ([KD, "--config.optimizer.lrr=0.1"],
+                    "kd_jax: error: unknown config key 'optimizer.lrr'; did you mean "
+                    "'optimizer.lr'?"),
+    "key at the wrong level": ([KD, "--config.lr=0.1"],
+                               "unknown config key 'lr'; did you mean 'optimizer.lr'?"),
+    "bad int": ([KD, "--config.num_epochs=abc"],
+                "kd_jax: error: --config.num_epochs=abc: expected an integer (num_epochs is "
+                "240 in configs/cifar_kd.py)"),
+    "bad bool": ([KD, "--config.tensorboard=maybe"],
+                 "--config.tensorboard=maybe: expected true or false"),
+    "unknown pair": (["configs/cifar_kd.py:resnet32x4-foo"],
+                     "unknown cifar100 pair 'resnet32x4-foo'; known pairs: "),
+    "no such config file": (["configs/cifar_kdd.py"],
+                            "kd_jax: error: config file 'configs/cifar_kdd.py' not found; "
+                            "did you mean 'configs/cifar_kd.py'?"),
+    "missing teacher checkpoint": ([KD, "--config.teacher.checkpoint=/no/such.pth"],
+                                   "kd_jax: error: teacher.checkpoint='/no/such.pth': no "
+                                   "such file or directory"),
+    "missing data_dir": ([KD, "--config.teacher.checkpoint=random",
+                          "--config.dataset.data_dir=/no/such/dir"],
+                         "kd_jax: error: dataset.data_dir='/no/such/dir': no such directory"),
+    "positional argument": ([KD, "extra"], "kd_jax: error: unexpected argument 'extra'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mistake_is_one_error_line(tmp_path, case):
+    args, expected = CASES[case]
+    proc = run_cli(tmp_path, "--config", *args, *workdir(tmp_path))
+    assert expected in error_line(proc)
+    assert not os.path.exists(tmp_path / "run"), "a failed run left its workdir behind"
+
+
+@pytest.mark.parametrize("args,expected", [
+    ([], "kd_jax: error: missing --config"),
+    (["--workdir", "w"], "kd_jax: error: missing --config"),
+    (["--config", KD], "kd_jax: error: missing --workdir"),
+    (["--config", KD, "--workdri=w"], "kd_jax: error: unknown flag --workdri; did you mean "
+                                      "--workdir?"),
+    (["--config", KD, "--workdir", "w", "--verbosityy=1"], "unknown flag --verbosityy; did "
+                                                           "you mean --verbosity?"),
+])
+def test_missing_or_misspelled_flags(tmp_path, args, expected):
+    assert expected in error_line(run_cli(tmp_path, *args))
+    assert not os.path.exists(os.path.join(ROOT, "w"))
+
+
+def test_help_lists_configs_and_exits_0(tmp_path):
+    proc = run_cli(tmp_path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""
+    out = proc.stdout
+    assert "usage: python -m kd_jax.main --config FILE[:ARG] --workdir DIR" in out
+    for name in sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")):
+        assert name in out
+    assert "cifar_kd.py" in out and "KD (Hinton et al.) on CIFAR-100" in out
+    assert "python -m kd_jax.main --config configs/quickstart.py --workdir runs/quickstart" in out
+
+
+def test_help_with_a_config_shows_its_keys(tmp_path):
+    proc = run_cli(tmp_path, "-h", "--config", "configs/cifar_kd.py:vgg13-vgg8")
+    assert proc.returncode == 0, proc.stderr
+    assert "optimizer.lr = 0.05" in proc.stdout and "student.arch = 'vgg8'" in proc.stdout
+
+
+def test_missing_cifar100_offline_fails_fast_and_leaves_nothing(tmp_path):
+    proc = run_cli(tmp_path, "--config", KD, *workdir(tmp_path),
+                   "--config.teacher.checkpoint=random")
+    line = error_line(proc)
+    assert "tfds dataset 'cifar100' is not prepared in" in line
+    assert "downloads are off (KD_JAX_OFFLINE is set)" in line
+    assert "cifar-100-binary.tar.gz" in line and "--config.dataset.data_dir" in line
+    for noise in NOISE:   # no download was attempted: no retries, no progress bars
+        assert noise not in proc.stderr + proc.stdout
+    assert not os.path.exists(tmp_path / "run")
+    assert not os.path.exists(tmp_path / "home" / "tensorflow_datasets")
+
+
+def test_tensorflow_path_is_quiet_and_cleans_up(tmp_path):
+    """A corrupt cifar-100-binary.tar.gz: tfds (and TensorFlow) load, tfds fails to prepare;
+    no C++ start-up noise, one error line, and tfds's temporary folders are removed."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "cifar-100-binary.tar.gz").write_bytes(b"not a tar file")
+    proc = run_cli(tmp_path, "--config", KD, *workdir(tmp_path),
+                   "--config.teacher.checkpoint=random", f"--config.dataset.data_dir={data_dir}")
+    line = error_line(proc)
+    assert "preparing it failed (NonMatchingChecksumError" in line
+    for noise in NOISE:
+        assert noise not in proc.stderr
+    assert sorted(os.listdir(data_dir)) == ["cifar-100-binary.tar.gz"]
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("script", ["losses.py", "input_pipeline.py"])
+def test_benchmark_help_describes_every_flag(script):
+    proc = subprocess.run([sys.executable, os.path.join("benchmarks", script), "--help"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    options = proc.stdout.split("options:", 1)[1]
+    flags = [f for f in set(re.findall(r"^  (--[a-z_-]+)", options, re.M)) if f != "--help"]
+    assert flags, proc.stdout
+    # Each flag's entry (up to the next flag) has a description and its default.
+    for entry in re.split(r"\n  (?=-)", options)[1:]:
+        if entry.startswith("-h"):
+            continue
+        assert "(default:" in " ".join(entry.split()), entry
+        assert len(entry.split()) > 3, entry
