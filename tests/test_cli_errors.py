@@ -59,7 +59,7 @@ CASES = {
     "bad bool": ([KD, "--config.tensorboard=maybe"],
                  "--config.tensorboard=maybe: expected true or false"),
     "unknown pair": (["configs/cifar_kd.py:resnet32x4-foo"],
-                     "unknown cifar100 pair 'resnet32x4-foo'; known pairs: "),
+                     "unknown cifar100 pair 'resnet32x4-foo' for KD; known pairs: "),
     "no such config file": (["configs/cifar_kdd.py"],
                             "kd_jax: error: config file 'configs/cifar_kdd.py' not found; "
                             "did you mean 'configs/cifar_kd.py'?"),
