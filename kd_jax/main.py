@@ -9,15 +9,21 @@ lists the config files. Parsing lives in kd_jax.cli.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags, logging
 
 from kd_jax import cli   # importing kd_jax first sets the C++ logging environment
 
+# Compiled steps persist across runs (a resumed run, the next seed, a rerun): no recompile.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "kd_jax", "jax_cache"))
+
 
 def run(config, workdir: str) -> dict:
-    """Trains one config, or runs a pipeline config (config.pipeline set, e.g. quickstart)."""
+    """Trains one config (over config.seeds if set), or runs a pipeline config
+    (config.pipeline set, e.g. quickstart)."""
     import jax
 
     if config.get("multihost", False):
@@ -26,6 +32,9 @@ def run(config, workdir: str) -> dict:
     if config.get("pipeline"):
         from kd_jax.train import pipeline
         return pipeline.run_pipeline(config, workdir)
+    if config.get("seeds"):
+        from kd_jax.train import seeds
+        return seeds.run_seeds(config, workdir)
     from kd_jax.train import trainer
     return trainer.train_and_evaluate(config, workdir)
 

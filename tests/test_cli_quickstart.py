@@ -2,7 +2,8 @@
 
 Uses /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist) when present, else
 writes a small IDX set itself; tiny models (tiny_cnn_wide teacher, tiny_cnn students), one
-epoch, batch 32: the point is the pipeline (six runs, teacher hand-over, table, plot).
+epoch, batch 32: the point is the pipeline (teacher, lockstep students over seeds, verdict,
+table, plot).
 """
 
 import json
@@ -44,21 +45,42 @@ def idx_dir(tmp_path):
 
 
 def test_quickstart_pipeline(tmp_path, capsys):
+    """Teacher retrained (no shipped one), five lockstep students over two seeds, the verdict."""
     wd = str(tmp_path / "run")
-    results = cli("quickstart.py", wd, f"--config.dataset.data_dir={idx_dir(tmp_path)}",
-                  "--config.dataset.limit_train=256", "--config.dataset.limit_test=128",
-                  "--config.num_epochs=1", "--config.batch_size=32", "--config.eval_batch_size=64",
+    summary = cli("quickstart.py", wd, f"--config.dataset.data_dir={idx_dir(tmp_path)}",
+                  "--config.dataset.limit_train=128", "--config.dataset.limit_test=96",
+                  "--config.teacher_limit_train=256", "--config.teacher_epochs=1",
+                  "--config.teacher_dir=", "--config.seeds=0,1",
+                  "--config.num_epochs=1", "--config.eval_every_epochs=1",
+                  "--config.batch_size=32", "--config.eval_batch_size=64",
                   "--config.teacher_arch=tiny_cnn_wide", "--config.student_arch=tiny_cnn",
                   "--config.progress_bar=False", "--config.log_every_steps=4")
-    assert list(results) == ["teacher", "ce", "kd", "dkd", "sd_kd", "sd_dkd"]
-    for run, summary in results.items():
-        assert summary["finished"] and summary["steps"] == 8, run
-        assert [h["epoch"] for h in summary["history"]] == [1]
-    assert results["teacher"]["student"] == "tiny_cnn_wide"
-    assert results["kd"]["teacher"] == "tiny_cnn_wide" and results["kd"]["method"] == "KD"
+    students = summary["students"]
+    assert list(students) == ["ce", "dkd", "kd", "sd_dkd", "sd_kd"]
+    assert summary["seeds"] == [0, 1] and summary["teacher"]["student"] == "tiny_cnn_wide"
+    assert summary["teacher"]["checkpoint"] == os.path.join(wd, "teacher", "final_model")
+    for name in students:
+        for seed in (0, 1):
+            with open(os.path.join(wd, "students", f"seed_{seed}", name, "summary.json")) as fh:
+                s = json.load(fh)
+            assert s["finished"] and s["steps"] == 4 and s["seed"] == seed
+            assert s["teacher"] == (None if name == "ce" else "tiny_cnn_wide")
+    # The verdict is the comparison of the printed numbers with the combined spread.
+    for name, v in summary["verdict"].items():
+        a, b = students[name]["last_top1"], students["ce"]["last_top1"]
+        assert v["diff"] == a["mean"] - b["mean"] and v["spread"] == a["std"] + b["std"]
+        assert v["verdict"].startswith("beats") == (v["diff"] > v["spread"])
     out = capsys.readouterr().out
-    assert "SD-DKD" in out and "student alone (CE)" in out and "teacher (CE)" in out
+    assert "student alone (CE)" in out and "SD-DKD" in out and "\nverdict: " in out
     with open(os.path.join(wd, "quickstart_accuracy.png"), "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(wd, "quickstart_summary.json")) as fh:
-        assert json.load(fh)["sd_dkd"]["method"] == "SD-DKD"
+        assert json.load(fh)["students"]["sd_dkd"]["method"] == "SD-DKD"
+
+
+def test_shipped_teacher_is_intact():
+    """The committed teacher matches its recorded sha256 (else the quickstart retrains it)."""
+    from kd_jax.recipes import quickstart
+    from kd_jax.train import pipeline
+    path, why = pipeline.shipped_teacher(quickstart.ASSET_DIR)
+    assert path is not None, why

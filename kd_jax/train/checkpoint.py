@@ -34,6 +34,12 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
+    def read_meta(self, step: Optional[int] = None) -> dict:
+        """The JSON metadata of `step` (default: the latest), without reading the state."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
+
     def restore(self, like: Any, step: Optional[int] = None) -> tuple[Any, dict]:
         """(state, meta) of `step` (default: the latest), shaped and sharded like `like`."""
         step = self.latest_step() if step is None else step

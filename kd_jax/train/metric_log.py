@@ -118,8 +118,9 @@ class MetricLog:
         rest = dict(postfix)
         if "epoch" in rest:
             parts.append(f"epoch {rest.pop('epoch')}")
-        if "loss" in rest:
-            parts.append(f"loss {float(rest.pop('loss')):.4f}")
+        if "loss" in rest:   # a number, or "a/b/c" (the students of a lockstep run)
+            loss = rest.pop("loss")
+            parts.append(f"loss {loss:.4f}" if isinstance(loss, (int, float)) else f"loss {loss}")
         if "img_s" in rest:
             parts.append(f"img/s {float(rest.pop('img_s')):.1f}")
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rest.items()]

@@ -225,7 +225,7 @@ def _restore(run: _Run) -> dict:
     """Restores the latest checkpoint into run.state; returns its metadata ({} if none)."""
     if run.ckpt.latest_step() is None:
         return {}
-    state, meta = run.ckpt.restore(run.state)
+    meta = run.ckpt.read_meta()   # checked before the state: a different run has another tree
     names = sorted(run.students)
     if (meta.get("batch_size") != run.batch_size
             or meta.get("steps_per_epoch") != run.steps_per_epoch
@@ -235,8 +235,8 @@ def _restore(run: _Run) -> dict:
             f"{meta.get('steps_per_epoch')} steps per epoch and students "
             f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
             f"{run.steps_per_epoch} and {names}: use another --workdir")
-    run.state = state
-    run.step = int(jax.device_get(state.step))
+    run.state, meta = run.ckpt.restore(run.state)
+    run.step = int(jax.device_get(run.state.step))
     for name, history in meta["history"].items():
         run.students[name].history = list(history)
     run.segments = list(meta["segments"])
