@@ -21,6 +21,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.expanduser("~"), ".cache", "kd_jax", "jax_cache"))
 
 
+# JAX, TensorFlow and the trainer are imported inside the functions: `--help` and every
+# command-line mistake then answer in about a second, without loading them.
+
+
 def run(config, workdir: str) -> dict:
     """Trains one config (over config.seeds if set), or runs a pipeline config
     (config.pipeline set, e.g. quickstart)."""

@@ -13,6 +13,9 @@ algorithm (`random_resized_crop_window`: 10 attempts, log-uniform aspect ratio, 
 central crop as fallback), vectorised over the attempts. caltech_birds2011 (train: resize to
 256x256, random 224 crop, flip; test: resize to 256x256, center crop 224). Both normalise with
 the ImageNet mean/std; resizes are bilinear with antialiasing, like PIL's.
+
+TensorFlow is imported inside the functions that use it: it takes seconds to import, and
+runs on the other datasets (and every command-line mistake) should not pay for it.
 """
 
 from __future__ import annotations

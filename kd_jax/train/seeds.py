@@ -22,6 +22,7 @@ import os
 from typing import Optional, Sequence
 
 from kd_jax.train import summary as summary_lib
+from kd_jax.train import trainer
 from kd_jax.train.config_validation import parse_seeds
 
 SEED_DIR = "seed_{}"
@@ -93,9 +94,7 @@ def format_table(result: dict) -> str:
 
 def run_seeds(config, workdir: str, train_fn=None, seeds: Optional[Sequence[int]] = None) -> dict:
     """Runs `config` once per seed of config.seeds; writes and prints the mean ± std summary."""
-    if train_fn is None:
-        from kd_jax.train import trainer
-        train_fn = trainer.train_and_evaluate
+    train_fn = train_fn or trainer.train_and_evaluate
     seeds = list(seeds if seeds is not None else parse_seeds(config.seeds))
     workdir = os.path.abspath(workdir)
     summaries = {}
