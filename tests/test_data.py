@@ -126,22 +126,54 @@ def test_fashion_mnist_from_data_dir_layout(tmp_path, gz):
     assert train["image"].shape == (2, 32, 32, 3) and train["label"].dtype == np.int32
 
 
-def test_fashion_mnist_missing_data_fails_fast_without_download(tmp_path, monkeypatch):
-    import tensorflow_datasets as tfds  # imported before timing: the check itself must be fast
+@pytest.fixture
+def attempts(monkeypatch):
+    """Records (and refuses) every network connection, tfds download and tfds_io builder
+    preparation; a test asserts on the list, so an attempt counts even if the code under test
+    swallows the error."""
+    import socket
 
-    def no_download(*args, **kwargs):
-        raise AssertionError("a download was attempted")
+    import tensorflow_datasets as tfds
+    from kd_jax.data import tfds_io
 
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
-    import time
-    start = time.perf_counter()
+    made = []
+
+    def refusing(what, original=None):
+        def call(*args, **kwargs):
+            made.append(what)
+            if original is not None:
+                return original(*args, **kwargs)
+            raise OSError(f"test: {what} refused")
+        return call
+
+    monkeypatch.setattr(socket.socket, "connect", refusing("connect"))
+    monkeypatch.setattr(socket, "create_connection", refusing("create_connection"))
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        refusing("download_and_prepare"))
+    monkeypatch.setattr(tfds_io, "prepared_builder",
+                        refusing("prepared_builder", tfds_io.prepared_builder))
+    return made
+
+
+def test_fashion_mnist_missing_data_fails_before_tfds(tmp_path, attempts):
+    """An explicit data_dir without IDX files or a tfds directory fails at once: tfds is not
+    consulted at all (so no download and no retry loop can run), and nothing is written."""
     with pytest.raises(data.DataNotFoundError) as error:
         data.get_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path)})
-    assert time.perf_counter() - start < 5.0
+    assert attempts == []
     message = str(error.value)
     assert str(tmp_path) in message
     assert "dataset-fashion-mnist" in message and "data_dir" in message
     assert os.listdir(tmp_path) == []  # nothing written into the user's directory
+
+
+def test_fashion_mnist_unprepared_tfds_dir_is_never_downloaded_into(tmp_path, attempts):
+    """A data_dir holding an unprepared tfds fashion_mnist directory: tfds is asked whether
+    it is prepared, and the answer "no" is an error, not a download (no network touched)."""
+    (tmp_path / "fashion_mnist").mkdir()
+    with pytest.raises(data.DataNotFoundError, match="downloading is disabled"):
+        data.get_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path)})
+    assert attempts == ["prepared_builder"]
 
 
 def test_limits_keep_the_first_examples(tmp_path):
@@ -323,15 +355,32 @@ def test_prefetch_to_mesh_reraises_producer_errors(sharding):
         next(iterator)
 
 
-def test_prefetch_to_mesh_close_stops_the_producer(sharding):
-    def endless():
-        while True:
-            yield {"x": np.zeros((2,), np.float32)}
+# Generous bound on joining a producer that has been told to stop (it polls every 0.1 s): not
+# a timing check, only a guard against hanging the suite if the thread never ends.
+JOIN_TIMEOUT = 60.0
 
-    iterator = data.prefetch_to_mesh(endless(), sharding, size=2)
-    next(iterator)
-    iterator.close()
-    assert not any(t.name == "prefetch_to_mesh" and t.is_alive()
-                   for t in threading.enumerate())
+
+def _counting_source(pulled: list):
+    """An endless batch source that counts the batches taken from it."""
+    while True:
+        pulled.append(1)
+        yield {"x": np.zeros((2,), np.float32)}
+
+
+@pytest.mark.parametrize("advance", [True, False])
+def test_prefetch_to_mesh_close_stops_the_producer(sharding, advance):
+    pulled = []
+    iterator = data.prefetch_to_mesh(_counting_source(pulled), sharding, size=2)
+    thread = iterator.thread  # the producer this iterator owns, not any thread by name
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    if advance:
+        next(iterator)
+    iterator.close()  # also without a next(): the producer must not outlive its consumer
+    thread.join(JOIN_TIMEOUT)
+    assert not thread.is_alive()
+    taken = len(pulled)
+    # The queue holds at most 2 batches and the producer one more: it stopped pulling.
+    assert taken <= 2 + 1 + int(advance)
     with pytest.raises(StopIteration):
         next(iterator)
+    assert len(pulled) == taken

@@ -2,7 +2,9 @@
 
 Structural checks (parameter counts, state_dict keys and shapes, feature shapes) run on
 abstract models (nnx.eval_shape) for every registered model that has a dump, so they cost
-tracing only. Real forwards/backwards run for one small model per family.
+tracing only. Every dumped model also runs once for real, at the dump's input shape, to
+check its features' shapes and the signs the dump's `min over feats[...]` lines imply
+(test_feature_signs_match_the_dump). Forwards/backwards run for one small model per family.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +39,7 @@ class Dump:
     input_shape: Shape               # NCHW
     logits_shape: Shape
     feats: dict[str, list[Shape]]    # "feats", "preact_feats" (if present): NCHW shapes
+    mins: dict[str, list[str]]       # "feats", ...: each entry's minimum as printed ("+0.000")
     pooled_shape: Shape
     state: dict[str, Shape]          # key -> shape, without num_batches_tracked
 
@@ -59,6 +63,8 @@ def load_dump(name: str) -> Dump:
     feats = {}
     for key, shapes in re.findall(r"^feats\['(\w+)'\]: list\[\d+\] = \[(.*)\]$", text, re.M):
         feats[key] = [_shape(s) for s in re.findall(r"\(([\d,]+)\)", shapes)]
+    mins = {key: [m.strip() for m in values.split(",")] for key, values in re.findall(
+        r"^\s*min over feats\['(\w+)'\] entries: \[(.*)\]$", text, re.M)}
     start = lines.index("# state_dict (key  shape  dtype)") + 1
     state = {}
     for line in lines[start:]:
@@ -68,7 +74,7 @@ def load_dump(name: str) -> Dump:
         if not key.endswith("num_batches_tracked"):
             state[key] = _shape(shape)
     return Dump(int(count.group(1)), _shape(inp.group(1)), _shape(logits.group(1)), feats,
-                _shape(pooled.group(1)), state)
+                mins, _shape(pooled.group(1)), state)
 
 
 def dumped_names() -> list[str]:
@@ -181,6 +187,91 @@ def test_unknown_name_lists_known_models():
         models.create("resnet9")
     for known in ("resnet8", "wrn_40_2", "vgg13", "ResNet50"):
         assert known in str(err.value)
+
+
+# --- Feature signs of every dumped model (a real forward at the dump's input shape) ---
+
+# Dump feature list -> kd_jax features key.
+FEATURE_KEYS = {"feats": "stages", "preact_feats": "preact_stages"}
+
+
+def expected_sign(printed: str) -> str:
+    """What a dump's printed minimum (3 decimals, explicit sign) says about the feature.
+
+    "+0.000": the reference's minimum is exactly 0 (a "-" is printed for any negative value,
+    however small: "-0.000" is a tiny negative minimum), so the feature is a ReLU output:
+    "relu". Any "-" value: the feature has negative entries: "negative". The dumps hold no
+    positive minimum; one would fail here rather than be guessed at.
+    """
+    value = float(printed)
+    if printed.startswith("-"):
+        return "negative"
+    if printed.startswith("+") and value == 0.0:
+        return "relu"
+    raise ValueError(f"unhandled minimum {printed!r} in a dump")
+
+
+def test_dump_minimum_parser():
+    dump = load_dump("MobileNetV2")
+    assert dump.mins == {"feats": ["+0.000", "-0.111", "-0.012", "-0.000", "-0.000"]}
+    assert [expected_sign(m) for m in dump.mins["feats"]] == [
+        "relu", "negative", "negative", "negative", "negative"]
+    assert set(load_dump("imagenet_ResNet18").mins) == {"feats", "preact_feats"}
+    assert all(set(load_dump(n).mins) == set(load_dump(n).feats) for n in dumped_names())
+
+
+def numpy_random_model(name: str, num_classes: int, seed: int = 0) -> nnx.Module:
+    """The model `name` in eval mode with generic random weights drawn by NumPy (no XLA init
+    programs to compile): kernels N(0, 1/fan_in), biases N(0, 0.1^2), BatchNorm scale
+    U(0.5, 1.5), bias N(0, 0.1^2), running mean N(0, 0.1^2), running var U(0.5, 1.5)."""
+    model = nnx.eval_shape(lambda: models.create(name, num_classes=num_classes))
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+        shape, leaf = tuple(var.shape), path[-1]
+        if leaf == "kernel":
+            value = rng.standard_normal(shape, np.float32) / np.sqrt(np.prod(shape[:-1]))
+        elif leaf in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:  # bias, mean
+            value = 0.1 * rng.standard_normal(shape, np.float32)
+        var.set_value(jnp.asarray(value, jnp.float32))
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("name", dumped_names())
+def test_feature_signs_match_the_dump(name):
+    """The Flax model (generic random weights, eval mode) on a N(0, 1) batch of the dump's
+    input shape has every feature's shape and the dump's sign pattern.
+
+    The dump's numbers come from the reference's init (torch seed 0), ours from other random
+    weights, so only signs are compared, with this rule per list entry: a "+0.000" minimum
+    (a ReLU output) -> our minimum is exactly 0 (nothing negative, something clipped); a
+    negative minimum -> our feature has negative entries. Both hold for generic weights.
+    """
+    dump = load_dump(name)
+    b, _, h, w = dump.input_shape
+    model = numpy_random_model(name, dump.logits_shape[1])
+    x = jax.random.normal(jax.random.key(0), (b, h, w, 3))
+    logits, feats = nnx.jit(lambda m, x: m(x))(model, x)
+    chex.assert_shape(logits, dump.logits_shape)
+    chex.assert_shape(feats["pooled"], dump.pooled_shape)
+    assert np.all(np.isfinite(logits))
+    if "preact_feats" not in dump.feats:
+        assert feats["preact_stages"] is None
+    checked = 0
+    for key, shapes in dump.feats.items():
+        ours = feats[FEATURE_KEYS[key]]
+        assert len(ours) == len(shapes) == len(dump.mins[key]), key
+        for i, (feature, shape, printed) in enumerate(zip(ours, shapes, dump.mins[key])):
+            chex.assert_shape(feature, nhwc(shape))
+            low = float(jnp.min(feature))
+            if expected_sign(printed) == "relu":
+                assert low == 0.0, f"{name} {key}[{i}]: dump min {printed}, ours {low:.4g}"
+            else:
+                assert low < 0.0, f"{name} {key}[{i}]: dump min {printed}, ours {low:.4g} >= 0"
+            checked += 1
+    assert checked == sum(len(v) for v in dump.feats.values())
 
 
 # --- Real forwards / backwards on CPU (one small model per family) ---
@@ -308,30 +399,3 @@ def test_pools_are_differentiable():
     expected = np.zeros(x.shape)
     expected[:, 1::2, 1::2, :] = 1.0
     np.testing.assert_array_equal(grad_max, expected)
-
-
-# --- Initialisation schemes (formulas of the reference code) ---
-
-def _std(x) -> float:
-    return float(np.std(np.asarray(x)))
-
-
-def test_initialisation_schemes():
-    # The models of the train-step fixture: the step is functional, their weights are the init.
-    resnet = train_step_result("resnet8")[0]
-    conv = resnet.layer3[0].conv2.kernel[...]          # 3x3, 64 -> 64: kaiming fan_out
-    assert _std(conv) == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)
-    np.testing.assert_array_equal(resnet.bn1.scale[...], 1.0)
-    np.testing.assert_array_equal(resnet.bn1.bias[...], 0.0)
-    fc_bias = np.asarray(resnet.fc.bias[...])           # torch default: U(+-1/sqrt(64))
-    assert np.all(np.abs(fc_bias) <= 1 / 8) and np.any(fc_bias != 0)
-
-    wrn = train_step_result("wrn_16_1")[0]
-    np.testing.assert_array_equal(wrn.fc.bias[...], 0.0)  # the reference zeroes it
-    assert np.abs(np.asarray(wrn.fc.kernel[...])).max() <= 1 / 8
-
-    vgg = train_step_result("vgg8")[0]
-    assert _std(vgg.classifier.kernel[...]) == pytest.approx(0.01, rel=0.05)
-    np.testing.assert_array_equal(vgg.classifier.bias[...], 0.0)
-    assert _std(vgg.block3[0].kernel[...]) == pytest.approx(np.sqrt(2 / (9 * 512)), rel=0.05)
-    np.testing.assert_array_equal(vgg.block3[0].bias[...], 0.0)

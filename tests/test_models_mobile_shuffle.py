@@ -1,10 +1,10 @@
 """MobileNetV2, ShuffleV1/V2, ImageNet ResNet / MobileNetV1 and the CUB-200 variants.
 
 Parameter counts, keys and feature shapes of the models with a reference dump are checked by
-test_model_zoo.py, and whole-model PyTorch parity of ShuffleV1/V2, MobileNetV2 and
-imagenet_ResNet18 by test_convert.py. Here: the tricky pieces against NumPy / PyTorch
-(channel shuffle, counted-padding average pool, stride-2 symmetric stem, torchvision
-Bottleneck, MobileNetV1), a jitted train step per CIFAR family, and the CUB variants
+test_model_zoo.py, whole-model PyTorch parity of every family (CUB variants included) by
+test_model_parity.py, initialisation by test_model_init.py. Here: the tricky pieces against
+NumPy / PyTorch (channel shuffle, counted-padding average pool, stride-2 symmetric stem,
+torchvision Bottleneck), a jitted train step per family of this file, and the CUB variants
 (abstract models: tracing only) against counts derived from the CIFAR dumps.
 """
 
@@ -162,50 +162,6 @@ def test_imagenet_bottleneck_matches_torchvision_v15():
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-@needs_torch
-def test_imagenet_mobilenetv1_matches_torch():
-    """mdistiller's MobileNetV1 (keys model.k.{0,1,3,4}) at 64x64, global pool for AvgPool(7)."""
-
-    def conv_bn(cin, cout, stride):
-        return tnn.Sequential(tnn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                              tnn.BatchNorm2d(cout), tnn.ReLU())
-
-    def conv_dw(cin, cout, stride):
-        return tnn.Sequential(tnn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
-                              tnn.BatchNorm2d(cin), tnn.ReLU(),
-                              tnn.Conv2d(cin, cout, 1, bias=False), tnn.BatchNorm2d(cout),
-                              tnn.ReLU())
-
-    widths = [32, 64, 128, 128, 256, 256] + [512] * 6 + [1024, 1024]
-    strides = [2, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
-    torch.manual_seed(0)
-    tmodel = tnn.Module()
-    tmodel.model = tnn.Sequential(conv_bn(3, 32, 2), *[conv_dw(widths[i - 1], widths[i], strides[i])
-                                                       for i in range(1, 14)])
-    tmodel.fc = tnn.Linear(1024, 10)
-    randomize_bn(tmodel)
-    tmodel.eval()
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        preacts, out = [], x
-        for k, unit in enumerate(tmodel.model):
-            out = unit[:-1](out)
-            if k in (3, 5, 11, 13):
-                preacts.append(out)
-            out = F.relu(out)
-        logits = tmodel.fc(out.mean(dim=(2, 3)))
-
-    model = abstract_model("imagenet_MobileNetV1", num_classes=10)
-    load_torch_weights(model, tmodel.state_dict())
-    model.eval()
-    ours, feats = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(nhwc(x)))
-    np.testing.assert_allclose(np.asarray(ours), logits.numpy(), rtol=1e-4, atol=1e-4)
-    for a, b in zip(feats["preact_stages"], preacts):
-        np.testing.assert_allclose(np.asarray(a), nhwc(b), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(feats["pre_pool"]), np.maximum(nhwc(preacts[-1]), 0),
-                               atol=1e-4)
-
-
 # --- A jitted train step per family of this file (2 x 32 x 32) ---
 
 # Shallower instances of the same classes (every unit kind, stride and merge kept), since
@@ -335,16 +291,3 @@ def test_cub_variant_structure(name):
     assert feats["pre_pool"].shape == (2,) + pre_pool
     assert feats["pooled"].shape == (2, pre_pool[-1])
     assert model.head.kernel.shape == (width, 200)
-
-
-def test_cub_replaced_modules_have_torch_default_init():
-    """SDD builds the new stem conv / VGG classifier after construction: U(+-1/sqrt(fan_in))."""
-    resnet = models.create("cub_resnet8x4", num_classes=200, rngs=nnx.Rngs(0))
-    w = np.asarray(resnet.conv1.kernel[...])
-    bound = 1 / np.sqrt(3 * 49)
-    assert w.shape == (7, 7, 3, 32) and np.abs(w).max() <= bound
-    assert np.std(w) == pytest.approx(bound / np.sqrt(3), rel=0.1)
-    assert resnet.conv1.strides == (2, 2) and resnet.conv1.padding == ((3, 3), (3, 3))
-    vgg = models.create("cub_vgg8", num_classes=200, rngs=nnx.Rngs(0))
-    b = np.asarray(vgg.classifier.bias[...])
-    assert np.any(b != 0) and np.abs(b).max() <= 1 / np.sqrt(512)

@@ -1,13 +1,28 @@
-"""Small PyTorch implementations of one model per family of the reference zoo (test oracle).
+"""PyTorch implementations of every family of the reference zoo (the test oracle), NCHW.
 
-Written for the conversion parity tests: module names and nesting give state_dict keys exactly
+Written from MODELS.md and the reference code's semantics (mdistiller @ a08d46f, SDD's CUB
+module replacements), not from kd_jax: module names and nesting give state_dict keys exactly
 as in tests/data/torch_state_dicts/<name>.txt (test_convert.py asserts it), and `forward`
 returns `(logits, feats)` with feats = {"feats": [...], "preact_feats": [...] (where the
-reference has them), "pooled_feat": (B, C)}, as the reference models do. NCHW layout.
+reference has them), "pooled_feat": (B, C)}, as the reference models do.
 
-Families: CIFAR ResNet (resnet8/20/...), WRN, VGG (with BN), ShuffleNetV1, ShuffleNetV2,
-MobileNetV2 (width 0.5) and the ImageNet ResNet of mdistiller (torchvision keys, with the
-ReLU moved to the start of each block so that pre-activation features exist).
+Reference behaviour reproduced on purpose, because it changes the returned features:
+  * ImageNet ResNet: the stem keeps `stem = x` and then runs nn.ReLU(inplace=True) on x,
+    so the stored stem feature is overwritten by its activation (preact_feats[0] >= 0).
+    Written here with the same aliasing (`torch.relu_` on the stored tensor).
+  * ImageNet ResNet blocks apply the previous block's ReLU at their start (F.relu, not in
+    place) and return the residual sum un-activated.
+  * WRN: block2.layer.0.bn1, block3.layer.0.bn1 and the head bn1 are called a second time
+    to build preact_feats (in train mode their running statistics update twice).
+  * VGG: preact_feats[0] is the activated block0 output.
+Head pools are `avgpool` module attributes with the reference's windows (AvgPool(8),
+AvgPool(4), AvgPool(2, ceil_mode), AvgPool(7, stride 1), adaptive where the reference is),
+so that the CUB builder can replace them as SDD does.
+
+Families: CIFAR ResNet (resnet8 ... resnet110, x4), CIFAR ResNet18/34/50 (resnetv2,
+"shortcut" keys), WRN, VGG-BN, ShuffleV1, ShuffleV2, MobileNetV2 (width 0.5), ImageNet
+ResNet18/34/50 (torchvision keys), ImageNet MobileNetV1, and the CUB-200 variants
+(`create_cub`).
 """
 
 from __future__ import annotations
@@ -29,7 +44,18 @@ def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-# --- CIFAR ResNet (resnet8 ... resnet110, resnet8x4, resnet32x4) ---
+def run_stages(stages, x):
+    """Runs stages of blocks returning (out, preact): (out, [x, stage outs], [x, stage preacts])."""
+    feats, preacts = [x], [x]
+    for stage in stages:
+        for block in stage:
+            x, pre = block(x)
+        feats.append(x)
+        preacts.append(pre)
+    return x, feats, preacts
+
+
+# --- CIFAR ResNet (resnet8 ... resnet110, resnet8x4, resnet32x4; mdistiller cifar/resnet.py) ---
 
 class CifarBasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -57,24 +83,77 @@ class CifarResNet(nn.Module):
                       for j in range(n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = cout
+        self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(widths[3], num_classes)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
-        pooled = F.avg_pool2d(x, 8).flatten(1)
+        pooled = self.avgpool(x).flatten(1)
         return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
-def run_stages(stages, x):
-    """Runs stages of blocks returning (out, preact): (out, [x, stage outs], [x, stage preacts])."""
-    feats, preacts = [x], [x]
-    for stage in stages:
-        for block in stage:
-            x, pre = block(x)
-        feats.append(x)
-        preacts.append(pre)
-    return x, feats, preacts
+# --- CIFAR ResNet18/34/50 (mdistiller cifar/resnetv2.py: "shortcut" keys, head "linear") ---
+
+class V2BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3)
+        # An empty Sequential is the identity and has no state_dict keys, as in the reference.
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(*_conv_bn(cin, planes, 1, stride))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        preact = out + self.shortcut(x)
+        return F.relu(preact), preact
+
+
+class V2Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        cout = 4 * planes
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 1)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, stride)  # stride on the 3x3
+        self.conv3, self.bn3 = _conv_bn(planes, cout, 1)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        preact = self.bn3(self.conv3(out)) + self.shortcut(x)
+        return F.relu(preact), preact
+
+
+class CifarResNetV2(nn.Module):
+    def __init__(self, block, counts: tuple[int, int, int, int], num_classes: int):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(3, 64, 3)
+        cin = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), counts)):
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, stride if j == 0 else 1))
+                cin = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3, self.layer4), x)
+        pooled = self.avgpool(x).flatten(1)
+        return self.linear(pooled), {"feats": feats, "preact_feats": preacts,
+                                     "pooled_feat": pooled}
 
 
 # --- Wide ResNet (pre-activation blocks) ---
@@ -158,7 +237,7 @@ class VGG(nn.Module):
             feats.append(x)
             if b < 3 or (b == 3 and h == 64):
                 x = F.max_pool2d(x, 2, 2)
-        pooled = x.mean((2, 3))
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(pooled), {"feats": feats, "preact_feats": preacts,
                                          "pooled_feat": pooled}
 
@@ -199,12 +278,13 @@ class ShuffleNetV1(nn.Module):
                                             groups))
                 cin = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AvgPool2d(4)
         self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
-        pooled = F.avg_pool2d(x, 4).flatten(1)
+        pooled = self.avgpool(x).flatten(1)
         return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
@@ -253,13 +333,14 @@ class ShuffleNetV2(nn.Module):
                     nn.Sequential(ShuffleV2Down(cin, w), *[ShuffleV2Basic(w) for _ in range(n)]))
             cin = w
         self.conv2, self.bn2 = _conv_bn(widths[2], widths[3], 1)
+        self.avgpool = nn.AvgPool2d(4)  # the reference's F.avg_pool2d(out, 4)
         self.linear = nn.Linear(widths[3], num_classes)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages((self.layer1, self.layer2, self.layer3), x)
         x = F.relu(self.bn2(self.conv2(x)))
-        pooled = F.avg_pool2d(x, 4).flatten(1)
+        pooled = self.avgpool(x).flatten(1)
         return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
@@ -302,6 +383,7 @@ class MobileNetV2(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.conv2 = nn.Sequential(nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280),
                                    nn.ReLU())
+        self.avgpool = nn.AvgPool2d(32 // 16, ceil_mode=True)  # input_size // (32 // 2), 32x32
         self.classifier = nn.Sequential(nn.Linear(1280, num_classes))
 
     def forward(self, x):
@@ -312,64 +394,150 @@ class MobileNetV2(nn.Module):
             if i in (1, 2, 4, 6):
                 feats.append(x)
         x = self.conv2(x)
-        pooled = F.avg_pool2d(x, x.shape[2], ceil_mode=True).flatten(1)  # AvgPool(2) on 32x32 input
+        pooled = self.avgpool(x).flatten(1)
         return self.classifier(pooled), {"feats": feats, "pooled_feat": pooled}
 
 
-# --- ImageNet ResNet (mdistiller variant of torchvision: keys identical to torchvision) ---
+# --- ImageNet ResNet18/34/50 (mdistiller imagenet/resnet.py; torchvision keys) ---
 
 class ImageNetBasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int):
         super().__init__()
-        self.conv1, self.bn1 = _conv_bn(cin, cout, 3, stride)
-        self.conv2, self.bn2 = _conv_bn(cout, cout, 3)
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3)
         self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(*_conv_bn(cin, planes, 1, stride))
 
     def forward(self, x):
-        # The previous block's final ReLU is applied here, so blocks return pre-activations.
+        # The previous block's ReLU runs here (out of place: the caller's tensor, a stored
+        # feature, stays a pre-activation), and the block returns its sum un-activated.
         x = F.relu(x)
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         return out + (x if self.downsample is None else self.downsample(x))
 
 
+class ImageNetBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        cout = 4 * planes
+        self.conv1, self.bn1 = _conv_bn(cin, planes, 1)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, stride)  # v1.5: stride on the 3x3
+        self.conv3, self.bn3 = _conv_bn(planes, cout, 1)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x):
+        x = F.relu(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
 class ImageNetResNet(nn.Module):
-    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000):
+    def __init__(self, block, counts: tuple[int, int, int, int], num_classes: int = 1000):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         cin = 64
-        for i, (cout, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), counts)):
             stride = 1 if i == 0 else 2
-            blocks = [ImageNetBasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(n)]
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, stride if j == 0 else 1))
+                cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            cin = cout
-        self.fc = nn.Linear(512, num_classes)
+        self.avgpool = nn.AvgPool2d(7, stride=1)  # the 7x7 map of a 224x224 input
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
-        stem = self.bn1(self.conv1(x))
-        x = F.max_pool2d(F.relu(stem), 3, 2, 1)
+        x = self.bn1(self.conv1(x))
+        stem = x                # an alias, as in the reference ...
+        x = torch.relu_(x)      # ... whose in-place ReLU therefore activates `stem` as well
+        x = F.max_pool2d(x, 3, 2, 1)
         pre = [stem]
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
             pre.append(x)
-        pooled = F.avg_pool2d(F.relu(x), 7, stride=1).flatten(1)  # 7x7 map at 224x224 input
+        pooled = self.avgpool(F.relu(x)).flatten(1)
+        return self.fc(pooled), {"feats": [F.relu(p) for p in pre], "preact_feats": pre,
+                                 "pooled_feat": pooled}
+
+
+# --- ImageNet MobileNetV1 (mdistiller imagenet/mobilenetv1.py) ---
+
+def _mbv1_conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def _mbv1_conv_dw(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                         nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class MobileNetV1(nn.Module):
+    # (output width, stride) of the depthwise-separable units model.1 .. model.13.
+    UNITS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + (
+        (1024, 2), (1024, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        units, cin = [_mbv1_conv_bn(3, 32, 2)], 32
+        for cout, stride in self.UNITS:
+            units.append(_mbv1_conv_dw(cin, cout, stride))
+            cin = cout
+        units.append(nn.AvgPool2d(7))  # model.14, on the 7x7 map of a 224x224 input
+        self.model = nn.Sequential(*units)
+        self.fc = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        # Features are the outputs of units 3, 5, 11, 13 without their final (in-place) ReLU;
+        # the next unit gets an out-of-place ReLU of them, so the features stay pre-activation.
+        m = self.model
+        feat1 = m[3][:-1](m[0:3](x))
+        feat2 = m[5][:-1](m[4:5](F.relu(feat1)))
+        feat3 = m[11][:-1](m[6:11](F.relu(feat2)))
+        feat4 = m[13][:-1](m[12:13](F.relu(feat3)))
+        pooled = m[14](F.relu(feat4)).flatten(1)
+        pre = [feat1, feat2, feat3, feat4]
         return self.fc(pooled), {"feats": [F.relu(p) for p in pre], "preact_feats": pre,
                                  "pooled_feat": pooled}
 
 
 # --- Registry of the test oracles, by kd_jax.models name ---
 
-def create(name: str, num_classes: int = 100) -> nn.Module:
-    """The PyTorch model `name` (a kd_jax.models registry name) with num_classes outputs."""
-    cifar_resnets = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32, "resnet44": 44,
-                     "resnet56": 56, "resnet110": 110}
-    if name in cifar_resnets:
-        return CifarResNet(cifar_resnets[name], (16, 16, 32, 64), num_classes)
+CIFAR_RESNETS = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32, "resnet44": 44,
+                 "resnet56": 56, "resnet110": 110}
+
+
+def create(name: str, num_classes: int = 100, image_size: int | None = None) -> nn.Module:
+    """The PyTorch model `name` (a kd_jax.models registry name) with num_classes outputs.
+
+    image_size: for the ImageNet models, an input size other than 224 (a multiple of 32):
+    their fixed head pools (AvgPool(7) on the 7x7 map) become the same global pool on the
+    (image_size / 32)^2 map. CUB names go to `create_cub`.
+    """
+    if name.startswith("cub_"):
+        return create_cub(name, num_classes, image_size or 224)
+    if name in CIFAR_RESNETS:
+        return CifarResNet(CIFAR_RESNETS[name], (16, 16, 32, 64), num_classes)
     if name in ("resnet8x4", "resnet32x4"):
         return CifarResNet(8 if name == "resnet8x4" else 32, (32, 64, 128, 256), num_classes)
+    if name == "ResNet18":
+        return CifarResNetV2(V2BasicBlock, (2, 2, 2, 2), num_classes)
+    if name == "ResNet34":
+        return CifarResNetV2(V2BasicBlock, (3, 4, 6, 3), num_classes)
+    if name == "ResNet50":
+        return CifarResNetV2(V2Bottleneck, (3, 4, 6, 3), num_classes)
     if name.startswith("wrn_"):
         _, depth, k = name.split("_")
         return WideResNet(int(depth), int(k), num_classes)
@@ -381,11 +549,65 @@ def create(name: str, num_classes: int = 100) -> nn.Module:
         return ShuffleNetV2(num_classes)
     if name == "MobileNetV2":
         return MobileNetV2(num_classes)
-    if name == "imagenet_ResNet18":
-        return ImageNetResNet((2, 2, 2, 2), num_classes)
-    if name == "imagenet_ResNet34":
-        return ImageNetResNet((3, 4, 6, 3), num_classes)
+    imagenet = {"imagenet_ResNet18": (ImageNetBasicBlock, (2, 2, 2, 2)),
+                "imagenet_ResNet34": (ImageNetBasicBlock, (3, 4, 6, 3)),
+                "imagenet_ResNet50": (ImageNetBottleneck, (3, 4, 6, 3))}
+    if name in imagenet or name == "imagenet_MobileNetV1":
+        model = (MobileNetV1(num_classes) if name == "imagenet_MobileNetV1"
+                 else ImageNetResNet(*imagenet[name], num_classes))
+        if image_size not in (None, 224):
+            window = image_size // 32
+            pool = nn.AvgPool2d(window) if name == "imagenet_MobileNetV1" else nn.AvgPool2d(
+                window, stride=1)
+            if name == "imagenet_MobileNetV1":
+                model.model[14] = pool
+            else:
+                model.avgpool = pool
+        return model
     raise ValueError(f"no PyTorch test model for {name!r}")
+
+
+# --- CUB-200 variants: SDD's modify_{teacher,student}_model_for_cub200, applied in place ---
+
+CUB_NAMES = ("cub_resnet8x4", "cub_resnet32x4", "cub_ResNet50", "cub_ShuffleV1", "cub_ShuffleV2",
+             "cub_MobileNetV2", "cub_vgg8", "cub_vgg13")
+
+
+def create_cub(name: str, num_classes: int = 200, image_size: int = 224) -> nn.Module:
+    """The CIFAR model built with num_classes, then modified as SDD does for CUB-200.
+
+    resnet x4: conv1 -> 7x7/2 (3 -> 32), avgpool -> AvgPool(28), new fc. ResNet50: conv1 ->
+    7x7/2 (3 -> 64), new linear (the pool is adaptive). ShuffleV1/V2: conv1 -> 7x7/2 (3 ->
+    24), avgpool -> AvgPool(14). MobileNetV2: conv1 -> [7x7/2 (3 -> 16), BN, ReLU, MaxPool 2],
+    avgpool -> AvgPool(8, ceil_mode). VGG: new classifier only. The windows are SDD's for
+    224x224 inputs, where each covers the whole final map; for a smaller `image_size` they
+    scale with it (28 -> image_size / 8, 14 -> image_size / 16) so that they still do.
+    (ShuffleV2: SDD's forward ignores the AvgPool(14) it sets; the intended pool is used.)
+    """
+    base = create(name[len("cub_"):], num_classes)
+
+    def stem(cout: int) -> nn.Conv2d:
+        return nn.Conv2d(3, cout, kernel_size=7, stride=2, padding=3, bias=False)
+
+    if name in ("cub_resnet8x4", "cub_resnet32x4"):
+        base.conv1 = stem(32)
+        base.avgpool = nn.AvgPool2d(28 * image_size // 224)
+        base.fc = nn.Linear(256, num_classes)
+    elif name == "cub_ResNet50":
+        base.conv1 = stem(64)
+        base.linear = nn.Linear(2048, num_classes)
+    elif name in ("cub_ShuffleV1", "cub_ShuffleV2"):
+        base.conv1 = stem(24)
+        base.avgpool = nn.AvgPool2d(14 * image_size // 224)
+    elif name == "cub_MobileNetV2":
+        base.conv1 = nn.Sequential(stem(16), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+                                   nn.MaxPool2d((2, 2)))
+        base.avgpool = nn.AvgPool2d(8, ceil_mode=True)
+    elif name in ("cub_vgg8", "cub_vgg13"):
+        base.classifier = nn.Linear(512, num_classes)
+    else:
+        raise ValueError(f"no PyTorch CUB test model for {name!r}")
+    return base
 
 
 @torch.no_grad()

@@ -68,6 +68,11 @@ class _Prefetcher:
     def __iter__(self) -> "_Prefetcher":
         return self
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The producer thread (ends soon after close(); join it to wait for that)."""
+        return self._thread
+
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration

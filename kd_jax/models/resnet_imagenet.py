@@ -8,8 +8,13 @@
   avgpool (global; the reference's AvgPool(7) on the 7x7 map), fc 512*e -> K
 Init as the reference (mdistiller/models/imagenet/resnet.py): convs normal(0, sqrt(2 / (k*k*out))),
 BN weight 1 / bias 0, fc PyTorch default. Features as the reference: "preact_stages" =
-[bn1 output, the last residual sum of each layer before its ReLU], "stages" = their ReLUs
-(the stem entry at 112x112, before the max-pool), "pre_pool" = relu(layer4) (B, 7, 7, C).
+[stem, the last residual sum of each layer before its ReLU], "stages" = their ReLUs (the
+stem entry at 112x112, before the max-pool), "pre_pool" = relu(layer4) (B, 7, 7, C).
+
+The stem entry is relu(bn1(conv1(x))) in BOTH lists: the reference keeps `stem = x` (an
+alias of the bn1 output) and then applies its in-place `nn.ReLU(inplace=True)` to x, which
+overwrites the stored tensor; its preact_feats[0] is therefore already activated (the dump
+imagenet_ResNet18.txt shows min 0.000 there).
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ class ResNet(nnx.Module):
         return self.fc
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict]:
-        stem = self.bn1(self.conv1(x.astype(self.dtype)))
-        out = layers.max_pool(layers.relu(stem), 3, 2, 1)
+        # Activated: the reference's in-place ReLU also overwrites its stored stem feature.
+        stem = layers.relu(self.bn1(self.conv1(x.astype(self.dtype))))
+        out = layers.max_pool(stem, 3, 2, 1)
         preacts = [stem]
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             out, preact = layers.run_stage(layer, out)
