@@ -8,6 +8,7 @@ jax.enable_x64, float32 at rtol 1e-5 (see test_losses.py for the tolerance reaso
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -446,6 +447,38 @@ def test_teacher_inputs_get_no_gradient():
                                                   teacher_local_classifier=cls,
                                                   **options)["sample"]))(sm)
     assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g))
+
+
+def test_trainable_teacher_head_gets_the_gradient_and_nothing_else_changes():
+    """teacher_head_trainable=True (projection mode): same values; the teacher head gets the
+    gradient of the terms (checked numerically), the teacher map, classifier and logits
+    still none."""
+    data, options = CASES["overlapping_projection"]
+    sm, tm, sh, th, y, tl, cls = _args(data)
+
+    @functools.partial(jax.jit, static_argnums=5)
+    def terms(t_map, kernel, bias, t_logits, classifier, trainable):
+        out = L.msdcrd_terms(sm, t_map, sh, (kernel, bias), y, t_logits,
+                             teacher_local_classifier=classifier, chunk_size=5,
+                             teacher_head_trainable=trainable, **options)
+        return out["sample"] + 0.7 * out["feature"]
+
+    with jax.enable_x64(True):
+        fixed, trained = (float(terms(tm, *th, tl, cls, t)) for t in (False, True))
+        assert fixed == pytest.approx(trained, rel=1e-14)
+        np.testing.assert_allclose(trained, _expected(data, options)["sample"]
+                                   + 0.7 * _expected(data, options)["feature"], rtol=1e-10)
+        grads = jax.jit(jax.grad(terms, argnums=(0, 1, 2, 3, 4)), static_argnums=5)(
+            tm, *th, tl, cls, True)
+        g_map, g_kernel, g_bias, g_logits, g_cls = grads
+        assert np.any(np.asarray(g_kernel)) and np.any(np.asarray(g_bias))
+        assert not any(np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(
+            (g_map, g_logits, g_cls)))
+        check_grads(jax.jit(lambda k, b: terms(tm, k, b, tl, cls, True)), th, order=1,
+                    modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
+    with pytest.raises(ValueError, match="teacher_head_trainable must be a bool"):
+        L.msdcrd_terms(sm, tm, sh, th, y, tl, teacher_local_classifier=cls,
+                       teacher_head_trainable=1, **options)
 
 
 def test_dtypes_shapes_and_jit_with_traced_hyperparameters():

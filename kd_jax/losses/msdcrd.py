@@ -331,6 +331,7 @@ def msdcrd_terms(
     tau: Any = 0.07,
     complementary_weight: Any = 2.0,
     chunk_size: int | None = None,
+    teacher_head_trainable: bool = False,
 ) -> dict[str, Array]:
     """The two MSDCRD contrastive terms, {"sample", "feature"}, each a scalar.
 
@@ -357,11 +358,14 @@ def msdcrd_terms(
     sample = mean_k sample_k, feature = mean_k feature_k.
 
     Everything from the teacher (map, head, classifier, logits) is under stop_gradient;
-    the student map and head get gradients. Computed in float32 (bf16/f16 upcast) or
-    float64 for float64 inputs. chunk_size (None or int) streams the sample-wise (S, S)
-    similarity in (chunk_size, chunk_size) blocks (`info_nce_rows`: O(chunk^2 + S*K) memory
-    forward and backward, instead of O(S^2)); the feature-wise (K, K) matrix is always
-    built whole (K x K, e.g. 1000^2: small next to S^2 = 12544^2 at k=1 on ImageNet).
+    the student map and head get gradients. teacher_head_trainable=True lets teacher_head
+    get gradients too (projection mode: the teacher's CRD-style embedding head is trained
+    with the student, as in CRD); the teacher map, classifier and logits stay constants.
+    Computed in float32 (bf16/f16 upcast) or float64 for float64 inputs. chunk_size (None
+    or int) streams the sample-wise (S, S) similarity in (chunk_size, chunk_size) blocks
+    (`info_nce_rows`: O(chunk^2 + S*K) memory forward and backward, instead of O(S^2)); the
+    feature-wise (K, K) matrix is always built whole (K x K, e.g. 1000^2: small next to
+    S^2 = 12544^2 at k=1 on ImageNet).
     """
     s_map = check_logits("student_map", student_map, rank=4)
     t_map = check_logits("teacher_map", teacher_map, rank=4)
@@ -394,6 +398,8 @@ def msdcrd_terms(
     check_scalar("tau", tau, positive=True)
     check_scalar("complementary_weight", complementary_weight)
     _check_chunk_size(chunk_size)
+    if not isinstance(teacher_head_trainable, bool):
+        raise ValueError(f"teacher_head_trainable must be a bool, got {teacher_head_trainable!r}")
     grid = (min(s_map.shape[1], t_map.shape[1]), min(s_map.shape[2], t_map.shape[2]))
     windows = _check_windows(windows, *grid)
 
@@ -401,7 +407,9 @@ def msdcrd_terms(
     stop = jax.lax.stop_gradient
     s_map = adaptive_pool_to(s_map.astype(dtype), grid)
     t_map = stop(adaptive_pool_to(t_map.astype(dtype), grid))
-    t_kernel, t_bias, c_kernel, c_bias = (stop(v) for v in (t_kernel, t_bias, c_kernel, c_bias))
+    if not teacher_head_trainable:
+        t_kernel, t_bias = stop(t_kernel), stop(t_bias)
+    c_kernel, c_bias = stop(c_kernel), stop(c_bias)
     t_logits = stop(t_logits)
 
     sample_terms, feature_terms = [], []
@@ -450,6 +458,7 @@ def msdcrd_objective(
     contrastive_weight: float = 0.8,
     kd_weight: float = 0.0,
     temperature: float = 4.0,
+    teacher_head_trainable: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     """ce_weight*CE + contrastive_weight*(sample + feature) + kd_weight*KD(T).
 
@@ -458,6 +467,7 @@ def msdcrd_objective(
     uses T=4, weight 1). CE and KD are on the (B, Kc) global logits; the other arguments
     go to `msdcrd_terms`. Terms (raw, unweighted): ce, sample, feature, and kd when
     kd_weight is not a concrete 0 (a traced kd_weight always computes it).
+    teacher_head_trainable: see `msdcrd_terms` (True for trainable projection heads).
     """
     for name, value in (
         ("ce_weight", ce_weight),
@@ -478,6 +488,7 @@ def msdcrd_objective(
         tau=tau,
         complementary_weight=complementary_weight,
         chunk_size=chunk_size,
+        teacher_head_trainable=teacher_head_trainable,
     )
     loss = ce_weight * ce + contrastive_weight * (terms["sample"] + terms["feature"])
     out = {"ce": ce, **terms}

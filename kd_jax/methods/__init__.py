@@ -6,7 +6,7 @@ any trainable parameters of its own. The trainer, config validation, the config 
 the summaries read only this registry, so adding a method is one new module here (plus its
 config file and tests):
 
-    kd_jax.methods.names()       # ['ce', 'kd', 'dkd', 'nkd', 'sdd', 'clkd', ...]
+    kd_jax.methods.names()       # ['ce', 'kd', 'dkd', 'nkd', 'sdd', 'clkd', 'msdcrd']
     spec = kd_jax.methods.get("sdd")
 """
 
@@ -21,6 +21,7 @@ from kd_jax.methods import dkd  # noqa: F401,E402
 from kd_jax.methods import nkd  # noqa: F401,E402
 from kd_jax.methods import sdd  # noqa: F401,E402
 from kd_jax.methods import clkd  # noqa: F401,E402
+from kd_jax.methods import msdcrd  # noqa: F401,E402
 
 __all__ = ["HeadShapes", "LossFn", "MethodSpec", "ModelOutput", "Recipe", "Terms", "get",
            "label_of", "method_keys", "names", "register"]

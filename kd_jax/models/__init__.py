@@ -21,6 +21,7 @@ Attribute paths mirror the PyTorch module tree, so that `".".join(path)` of ever
 
 from kd_jax.models.families import FAMILIES, arch_name, base_name, family_of
 from kd_jax.models.registry import create, names, register
+from kd_jax.models.shapes import pre_pool_shape
 
 # Importing a family module registers its models.
 from kd_jax.models import resnet_cifar  # noqa: F401,E402  resnet8..110, resnet8x4, resnet32x4
@@ -34,4 +35,5 @@ from kd_jax.models import resnet_imagenet  # noqa: F401,E402
 from kd_jax.models import mobilenetv1  # noqa: F401,E402
 from kd_jax.models import cub  # noqa: F401,E402
 
-__all__ = ["FAMILIES", "arch_name", "base_name", "create", "family_of", "names", "register"]
+__all__ = ["FAMILIES", "arch_name", "base_name", "create", "family_of", "names", "pre_pool_shape",
+           "register"]

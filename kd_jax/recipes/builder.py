@@ -100,7 +100,17 @@ def pairs(dataset: str, method: str = "kd", variant: str = "") -> list[tuple[str
 
 
 def parse_pair(dataset: str, arg: str, method: str = "kd", variant: str = "") -> tuple[str, str]:
-    """'resnet32x4-ShuffleV1' -> ('resnet32x4', 'ShuffleV1'), matched case-insensitively."""
+    """'resnet32x4-ShuffleV1' -> ('resnet32x4', 'ShuffleV1'), matched case-insensitively.
+
+    Only the named pair's recipe is resolved (a method's recipe may cost something to
+    resolve, e.g. MSDCRD's model shapes); the list of known pairs only for the error."""
+    found = {f"{t}-{s}".lower(): (t, s) for t, s in table.pairs(dataset)}.get(arg.lower())
+    if found is not None:
+        try:
+            reference_hparams(method, dataset, *found, variant)
+            return found
+        except ValueError:
+            pass
     known = {f"{t}-{s}".lower(): (t, s) for t, s in pairs(dataset, method, variant)}
     if arg.lower() not in known:
         what = methods.label_of(methods.get(method).variant_key(variant))
