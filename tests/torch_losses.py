@@ -1,0 +1,135 @@
+"""The reference objectives in PyTorch, written out from METHODS.md (not from kd_jax).
+
+One function per method family; each takes the student's and the teacher's outputs of one
+batch and returns the scalar objective the reference trains with:
+
+    kd_objective(s, t, y, T, ce_w, kd_w)
+    dkd_objective(s, t, y, epoch, alpha, beta, T, ce_w, warmup)
+    nkd_objective(s, t, y, epoch, gamma, T, ce_w, warmup)
+    sd_objective(s, t, y, epoch, base, scales, T, ce_w, kd_w, warmup, **base_kwargs)
+    clkd_objective(s, t, y, ce_w, ins_w, cla_beta, cc_w)
+
+`s` / `t` are (logits (B, K), pre-pool map (B, C, H, W), fc weight (K, C), fc bias (K,))
+tuples (torch layout); the methods that use logits only read s[0] / t[0]. The teacher's
+tensors must come from a no_grad forward (constants). Warmups are min(epoch / w, 1) with
+epoch counted from 1, as a Python float per epoch (w = 0: no warmup).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def warmup(epoch: int, warmup_epochs: int) -> float:
+    return 1.0 if warmup_epochs == 0 else min(epoch / warmup_epochs, 1.0)
+
+
+# --- per-sample terms (B,) -------------------------------------------------------------------
+
+def kd_per_sample(s, t, T):
+    """T^2 * sum_k p^T (log p^T - log p^S), as mdistiller's kd_loss before its batch mean."""
+    return F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="none").sum(1) * T * T
+
+
+def dkd_per_sample(s, t, y, alpha, beta, T):
+    """alpha * TCKD_b + beta * NCKD_b: mdistiller's dkd_loss terms before the sum over b / B."""
+    gt = torch.zeros_like(s).scatter_(1, y.unsqueeze(1), 1).bool()
+
+    def bins(p):   # [target, non-target] probability mass, as sums of the K-way softmax
+        return torch.cat([(p * gt).sum(1, keepdim=True), (p * ~gt).sum(1, keepdim=True)], 1)
+
+    p_s, p_t = bins(F.softmax(s / T, 1)), bins(F.softmax(t / T, 1))
+    tckd = F.kl_div(torch.log(p_s), p_t, reduction="none").sum(1) * T ** 2
+    q_t = F.softmax(t / T - 1000.0 * gt, 1)
+    log_q_s = F.log_softmax(s / T - 1000.0 * gt, 1)
+    nckd = F.kl_div(log_q_s, q_t, reduction="none").sum(1) * T ** 2
+    return alpha * tckd + beta * nckd
+
+
+def nkd_per_sample(s, t, y, gamma, T):
+    """-p^T_y log p^S_y (T = 1)  -  gamma T^2 sum_k p^T_k(T) log p^S_k(T) (all K classes)."""
+    idx = y.unsqueeze(1)
+    target = -(F.softmax(t, 1).gather(1, idx) * F.log_softmax(s, 1).gather(1, idx)).squeeze(1)
+    soft = -gamma * T ** 2 * (F.softmax(t / T, 1) * F.log_softmax(s / T, 1)).sum(1)
+    return target + soft
+
+
+# --- objectives ------------------------------------------------------------------------------
+
+def kd_objective(s, t, y, T=4.0, ce_w=0.1, kd_w=0.9):
+    logits_s, logits_t = s[0], t[0]
+    return ce_w * F.cross_entropy(logits_s, y) + kd_w * kd_per_sample(logits_s, logits_t, T).mean()
+
+
+def dkd_objective(s, t, y, epoch, alpha=1.0, beta=8.0, T=4.0, ce_w=1.0, warmup_epochs=20):
+    logits_s, logits_t = s[0], t[0]
+    dkd = dkd_per_sample(logits_s, logits_t, y, alpha, beta, T).sum() / y.shape[0]
+    return ce_w * F.cross_entropy(logits_s, y) + warmup(epoch, warmup_epochs) * dkd
+
+
+def nkd_objective(s, t, y, epoch, gamma=8.0, T=4.0, ce_w=1.0, warmup_epochs=20):
+    logits_s, logits_t = s[0], t[0]
+    nkd = nkd_per_sample(logits_s, logits_t, y, gamma, T).mean()
+    return ce_w * F.cross_entropy(logits_s, y) + warmup(epoch, warmup_epochs) * nkd
+
+
+def multiscale_local_logits(feature_map, weight, bias, scales):
+    """(B, C, H, W) -> (B, N, K): the map adaptive-pooled to 4x4, that 4x4 to 2x2 and 1x1;
+    regions ordered global, then 2x2 row-major, then 4x4 row-major; the model's own fc on each."""
+    grid = F.adaptive_avg_pool2d(feature_map, 4)
+    parts = []
+    for scale in scales:
+        pooled = grid if scale == 4 else F.adaptive_avg_pool2d(grid, scale)
+        parts.append(pooled.flatten(2).transpose(1, 2))    # (B, s*s, C), row-major cells
+    regions = torch.cat(parts, 1)
+    return regions @ weight.T + bias
+
+
+def region_weights(teacher_local, y, complementary_weight=2.0):
+    """w_bn = 2 where exactly one of (region n right, global region right) holds, else 1."""
+    pred = teacher_local.argmax(-1)                           # (B, N)
+    right = pred == y.unsqueeze(1)
+    complementary = right ^ right[:, :1]
+    return torch.where(complementary, complementary_weight, 1.0)
+
+
+def sd_loss(s, t, y, base, scales, T, complementary_weight=2.0, **kw):
+    """1/(B*N) sum_{b,n} w_bn l(z^S_bn, z^T_bn, y_b); a NaN/inf loss counts as 0 (reference)."""
+    s_local = multiscale_local_logits(s[1], s[2], s[3], scales)
+    t_local = multiscale_local_logits(t[1], t[2], t[3], scales)
+    w = region_weights(t_local, y, complementary_weight)
+    B, N, K = s_local.shape
+    s_flat, t_flat = s_local.reshape(B * N, K), t_local.reshape(B * N, K)
+    y_flat = y.repeat_interleave(N)                           # row b*N + n has label y_b
+    if base == "kd":
+        per = kd_per_sample(s_flat, t_flat, T)
+    elif base == "dkd":
+        per = dkd_per_sample(s_flat, t_flat, y_flat, kw["alpha"], kw["beta"], T)
+    else:
+        per = nkd_per_sample(s_flat, t_flat, y_flat, kw["gamma"], T)
+    loss = (w.reshape(-1) * per).sum() / (B * N)
+    if torch.isnan(loss) or torch.isinf(loss):
+        loss = torch.zeros_like(loss)
+    return loss
+
+
+def sd_objective(s, t, y, epoch, base, scales, T, ce_w, kd_w, warmup_epochs, **base_kwargs):
+    """ce_w * CE(global student logits) + kd_w * warmup * sd_<base>."""
+    sd = sd_loss(s, t, y, base, scales, T, **base_kwargs)
+    return ce_w * F.cross_entropy(s[0], y) + kd_w * warmup(epoch, warmup_epochs) * sd
+
+
+def clkd_objective(s, t, y, ce_w=0.1, ins_w=0.5, cla_beta=2.0, cc_w=0.4):
+    """ce_w*CE + ins_w*(L_ins + beta*L_cla) + cc_w*L_cc with the batch (B x B) correlation."""
+    zs, zt = s[0], t[0]
+    K = zs.shape[1]
+    l_ins = ((F.normalize(zs, dim=1) - F.normalize(zt, dim=1)) ** 2).mean()
+    l_cla = ((F.normalize(zs, dim=0) - F.normalize(zt, dim=0)) ** 2).mean()
+
+    def corr(z):
+        d = z - z.mean(1, keepdim=True)
+        return d @ d.T / (K - 1)
+
+    l_cc = ((corr(zs) - corr(zt)) ** 2).sum() / K ** 2
+    return ce_w * F.cross_entropy(zs, y) + ins_w * (l_ins + cla_beta * l_cla) + cc_w * l_cc
