@@ -288,7 +288,11 @@ def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, students=b.students,
                teacher_state=b.teacher_state, train_step=b.train_step, eval_step=b.eval_step,
                state=b.state, step=0, ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
-    _restore(run)
+    try:
+        _restore(run)
+    except BaseException:
+        run.ckpt.close()
+        raise
     return run
 
 
