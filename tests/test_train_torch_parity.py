@@ -1,6 +1,8 @@
 """Trainer runs of every method family equal an independent PyTorch run of the reference recipe.
 
-For each of KD, DKD, NKD, SD-KD, SD-DKD, SD-NKD and CLKD: the config is built by
+For each of KD, DKD, NKD, SD-KD, SD-DKD, SD-NKD, CLKD and MSDCRD (its parameter-free
+"logits" embedding, and trainable projection heads with a streamed sample-wise similarity
+whose chunk divides no S): the config is built by
 `recipes.build_config` from the method and a CIFAR-100 pair, and only what a small test
 needs is overridden (synthetic 16x16 data, the tiny models of kd_jax.train.testing, batch 8,
 2 steps per epoch, 3 epochs, milestones (1, 2), a 37-image test set with eval batch 16, and
@@ -14,7 +16,12 @@ code under test) and applies the reference recipe
 WRITTEN OUT below (RECIPES.md / METHODS.md, not read from kd_jax): the objectives of
 tests/torch_losses.py, torch.optim.SGD (momentum 0.9, coupled weight decay 5e-4), lr per
 epoch = base * 0.1^(number of milestones m with epoch > m), epochs counted from 1, a
-train-mode student and an eval-mode teacher.
+train-mode student and an eval-mode teacher. MSDCRD's projection heads (the student's AND
+the teacher's) start from the trainer's initial ones (`trainer.build`'s state, as the
+student does) and are trained in the same SGD as the student. The recipe's MSDCRD windows
+((1, 2, 4) and (1, 2) for the two pairs) fit the tiny models' 8x8 pre-pool maps, so they
+are not overridden; the two maps have the same size, so the common-grid pooling is a no-op
+here (tests/test_losses_msdcrd.py covers unequal maps).
 
 The teacher is a converted directory whose BatchNorm running statistics are far from the
 batch statistics. `convert.load_teacher` already returns an eval-mode module, so the test
@@ -23,17 +30,21 @@ hands the trainer a TRAIN-mode one (the loader is wrapped): only the trainer's o
 
 Compared, per method (float32 on both sides): the loss of every step (metrics.jsonl,
 log_every_steps=1; atol 1e-5 + rtol 1e-5, relative because the NKD-based losses are
-O(100); seen: <= 1e-5 absolute, <= 3e-6 relative), the lr of every step (rtol 1e-6), every
-parameter and BatchNorm statistic of the final student (atol 1e-5; seen: <= 3e-7), and the
+O(100); seen: <= 1e-5 absolute, <= 3e-6 relative; MSDCRD, O(15): <= 4e-6 absolute), the lr
+of every step (rtol 1e-6), every parameter and BatchNorm statistic of the final student
+and MSDCRD's two final projection heads (atol 1e-5; seen: <= 3e-7), and the
 test top-1 / top-5 of every epoch (metrics.jsonl 'eval' records and the summary) against a
 hand count of the torch twin's predictions on the 37 normalised test images (exact, as
 multiples of 100/37, so that counting a padded example or dividing by the padded batch
 fails; an image whose label logit is within 1e-4 of a competitor's may count either way).
 """
 
+import functools
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -45,7 +56,7 @@ from flax import nnx  # noqa: E402
 
 import kd_jax.train.testing  # noqa: F401,E402  registers tiny_cnn / tiny_cnn_wide
 import torch_losses as ref  # noqa: E402
-from kd_jax import convert, data, models, recipes  # noqa: E402
+from kd_jax import convert, data, losses, models, recipes  # noqa: E402
 from kd_jax.data import synthetic  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
 
@@ -93,8 +104,25 @@ CASES = {
     "clkd": ("clkd", "resnet32x4-resnet8x4", 0.05, {},
              lambda s, t, y, e: ref.clkd_objective(s, t, y, ce_w=0.1, ins_w=0.5, cla_beta=2.0,
                                                    cc_w=0.4)),
+    # MSDCRD (the reconstruction): 1.0 CE + 0.8 mean over windows (sample + feature InfoNCE),
+    # tau 0.07, complementary weight 2, no KD, each network's classifier as the embedding.
+    # resnet32x4->ShuffleV1 (lr 0.01): windows (1, 2, 4) (the common 4x4 CIFAR map).
+    "msdcrd": ("msdcrd", "resnet32x4-ShuffleV1", 0.01, {},
+               lambda s, t, y, e: ref.msdcrd_objective(s, t, y, (1, 2, 4), tau=0.07,
+                                                       complementary_weight=2.0, ce_w=1.0,
+                                                       contrastive_w=0.8)),
+    # MSDCRD with trainable 128-d projection heads (student's and teacher's, trained with the
+    # student), the sample-wise similarity streamed in chunks of 96 (S = 512, 392: no chunk
+    # divides them). wrn_40_2->MobileNetV2 (lr 0.01): windows (1, 2) (MobileNetV2's 2x2 map).
+    "msdcrd_projection": ("msdcrd", "wrn_40_2-MobileNetV2", 0.01,
+                          {"embedding": "projection", "chunk_size": 96},
+                          lambda s, t, y, e, heads: ref.msdcrd_objective(
+                              s, t, y, (1, 2), heads=heads, tau=0.07, complementary_weight=2.0,
+                              ce_w=1.0, contrastive_w=0.8)),
 }
 SDD_SCALES = {"sd_kd": (1, 2, 4), "sd_dkd": (1, 2, 4), "sd_nkd": (1, 2)}
+MSDCRD_WINDOWS = {"msdcrd": (1, 2, 4), "msdcrd_projection": (1, 2)}
+PROJECTION_DIM = {"msdcrd_projection": 128}     # the recipe's projection_dim
 
 
 def reference_lr(base_lr: float, epoch: int) -> float:
@@ -152,6 +180,19 @@ def nchw(images: np.ndarray) -> "torch.Tensor":
     return torch.tensor(np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2))))
 
 
+def projection_heads(extra, dim) -> tuple:
+    """The trainer's MSDCRD projection heads {"student": (kernel (C, D), bias (D,)),
+    "teacher": ...} -> (student nn.Linear, teacher nn.Linear), both C -> dim."""
+    heads = []
+    for side, width in (("student", STUDENT_WIDTH), ("teacher", TEACHER_WIDTH)):
+        kernel, bias = (np.asarray(v) for v in extra[side])
+        head = nn.Linear(2 * width, dim)
+        head.load_state_dict({"weight": torch.tensor(kernel.T.copy()),
+                              "bias": torch.tensor(bias.copy())})
+        heads.append(head)
+    return tuple(heads)
+
+
 # --- fixtures --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -201,7 +242,7 @@ def make_config(key: str, teacher_path: str):
     c.batch_size, c.eval_batch_size, c.num_epochs = BATCH, EVAL_BATCH, EPOCHS
     c.optimizer.milestones = MILESTONES
     c.method.update(overrides)
-    # One seed per method (student init, data order): the eval checks see 7 students.
+    # One seed per case (student init, data order): the eval checks see 9 students.
     c.seed = list(CASES).index(key)
     c.log_every_steps, c.checkpoint_every_epochs = 1, EPOCHS
     c.tensorboard, c.progress_bar, c.export_model = False, False, False
@@ -254,15 +295,22 @@ def normalised_test_images():
     return nchw((images.astype(np.float32) / 255.0 - np.float32(MEAN)) / np.float32(STD)), labels
 
 
-def torch_run(key, config, student, teacher):
-    """The reference recipe on the trainer's batches; returns (losses, lrs, evals, weights)."""
+def torch_run(key, config, student, teacher, heads=None):
+    """The reference recipe on the trainer's batches; returns (losses, lrs, evals, weights).
+
+    heads: MSDCRD's (student, teacher) projection heads, optimised with the student (the
+    same SGD, weight decay included) and passed to the objective; None for the others."""
     _, _, base_lr, _, objective = CASES[key]
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()
     student.train()
-    opt = torch.optim.SGD(student.parameters(), lr=base_lr, momentum=MOMENTUM,
-                          weight_decay=WEIGHT_DECAY)
+    trained = list(student.parameters())
+    extra_args = ()
+    if heads is not None:
+        trained += [p for head in heads for p in head.parameters()]
+        extra_args = (heads,)
+    opt = torch.optim.SGD(trained, lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     ds = data.get_dataset(config.dataset)
     test_x, test_labels = normalised_test_images()
     losses, lrs, evals, weights = [], [], [], []
@@ -275,7 +323,7 @@ def torch_run(key, config, student, teacher):
             with torch.no_grad():
                 t_out = teacher(x)
             s_out = student(x)
-            loss = objective(s_out, t_out, y, epoch)
+            loss = objective(s_out, t_out, y, epoch, *extra_args)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -284,6 +332,10 @@ def torch_run(key, config, student, teacher):
             if key in SDD_SCALES:
                 t_local = ref.multiscale_local_logits(t_out[1], t_out[2], t_out[3], SDD_SCALES[key])
                 weights.append(ref.region_weights(t_local, y).numpy())
+            if key in MSDCRD_WINDOWS:   # the teacher's weights per window (heads irrelevant)
+                with torch.no_grad():
+                    weights += [w.numpy().ravel() for *_, w in
+                                ref.msdcrd_windows(s_out, t_out, y, MSDCRD_WINDOWS[key])]
         evals.append(hand_count(student, test_x, test_labels))
     return losses, lrs, evals, weights
 
@@ -298,12 +350,20 @@ def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teach
     t_teacher = to_torch(*nnx.split(convert.load_converted(teacher_dir), nnx.Param, ...)[1:],
                          TEACHER_WIDTH)
     initial_sd = {k: v.detach().clone() for k, v in t_student.state_dict().items()}
+    # MSDCRD's projection heads: the trainer's initial ones (its init_extra), or none.
+    heads = None
+    if key in PROJECTION_DIM:
+        heads = projection_heads(initial.params["extra"], PROJECTION_DIM[key])
+        initial_heads = [p.detach().clone() for h in heads for p in h.parameters()]
+    else:
+        assert initial.params["extra"] is None
 
     workdir = str(tmp_path / key)
     loaded = len(train_mode_teacher)
     summary, state = trainer.train(config, workdir)
     assert len(train_mode_teacher) == loaded + 1    # the run's teacher came in train mode
-    want_losses, want_lrs, want_evals, weights = torch_run(key, config, t_student, t_teacher)
+    want_losses, want_lrs, want_evals, weights = torch_run(key, config, t_student, t_teacher,
+                                                           heads)
 
     # The run: every step logged, in its epoch, with the reference lr and loss.
     train_records, eval_records = read_metrics(workdir)
@@ -328,6 +388,17 @@ def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teach
     assert np.abs(want["fc.weight"].numpy() - initial_sd["fc.weight"].numpy()).max() > 1e-3
     assert np.abs(want["bn2.running_mean"].numpy()
                   - initial_sd["bn2.running_mean"].numpy()).max() > 1e-3
+    if heads is not None:   # both projection heads, trained (the teacher's too)
+        for side, head in zip(("student", "teacher"), heads):
+            kernel, bias = (np.asarray(v) for v in final.params["extra"][side])
+            np.testing.assert_allclose(kernel, head.weight.detach().numpy().T, rtol=0,
+                                       atol=PARAM_ATOL, err_msg=f"{side} projection kernel")
+            np.testing.assert_allclose(bias, head.bias.detach().numpy(), rtol=0,
+                                       atol=PARAM_ATOL, err_msg=f"{side} projection bias")
+        final_heads = [p.detach() for h in heads for p in h.parameters()]
+        for name, before, after in zip(("student kernel", "student bias", "teacher kernel",
+                                        "teacher bias"), initial_heads, final_heads):
+            assert (after - before).abs().max() > 1e-3, f"{name} projection did not train"
 
     # Test top-1 / top-5 of every epoch: the trainer's eval (37 images, batch 16, the last
     # batch padded) against the hand count.
@@ -343,7 +414,8 @@ def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teach
                                                             history[-1]["top5"])
     assert summary["best_top1"] == max(h["top1"] for h in history)
     assert summary["best_top5"] == max(h["top5"] for h in history)
-    if key in SDD_SCALES:   # both kinds of region occurred, so the weighting was exercised
+    if key in SDD_SCALES or key in MSDCRD_WINDOWS:
+        # both kinds of region / local sample occurred, so the weighting was exercised
         w = np.concatenate(weights)
         assert (w == 2.0).any() and (w == 1.0).any()
 
@@ -392,3 +464,40 @@ def test_eval_counts_only_the_real_test_images(tmp_path):
     top1, _ = hand_count(model, x, labels)
     assert_matches_count(eval_records[-1]["top1"], top1, "top-1")
     assert (summary["last_top1"], summary["last_top5"]) == (eval_records[-1]["top1"], 100.0)
+
+
+@pytest.mark.parametrize("student_hw, teacher_hw, embedding",
+                         [(7, 5, "logits"), (4, 6, "projection")])
+def test_msdcrd_reference_on_unequal_maps(student_hw, teacher_hw, embedding):
+    """The trainer runs above have equal 8x8 maps; here the torch reference's common-grid
+    branch (adaptive pooling of the larger map: the student's 7 -> 5, the teacher's 6 -> 4,
+    overlapping windows both) against kd_jax's objective on random maps (float32, rtol 1e-5).
+    """
+    rng = np.random.default_rng(student_hw)
+    B, K, Cs, Ct, D = 4, 6, 5, 7, 9
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    s_map, t_map = f32(B, Cs, student_hw, student_hw), f32(B, Ct, teacher_hw, teacher_hw)
+    s_fc, t_fc = (f32(K, Cs), f32(K)), (f32(K, Ct), f32(K))          # torch layout (out, in)
+    heads = ((f32(D, Cs), f32(D)), (f32(D, Ct), f32(D))) if embedding == "projection" else None
+    y = rng.integers(0, K, size=B)
+    s_logits = s_map.mean((2, 3)) @ s_fc[0].T + s_fc[1]
+    t_logits = t_map.mean((2, 3)) @ t_fc[0].T + t_fc[1]
+    s = (torch.tensor(s_logits), torch.tensor(s_map), *map(torch.tensor, s_fc))
+    t = (torch.tensor(t_logits), torch.tensor(t_map), *map(torch.tensor, t_fc))
+    y_t = torch.tensor(y).long()
+    want = ref.msdcrd_objective(s, t, y_t, (1, 2, 4), heads=None if heads is None else
+                                tuple(tuple(map(torch.tensor, h)) for h in heads))
+
+    def jax_head(h):   # (weight (out, in), bias) -> (kernel (in, out), bias)
+        return jnp.asarray(h[0].T), jnp.asarray(h[1])
+
+    s_head, t_head = heads if heads is not None else (s_fc, t_fc)
+    got, _ = jax.jit(functools.partial(losses.msdcrd_objective, windows=(1, 2, 4)))(
+        jnp.asarray(s_logits), jnp.asarray(t_logits), jnp.asarray(y),
+        jnp.asarray(np.transpose(s_map, (0, 2, 3, 1))),
+        jnp.asarray(np.transpose(t_map, (0, 2, 3, 1))),
+        jax_head(s_head), jax_head(t_head), teacher_local_classifier=jax_head(t_fc))
+    np.testing.assert_allclose(float(got), want.item(), rtol=1e-5)
+    # Both kinds of local sample occur, so the weights were compared too.
+    w = np.concatenate([w.numpy().ravel() for *_, w in ref.msdcrd_windows(s, t, y_t, (1, 2, 4))])
+    assert (w == 2.0).any() and (w == 1.0).any()

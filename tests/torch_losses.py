@@ -8,11 +8,15 @@ batch and returns the scalar objective the reference trains with:
     nkd_objective(s, t, y, epoch, gamma, T, ce_w, warmup)
     sd_objective(s, t, y, epoch, base, scales, T, ce_w, kd_w, warmup, **base_kwargs)
     clkd_objective(s, t, y, ce_w, ins_w, cla_beta, cc_w)
+    msdcrd_objective(s, t, y, windows, heads, tau, complementary_weight, ce_w,
+                     contrastive_w, kd_w, T)
 
 `s` / `t` are (logits (B, K), pre-pool map (B, C, H, W), fc weight (K, C), fc bias (K,))
-tuples (torch layout); the methods that use logits only read s[0] / t[0]. The teacher's
-tensors must come from a no_grad forward (constants). Warmups are min(epoch / w, 1) with
-epoch counted from 1, as a Python float per epoch (w = 0: no warmup).
+tuples (torch layout); the methods that use logits only read s[0] / t[0]. MSDCRD's
+`heads` (projection mode) are the (student, teacher) nn.Linear projection heads, trained
+with the student. The teacher's tensors must come from a no_grad forward (constants).
+Warmups are min(epoch / w, 1) with epoch counted from 1, as a Python float per epoch
+(w = 0: no warmup).
 """
 
 from __future__ import annotations
@@ -133,3 +137,78 @@ def clkd_objective(s, t, y, ce_w=0.1, ins_w=0.5, cla_beta=2.0, cc_w=0.4):
 
     l_cc = ((corr(zs) - corr(zt)) ** 2).sum() / K ** 2
     return ce_w * F.cross_entropy(zs, y) + ins_w * (l_ins + cla_beta * l_cla) + cc_w * l_cc
+
+
+# --- MSDCRD (METHODS.md, MSDCRD: the reconstruction) -----------------------------------------
+
+def _linear(x, head):
+    """x (..., C) through a head given as an nn.Linear or a (weight (D, C), bias (D,)) pair."""
+    if isinstance(head, torch.nn.Module):
+        return head(x)
+    weight, bias = head
+    return x @ weight.T + bias
+
+
+def msdcrd_local_samples(feature_map, window):
+    """(B, C, H, W) -> (B, P, C): average pooling window x window, stride 1; the window
+    positions (top-left corner) row-major, P = (H - window + 1)(W - window + 1)."""
+    pooled = F.avg_pool2d(feature_map, window, stride=1)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+def msdcrd_sample_weights(teacher_local_logits, teacher_logits, y, complementary_weight=2.0):
+    """(B, P): complementary_weight where exactly one of (the teacher's local prediction is
+    right, its global prediction is right) holds, else 1 (SDD's rule per window)."""
+    local_right = teacher_local_logits.argmax(-1) == y.unsqueeze(1)           # (B, P)
+    global_right = (teacher_logits.argmax(-1) == y).unsqueeze(1)              # (B, 1)
+    return torch.where(local_right ^ global_right, complementary_weight, 1.0)
+
+
+def info_nce(anchors, candidates, tau):
+    """(S, D), (S, D) -> (S,): -log softmax_j(a_i . c_j / tau)[i]."""
+    logits = anchors @ candidates.T / tau
+    return F.cross_entropy(logits, torch.arange(anchors.shape[0]), reduction="none")
+
+
+def msdcrd_windows(s, t, y, windows, heads=None, complementary_weight=2.0, tau=0.07):
+    """[(sample_k, feature_k, weights_k (B, P))] per window size k.
+
+    The pre-pool maps s[1], t[1] are pooled to the common grid (adaptive average pooling of
+    the larger); each k x k stride-1 window position of each image is one local sample.
+    Embedding: heads = (student head, teacher head) (projection mode), else each network's
+    own classifier (s[2], s[3]) / (t[2], t[3]). The teacher's classifier on its local samples
+    vs its global logits t[0] gives the complementary weights (constants).
+    """
+    s_map, t_map = s[1], t[1]
+    grid = (min(s_map.shape[2], t_map.shape[2]), min(s_map.shape[3], t_map.shape[3]))
+    if tuple(s_map.shape[2:]) != grid:
+        s_map = F.adaptive_avg_pool2d(s_map, grid)
+    if tuple(t_map.shape[2:]) != grid:
+        t_map = F.adaptive_avg_pool2d(t_map, grid)
+    s_head, t_head = heads if heads is not None else ((s[2], s[3]), (t[2], t[3]))
+    out = []
+    for k in windows:
+        s_local, t_local = msdcrd_local_samples(s_map, k), msdcrd_local_samples(t_map, k)
+        with torch.no_grad():
+            w = msdcrd_sample_weights(_linear(t_local, (t[2], t[3])), t[0], y,
+                                      complementary_weight)
+        e_s = _linear(s_local, s_head).flatten(0, 1)          # (S, D), rows (b, p)
+        e_t = _linear(t_local, t_head).flatten(0, 1)
+        S = e_s.shape[0]
+        per_row = info_nce(F.normalize(e_s, dim=1), F.normalize(e_t, dim=1), tau)
+        sample = (w.reshape(-1) * per_row).sum() / S
+        feature = info_nce(F.normalize(e_s, dim=0).T, F.normalize(e_t, dim=0).T, tau).mean()
+        out.append((sample, feature, w))
+    return out
+
+
+def msdcrd_objective(s, t, y, windows, heads=None, tau=0.07, complementary_weight=2.0,
+                     ce_w=1.0, contrastive_w=0.8, kd_w=0.0, T=4.0):
+    """ce_w*CE + contrastive_w * mean over windows (L_sample + L_feature) [+ kd_w*KD(T)]."""
+    per_window = msdcrd_windows(s, t, y, windows, heads, complementary_weight, tau)
+    sample = sum(p[0] for p in per_window) / len(windows)
+    feature = sum(p[1] for p in per_window) / len(windows)
+    loss = ce_w * F.cross_entropy(s[0], y) + contrastive_w * (sample + feature)
+    if kd_w:
+        loss = loss + kd_w * kd_per_sample(s[0], t[0], T).mean()
+    return loss
