@@ -510,7 +510,8 @@ def _finish(run: _Run) -> dict:
     segments = _segments(run)
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
-    if run.step >= run.total_steps and run.config.export_model and jax.process_index() == 0:
+    if run.step >= run.total_steps and run.config.export_model:
+        # Every process: the orbax save synchronises them all (process 0 writes).
         for name, s in run.students.items():
             _export(run, s, summaries[name]["best_top1"])
     return _report(run, summaries)
