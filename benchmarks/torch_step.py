@@ -142,9 +142,10 @@ def device() -> torch.device:
 
 
 def time_step(teacher_arch: str, student_arch: str, method: str, hp: dict, optimizer: dict,
-              batch: int, dtype: str, steps: int, warmup_steps: int = 1,
+              batch: int, dtype: str, steps: int, warmup_steps: int = 1, repeats: int = 1,
               epoch: int = 30, num_classes: int = 100) -> dict:
-    """Mean seconds of one eager train step over `steps` steps (after `warmup_steps`)."""
+    """Seconds of one eager train step: the median over `repeats` windows of the mean of
+    `steps` steps (after `warmup_steps`)."""
     dev = device()
     torch.manual_seed(0)
     teacher = torch_models.create(teacher_arch, num_classes).to(dev).eval()
@@ -175,12 +176,14 @@ def time_step(teacher_arch: str, student_arch: str, method: str, hp: dict, optim
     for _ in range(warmup_steps):
         step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync()
-    seconds = (time.perf_counter() - t0) / steps
-    return {"step_s": seconds, "loss": float(loss), "device": str(dev)}
+    windows = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        sync()
+        windows.append((time.perf_counter() - t0) / steps)
+    return {"step_s": float(np.median(windows)), "loss": float(loss), "device": str(dev)}
 
 
 def conv_floor(batch: int, size: int, channels: int, steps: int) -> float:

@@ -9,14 +9,16 @@ For every pair, method, dtype and batch size it builds the run with
 `kd_jax.train.trainer.build` (so the timed step is the trainer's: teacher forward, student
 forward and backward, the method's objective, SGD; random teacher weights; a fixed random
 batch already on the devices, so the input pipeline is not measured), compiles it
-(reported separately), and times `--steps` steps after `--warmup` (one device sync at the
-end, as in training). Columns: compile time, step time, images/s, XLA's FLOP count of the
+(reported separately), and times `--repeats` windows of `--steps` steps after `--warmup`
+steps (one device sync per window, as in training); the step time is the median window's
+mean, robust to a busy machine. Columns: compile time, step time, images/s, XLA's FLOP count of the
 compiled step, the achieved FLOP/s and its fraction of the device's peak (a datasheet table
 below; '-' where the device is unknown, e.g. CPUs), and, where torch is installed and runs on
 the same kind of device, the same step in PyTorch eager (benchmarks/torch_step.py).
 
 Batch 'max' doubles the batch from 128 until the device runs out of memory or
-`--max-batch` (default 256 on CPU, 16384 elsewhere) and times the largest that fits.
+`--max-batch` and times the largest that fits (on CPU the default limit is 64: memory never
+runs out there, the step only gets slower).
 
 The conv floor is one 3x3 convolution 64 -> 64 channels at 32x32, batch 64, forward and
 backward (input and weight gradients) alone, in XLA and in PyTorch: on CPUs XLA's
@@ -60,7 +62,8 @@ PAIRS = "resnet32x4-resnet8x4,resnet32x4-ShuffleV1"
 METHODS = "kd,dkd,sd_dkd,clkd"
 NUM_CLASSES, IMAGE_SIZE = 100, 32
 LR, EPOCH = np.float32(0.05), np.int32(30)   # epoch 30: the DKD-style warmups are over
-CPU_MAX_BATCH, ACCELERATOR_MAX_BATCH = 256, 16384
+# Defaults by platform (accelerators, CPU): a CPU step of these models takes seconds.
+AUTO = {"steps": (20, 1), "warmup": (2, 1), "max_batch": (16384, 64), "scaling_batch": (64, 8)}
 
 # Dense peak TFLOP/s per JAX device from the vendors' datasheets (no sparsity), matched by
 # substring of device_kind in this order: (substring, bfloat16, float32). The float32
@@ -108,9 +111,8 @@ class OutOfMemory(Exception):
 
 
 def _is_oom(error: Exception) -> bool:
-    text = str(error)
-    return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
-                                   "OOM"))
+    text = str(error).lower()
+    return "resource_exhausted" in text or "out of memory" in text
 
 
 def _flops(compiled):
@@ -121,7 +123,7 @@ def _flops(compiled):
     return float(value) if value and value > 0 else None
 
 
-def time_jax(config, batch: int, steps: int, warmup: int, devices) -> dict:
+def time_jax(config, batch: int, steps: int, warmup: int, devices, repeats: int = 1) -> dict:
     """Compile and step times of the trainer's step at global batch `batch` on `devices`."""
     plan = config_validation.validate(config, num_devices=len(devices))
     try:
@@ -139,11 +141,14 @@ def time_jax(config, batch: int, steps: int, warmup: int, devices) -> dict:
         for _ in range(warmup):
             state, metrics = compiled(state, built.teacher_state, images, LR, EPOCH)
         jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = compiled(state, built.teacher_state, images, LR, EPOCH)
-        jax.block_until_ready((state, metrics))
-        step_s = (time.perf_counter() - t0) / steps
+        windows = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, metrics = compiled(state, built.teacher_state, images, LR, EPOCH)
+            jax.block_until_ready((state, metrics))
+            windows.append((time.perf_counter() - t0) / steps)
+        step_s = float(np.median(windows))
         loss = float(metrics["student"]["loss"])
     except Exception as e:  # noqa: BLE001 -- only out-of-memory is expected
         if _is_oom(e):
@@ -157,17 +162,17 @@ def time_jax(config, batch: int, steps: int, warmup: int, devices) -> dict:
 
 
 def time_max_batch(config, args, devices, limit: int, known: dict | None):
-    """The largest batch (doubling from 128, at most `limit`) that fits, timed; its row says
-    whether memory or the limit stopped the search."""
-    best, batch, why = known, 128, "limit"
+    """The largest batch that fits (doubling from 64, or from 128 after a known batch-64
+    result, up to `limit`), timed, and what stopped the search: "memory" or "limit"."""
+    best, batch, why = known, 64 if known is None else 128, "limit"
     while batch <= limit:
         try:
-            best = time_jax(config, batch, args.steps, args.warmup, devices)
+            best = time_jax(config, batch, args.steps, args.warmup, devices, args.repeats)
         except OutOfMemory:
             why = "memory"
             break
         batch *= 2
-    return None if best is None else dict(best, max_by=why)
+    return best, why
 
 
 # --- PyTorch and the conv floor ---------------------------------------------------------------
@@ -219,7 +224,7 @@ def scaling_rows(args, counts: list[int]) -> list:
             rows.append({"devices": n, "skipped": f"{jax.device_count()} device(s) here"})
             continue
         r = time_jax(config, args.scaling_batch * n, args.steps, args.warmup,
-                     jax.devices()[:n])
+                     jax.devices()[:n], args.repeats)
         rows.append(r)
         print(f"  {n} device(s): global batch {r['batch']}, {1e3 * r['step_s']:.1f} ms, "
               f"{r['images_per_s']:.1f} images/s", flush=True)
@@ -239,6 +244,7 @@ def scaling(args, platform_name: str) -> list:
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, os.path.abspath(__file__), "--scaling-worker",
            "--devices", args.devices, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--repeats", str(args.repeats),
            "--scaling-method", args.scaling_method, "--scaling-pair", args.scaling_pair,
            "--scaling-dtype", args.scaling_dtype, "--scaling-batch", str(args.scaling_batch)]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
@@ -328,9 +334,11 @@ def write_results(path: str, info: dict, rows: list, floor: dict, scale: list,
         f"(1/5/15 min) {load(info['load_start'])} at the start, {load(info['load_end'])} at "
         f"the end",
         "- versions: " + ", ".join(f"{k} {v[k]}" for k in v),
-        f"- {args.steps} timed steps after {args.warmup} warm-up steps, one device; random "
+        f"- step time: median of {args.repeats} windows of {args.steps} step(s), after "
+        f"{args.warmup} warm-up step(s); one device; random "
         "teacher, fixed random batch on the device; `% peak`: XLA's FLOP count of the "
-        "compiled step / step time / the device's datasheet peak",
+        "compiled step / step time / the device's datasheet peak; batch `N max`: the "
+        "largest that fits in memory, `N cap`: the largest the search tried (`--max-batch`)",
         "",
         markdown_table(COLUMNS, [table_row(r) for r in rows]),
         "",
@@ -384,23 +392,31 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default="64,max",
                    help="comma-separated global batch sizes; 'max': the largest that fits")
     p.add_argument("--max-batch", type=int, default=0,
-                   help=f"upper limit of the 'max' search (0: {CPU_MAX_BATCH} on CPU, "
-                        f"{ACCELERATOR_MAX_BATCH} elsewhere)")
+                   help="upper limit of the 'max' search (0: %d on accelerators, %d on CPU)"
+                        % AUTO["max_batch"])
     p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed steps per measurement (0: %d on accelerators, %d on CPU)"
+                        % AUTO["steps"])
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed windows of --steps steps; the median window counts")
+    p.add_argument("--warmup", type=int, default=-1,
+                   help="untimed steps after compiling (-1: %d on accelerators, %d on CPU)"
+                        % AUTO["warmup"])
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the PyTorch eager step at batch 64 (where torch runs on "
-                        "this kind of device)")
+                   help="also time the PyTorch eager step at the fixed batch sizes (where "
+                        "torch runs on this kind of device)")
     p.add_argument("--conv-floor", action=argparse.BooleanOptionalAction, default=True,
                    help="time one 3x3 conv fwd+bwd (32x32x64, batch 64) in XLA and PyTorch")
     p.add_argument("--devices", default="1,2,4,8",
                    help="device counts of the scaling table ('' to skip it)")
-    p.add_argument("--scaling-method", default="sd_dkd")
-    p.add_argument("--scaling-pair", default="resnet32x4-resnet8x4")
+    p.add_argument("--scaling-method", default="sd_dkd", help="method of the scaling table")
+    p.add_argument("--scaling-pair", default="resnet32x4-resnet8x4", help="its pair")
     p.add_argument("--scaling-dtype", default="",
-                   help="'' : bfloat16 on accelerators, float32 on CPU")
-    p.add_argument("--scaling-batch", type=int, default=64, help="batch per device")
+                   help="its compute dtype ('': bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--scaling-batch", type=int, default=0,
+                   help="batch per device (0: %d on accelerators, %d on CPU)"
+                        % AUTO["scaling_batch"])
     p.add_argument("--write-results", default="", metavar="FILE",
                    help="write the tables into FILE (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
@@ -410,21 +426,26 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     platform_name = jax.devices()[0].platform
+    cpu = platform_name == "cpu"
+    for key, unset in (("steps", 0), ("warmup", -1), ("max_batch", 0), ("scaling_batch", 0)):
+        if getattr(args, key) == unset:
+            setattr(args, key, AUTO[key][cpu])
     if not args.scaling_dtype:
-        args.scaling_dtype = "float32" if platform_name == "cpu" else "bfloat16"
+        args.scaling_dtype = "float32" if cpu else "bfloat16"
     if args.scaling_worker:   # the CPU scaling subprocess: rows as JSON on the last line
         print(json.dumps(scaling_rows(args, [int(c) for c in args.devices.split(",")])))
         return
     info = machine()
     command = "python benchmarks/train_step.py " + " ".join(shlex.quote(a) for a in
                                                           (sys.argv[1:] if argv is None else argv))
-    limit = args.max_batch or (CPU_MAX_BATCH if platform_name == "cpu" else ACCELERATOR_MAX_BATCH)
+    limit = args.max_batch
     torch_step = torch_available(platform_name) if args.torch else None
     one = jax.devices()[:1]
     print(f"{info['platform']}: {jax.device_count()} x {info['device_kind']}; CPU {info['cpu']}, "
           f"{info['cores']} cores; jax {jax.__version__}; torch "
-          f"{info['versions']['torch'] if torch_step else 'not used'}; {args.steps} timed steps; "
-          f"table on one device; 'max' batch up to {limit}", flush=True)
+          f"{info['versions']['torch'] if torch_step else 'not used'}; "
+          f"{args.repeats} x {args.steps} timed steps; table on one device; 'max' batch up to "
+          f"{limit}", flush=True)
 
     floor = {}
     if args.conv_floor:
@@ -443,24 +464,26 @@ def main(argv=None) -> None:
             for dtype in args.dtypes.split(","):
                 config = make_config(pair.strip(), method.strip(), dtype.strip())
                 teacher, student = config.teacher.arch, config.student.arch
-                at_64 = None
-                for b in batch_sizes:
-                    if b == "max":
-                        r = time_max_batch(config, args, one, limit, at_64)
-                        if r is None:
-                            continue
-                    else:
-                        r = time_jax(config, int(b), args.steps, args.warmup, one)
-                        if r["batch"] == 64:
-                            at_64 = r
+                fixed = [int(b) for b in batch_sizes if b != "max"]
+                measured = []
+                for b in fixed:
+                    r = time_jax(config, b, args.steps, args.warmup, one, args.repeats)
+                    if torch_step is not None:
+                        hp = {k: v for k, v in config.method.to_dict().items() if k != "name"}
+                        r["torch_step_s"] = torch_step.time_step(
+                            teacher, student, method.strip(), hp, config.optimizer.to_dict(),
+                            b, dtype.strip(), args.steps, args.warmup, args.repeats)["step_s"]
+                    measured.append(r)
+                if "max" in batch_sizes:
+                    known = next((r for r in measured if r["batch"] == 64), None)
+                    best, why = time_max_batch(config, args, one, limit, known)
+                    if best is not None:
+                        best["max_by"] = why   # the batch-64 row itself when nothing larger ran
+                        if best is not known:
+                            measured.append(best)
+                for r in measured:
                     r.update(pair=pair.strip(), method=method.strip(), dtype=dtype.strip(),
                              peak=peak_flops(info["device_kind"], dtype))
-                    if torch_step is not None and b != "max":
-                        hp = {k: v for k, v in config.method.to_dict().items() if k != "name"}
-                        t = torch_step.time_step(teacher, student, method.strip(), hp,
-                                                 config.optimizer.to_dict(), r["batch"],
-                                                 dtype.strip(), args.steps, args.warmup)
-                        r["torch_step_s"] = t["step_s"]
                     rows.append(r)
                     print_row(table_row(r))
     if floor and rows:

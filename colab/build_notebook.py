@@ -166,9 +166,9 @@ student_config.teacher.checkpoint = TEACHER_DIR"""),
 ## SD-DKD student, sharded over every device
 
 `trainer.train_and_evaluate` jits one step over a mesh of all devices (batch sharded,
-parameters replicated): on a TPU v2-8 each of its 8 cores gets 8 images of the
-global batch of 64 (a v5e-1 chip gets all 64). The progress bar shows the loss and images/s; each epoch ends with the
-test accuracy."""),
+parameters replicated): on a TPU v2-8 each of its 8 cores gets 8 images of the global
+batch of 64 (a v5e-1 chip gets all 64). The progress bar shows the loss and images/s;
+each epoch ends with the test accuracy."""),
     ("code", """\
 student_run = trainer.train_and_evaluate(student_config, os.path.join(WORKDIR, "student"))"""),
     ("md", "## Accuracy curves"),

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="the PyTorch step of the benchmark n
 
 import jax  # noqa: E402
 
-from kd_jax import data, methods, recipes  # noqa: E402
+from kd_jax import methods  # noqa: E402
 from kd_jax.methods import ModelOutput  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,8 @@ def test_script_runs_on_cpu_and_keeps_other_sections(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"),
            "--pairs", "resnet32x4-resnet8x4", "--methods", "kd", "--dtypes", "bfloat16",
-           "--batch-sizes", "8", "--steps", "1", "--warmup", "0", "--devices", "2",
+           "--batch-sizes", "8", "--steps", "1", "--repeats", "1", "--warmup", "0",
+           "--devices", "2",
            "--scaling-batch", "4", "--no-conv-floor", "--no-torch",
            "--write-results", str(results)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
