@@ -28,11 +28,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 def run(config, workdir: str) -> dict:
     """Trains one config (over config.seeds if set), or runs a pipeline config
     (config.pipeline set, e.g. quickstart)."""
-    import jax
-
     if config.get("multihost", False):
-        # Multi-host (e.g. TPU pods, SLURM): the cluster is detected from the environment.
-        jax.distributed.initialize()
+        # Multi-host (TPU pods, SLURM: detected; elsewhere JAX_COORDINATOR_ADDRESS,
+        # JAX_NUM_PROCESSES, JAX_PROCESS_ID): see kd_jax.train.multihost.
+        from kd_jax.train import multihost
+        multihost.initialize()
     if config.get("pipeline"):
         from kd_jax.train import pipeline
         return pipeline.run_pipeline(config, workdir)

@@ -35,7 +35,8 @@ def save_converted(model: nnx.Module, out_dir: str, meta: dict[str, Any],
                    overwrite: bool = False) -> str:
     """Writes `model`'s parameters and BN statistics to out_dir/state and `meta` to teacher.json.
 
-    `meta` must hold "arch" and "num_classes". Returns the JSON path.
+    `meta` must hold "arch" and "num_classes". Returns the JSON path. In a multi-process run
+    every process must call it (orbax saves synchronise all processes); process 0 writes.
     """
     for field in ("arch", "num_classes"):
         if field not in meta:
@@ -53,9 +54,10 @@ def save_converted(model: nnx.Module, out_dir: str, meta: dict[str, Any],
     n_params = sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     record = dict(meta, format_version=FORMAT_VERSION, parameter_count=int(n_params))
     meta_path = os.path.join(out_dir, META_FILE)
-    with open(meta_path, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    if jax.process_index() == 0:
+        with open(meta_path, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
     return meta_path
 
 

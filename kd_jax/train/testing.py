@@ -9,6 +9,7 @@ weights in parity tests.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from kd_jax.models import layers, registry
@@ -28,13 +29,13 @@ class TinyCNN(nnx.Module):
         return self.fc
 
     def __call__(self, x: jax.Array):
-        """x: (B, H, W, 3) -> logits (B, K), features (pre_pool (B, H/2, W/2, 2*width))."""
+        """x: (B, H, W, 3) -> logits (B, K) float32, features (pre_pool (B, H/2, W/2, 2*width))."""
         f1 = layers.relu(self.bn1(self.conv1(x)))
         pre = self.bn2(self.conv2(f1))
         f2 = layers.relu(pre)
         pooled = layers.global_avg_pool(f2)
         feats = {"stages": [f1, f2], "preact_stages": None, "pooled": pooled, "pre_pool": f2}
-        return self.fc(pooled), feats
+        return self.fc(pooled).astype(jnp.float32), feats
 
 
 def _register(name: str, width: int) -> None:

@@ -256,12 +256,13 @@ class Built:
     eval_step: Any          # jit({name: (params, model_state)}, batch) -> {name: sums}
 
 
-def build(config, plan: RunPlan, num_classes: int, workdir: str = "") -> Built:
+def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=None) -> Built:
     """Builds the teacher (if any student needs one), the students and the steps of `plan`.
 
-    Used by the trainer and by benchmarks/, so that both time the same step.
+    Used by the trainer and by benchmarks/, so that both time the same step. `devices`: the
+    mesh's devices (default: all of them; benchmarks time subsets).
     """
-    mesh = make_mesh()
+    mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     teacher = teacher_graphdef = teacher_state = None
     if plan.needs_teacher:
@@ -514,7 +515,8 @@ def _finish(run: _Run) -> dict:
     segments = _segments(run)
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
-    if run.step >= run.total_steps and run.config.export_model and jax.process_index() == 0:
+    if run.step >= run.total_steps and run.config.export_model:
+        # Every process: the orbax save synchronises them all (process 0 writes).
         for name, s in run.students.items():
             _export(run, s, summaries[name]["best_top1"])
     return _report(run, summaries)
