@@ -24,7 +24,7 @@ def load_config_module(name):
 
 
 def _valid(config):
-    if config.method.name != "ce":
+    if config.teacher.arch:   # distillation configs, and lockstep configs (which keep one)
         config.teacher.checkpoint = "random"
     config_validation.validate(config, num_devices=1)
 

@@ -38,24 +38,27 @@ def config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.pipeline = "quickstart"
     c.dataset = builder.base_config(catalog.FASHION_MNIST).dataset
-    c.dataset.limit_train = 4000    # the students' training images (the teacher saw all 60k)
+    c.dataset.limit_train = 4096    # the students' training images (the teacher saw all 60k)
     c.dataset.limit_test = 0        # the full 10k test set
     c.teacher_dir = ASSET_DIR       # the shipped teacher; "" or a bad sha256: retrain it
     c.teacher_arch = "resnet14"
     c.teacher_epochs = 3            # if retrained (configs/quickstart_teacher.py)
     c.teacher_limit_train = 0
     c.student_arch = "resnet8"
-    # Students by method key; "ce" (the student alone) is the verdict's baseline.
-    c.students = "ce,kd,dkd,sd_kd,sd_dkd"
+    # Students by method key; "ce" (the student alone) is the verdict's baseline. KD and DKD
+    # are left out of the default: in this short setting their differences from the student
+    # alone lie about one combined spread away from it, so a 3-seed verdict on them flips
+    # from machine to machine (see README); add them with --config.students=ce,kd,dkd,...
+    c.students = "ce,sd_kd,sd_dkd"
     c.seeds = "0,1,2"
-    c.num_epochs = 2
+    c.num_epochs = 8
     c.batch_size = 64
     c.eval_batch_size = 1000
-    c.eval_every_epochs = 2         # evaluate at the end only: the full test set is costly
+    c.eval_every_epochs = 8         # evaluate at the end only: the full test set is costly
     c.lr = 0.05
     c.schedule = "cosine"
     c.warmup_epochs = 1             # DKD-style warmups (the recipe's 20 assume 240 epochs)
     c.progress_bar = True
     c.tensorboard = False
-    c.log_every_steps = 25
+    c.log_every_steps = 64
     return c

@@ -1,4 +1,4 @@
-"""The quickstart: one teacher, five students in lockstep, several seeds, a computed verdict.
+"""The quickstart: one teacher, students in lockstep, several seeds, a computed verdict.
 
     python -m kd_jax.main --config configs/quickstart.py --workdir DIR
 
@@ -6,9 +6,9 @@
    Fashion-MNIST train set by configs/quickstart_teacher.py; RECORD.json holds the command,
    the sha256 of its files and its accuracy). If it is missing or its files do not match the
    recorded sha256, it is retrained into DIR/teacher with that config.
-2. Students: resnet8 alone (CE), KD, DKD, SD-KD and SD-DKD, trained in LOCKSTEP (one jitted
-   step, one teacher forward, the same batches) on the first `dataset.limit_train` training
-   images, once per seed (DIR/students/seed_<s>; the seed changes initialisation, data order
+2. Students (`students`, by method key; default resnet8 alone (CE), SD-KD and SD-DKD),
+   trained in LOCKSTEP (one jitted step, one teacher forward, the same batches) on the first
+   `dataset.limit_train` training images, once per seed (DIR/students/seed_<s>; the seed changes initialisation, data order
    and augmentation), and evaluated on the full 10k test set.
 3. Verdict: a method beats the student alone when its mean top-1 exceeds the student's by more
    than the combined spread (the sum of the two sample stds over seeds). It is computed and
