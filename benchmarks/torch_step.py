@@ -206,3 +206,13 @@ def conv_floor(batch: int, size: int, channels: int, steps: int) -> float:
         step()
     sync()
     return (time.perf_counter() - t0) / steps
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description="A module of benchmarks/train_step.py (the PyTorch eager step it times "
+                    "beside the JAX one; `python benchmarks/train_step.py --torch`), not a "
+                    "script of its own.").parse_args()
+    print(__doc__)

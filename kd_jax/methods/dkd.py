@@ -1,4 +1,5 @@
-"""DKD (Zhao et al., CVPR 2022): ce_weight * CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD).
+"""DKD (Zhao et al., CVPR 2022):
+ce_weight * CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD).
 
 Reference values: mdistiller `mdistiller/engine/cfg.py` (CFG.DKD: CE 1, alpha 1, T 4,
 warmup 20) with beta per pair from `configs/cifar100/dkd/*.yaml` (CIFAR-100) and SDD's
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from kd_jax.data import catalog
 from kd_jax.losses import objectives
-from kd_jax.methods.base import MethodSpec, Recipe, check_choice, check_int, check_keys, check_number
+from kd_jax.methods.base import (MethodSpec, Recipe, check_choice, check_int, check_keys,
+                                 check_number)
 from kd_jax.methods.registry import register
 from kd_jax.recipes import table
 

@@ -14,7 +14,10 @@ _PREFIX = {CIFAR: "", IMAGENET: "imagenet_", CUB: "cub_"}
 
 
 def arch_name(name: str, family: str) -> str:
-    """The registry name of model `name` of `family`: ('ResNet18', 'imagenet') -> 'imagenet_ResNet18'."""
+    """The registry name of model `name` of `family`.
+
+    ('ResNet18', 'imagenet') -> 'imagenet_ResNet18'; ('vgg8', 'cifar') -> 'vgg8'.
+    """
     if family not in _PREFIX:
         raise ValueError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
     return name if family_of(name) == family and family != CIFAR else _PREFIX[family] + name

@@ -62,7 +62,8 @@ def method_table() -> str:
 
 
 def pair_table() -> str:
-    lines = ["| dataset | teacher -> student | lr | DKD beta | SDD scales (SD-KD / SD-DKD / SD-NKD) |",
+    lines = ["| dataset | teacher -> student | lr | DKD beta "
+             "| SDD scales (SD-KD / SD-DKD / SD-NKD) |",
              "|---|---|---|---|---|"]
     for dataset in DATASETS:
         for teacher, student in table.pairs(dataset):

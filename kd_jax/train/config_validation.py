@@ -88,7 +88,8 @@ def parse_seeds(seeds: str) -> list[int]:
     try:
         values = [int(s) for s in str(seeds).split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"seeds={seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        raise ConfigError(
+            f"seeds={seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     _require(all(v >= 0 for v in values) and len(set(values)) == len(values),
              f"seeds={seeds!r}: expected distinct non-negative integers")
     return values
@@ -154,7 +155,8 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
                  f"{needing} needs teacher.checkpoint (a .pth file or a converted orbax "
                  f"directory; {RANDOM_TEACHER!r} for smoke tests only)")
         if check_files and ckpt != RANDOM_TEACHER:
-            _require(os.path.exists(ckpt), f"teacher.checkpoint={ckpt!r}: no such file or directory")
+            _require(os.path.exists(ckpt),
+                     f"teacher.checkpoint={ckpt!r}: no such file or directory")
             _require(os.path.isdir(ckpt) or ckpt.endswith((".pth", ".pt", ".tar")),
                      f"teacher.checkpoint={ckpt!r}: expected a .pth file or a converted orbax "
                      "directory")

@@ -8,8 +8,8 @@
    recorded sha256, it is retrained into DIR/teacher with that config.
 2. Students (`students`, by method key; default resnet8 alone (CE), SD-KD and SD-DKD),
    trained in LOCKSTEP (one jitted step, one teacher forward, the same batches) on the first
-   `dataset.limit_train` training images, once per seed (DIR/students/seed_<s>; the seed changes initialisation, data order
-   and augmentation), and evaluated on the full 10k test set.
+   `dataset.limit_train` training images, once per seed (DIR/students/seed_<s>; the seed
+   changes initialisation, data order and augmentation), and evaluated on the full 10k test set.
 3. Verdict: a method beats the student alone when its mean top-1 exceeds the student's by more
    than the combined spread (the sum of the two sample stds over seeds). It is computed and
    printed from the numbers, with the table, and written to DIR/quickstart_summary.json; the
@@ -85,7 +85,8 @@ def students_config(q, teacher_checkpoint: str) -> ml_collections.ConfigDict:
     c.optimizer.lr, c.optimizer.schedule, c.optimizer.milestones = q.lr, q.schedule, ()
     c.num_epochs, c.batch_size, c.eval_batch_size = q.num_epochs, q.batch_size, q.eval_batch_size
     c.eval_every_epochs = q.eval_every_epochs
-    c.progress_bar, c.tensorboard, c.log_every_steps = q.progress_bar, q.tensorboard, q.log_every_steps
+    c.progress_bar, c.tensorboard = q.progress_bar, q.tensorboard
+    c.log_every_steps = q.log_every_steps
     c.export_model = False
     return c
 
@@ -109,7 +110,8 @@ def verdicts(result: dict, metric: str = "last_top1") -> dict:
 
 def format_table(teacher: dict, result: dict, verdict: dict) -> str:
     n = len(result["seeds"])
-    lines = [f"teacher {teacher['student']}: test top-1 {teacher['top1']:.2f} ({teacher['source']})",
+    lines = [f"teacher {teacher['student']}: test top-1 {teacher['top1']:.2f} "
+             f"({teacher['source']})",
              f"students {next(iter(result['students'].values()))['student']}, {n} seeds, full "
              "test set; top-1 (%) mean ± sample std:",
              f"{'run':<20} {'best top-1':>15} {'last top-1':>15} {'vs alone (last)':>17}  verdict"]

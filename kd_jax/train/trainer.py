@@ -151,20 +151,18 @@ class _Due:
 
 @dataclasses.dataclass
 class _Run:
+    """Everything one training run holds: what setup built, and the state of the loop."""
+
     config: Any
     plan: RunPlan
     workdir: str
     ds: Any
-    mesh: Any
+    built: "Built"
     batch_sharding: Any
     batch_size: int
     eval_batch_size: int
     steps_per_epoch: int
     total_steps: int
-    students: dict
-    teacher_state: Any
-    train_step: Any
-    eval_step: Any
     state: Any
     step: int
     ckpt: Checkpointer
@@ -174,6 +172,10 @@ class _Run:
     clock: Optional[_Clock] = None
     pending: list = dataclasses.field(default_factory=list)
     pending_t0: float = 0.0
+
+    @property
+    def students(self) -> dict:
+        return self.built.students
 
     @property
     def epoch(self) -> int:
@@ -283,12 +285,11 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
 def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
     steps_per_epoch, total_steps = _train_steps(config, ds)
     b = build(config, plan, ds.info.num_classes, workdir)
-    run = _Run(config=config, plan=plan, workdir=workdir, ds=ds, mesh=b.mesh,
+    run = _Run(config=config, plan=plan, workdir=workdir, ds=ds, built=b,
                batch_sharding=NamedSharding(b.mesh, P("data")), batch_size=config.batch_size,
                eval_batch_size=config.eval_batch_size or config.batch_size,
-               steps_per_epoch=steps_per_epoch, total_steps=total_steps, students=b.students,
-               teacher_state=b.teacher_state, train_step=b.train_step, eval_step=b.eval_step,
-               state=b.state, step=0, ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=b.state, step=0,
+               ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
     try:
         _restore(run)
     except BaseException:
@@ -390,7 +391,7 @@ def _evaluate(run: _Run) -> None:
     for batch in data.prefetch_to_mesh(run.ds.eval_batches(run.eval_batch_size),
                                        run.batch_sharding):
         students = {n: (s.params["model"], s.model_state) for n, s in run.state.students.items()}
-        sums.append(run.eval_step(students, batch))
+        sums.append(run.built.eval_step(students, batch))
     host = jax.device_get(sums)
     lr = schedules.learning_rate(run.config.optimizer, run.config.num_epochs, run.epoch)
     for name, s in run.students.items():
@@ -442,8 +443,8 @@ def _train_epoch(run: _Run, sigterm: threading.Event) -> bool:
                              start_step=run.step % run.steps_per_epoch), run.batch_sharding)
     try:
         for batch in batches:
-            run.state, metrics = run.train_step(run.state, run.teacher_state, batch, lr,
-                                                epoch_arr)
+            run.state, metrics = run.built.train_step(run.state, run.built.teacher_state,
+                                                      batch, lr, epoch_arr)
             run.step += 1
             run.pending.append(metrics)
             run.clock.after_step(metrics, run.batch_size, run.step)
