@@ -1,7 +1,7 @@
 """MSDCRD (multi-scale feature decoupling + contrastive distillation) on CIFAR-100.
 
 A reimplementation of the idea in the abstract of arXiv 2502.05835, not a reproduction: no
-paper text or code was available (METHODS.md, MSDCRD). Defaults: 1.0*CE + 0.8*(sample +
+paper text or code was available. Defaults: 1.0*CE + 0.8*(sample +
 feature) over sliding windows (1, 2, 4) clipped to the pair's common pre-pool map, tau 0.07,
 complementary samples weighted 2, parameter-free embedding through each network's own
 classifier; KD's solver and the pair's lr.

@@ -1,7 +1,7 @@
 """Tests of MSDCRD in kd_jax.losses: sliding-window and adaptive pooling, the (chunked)
 InfoNCE, the complementary sample weights, the sample-/feature-wise terms and the objective.
 
-Expected values come from the loop-based numpy reference below, written from METHODS.md
+Expected values come from the loop-based numpy reference below, written from the reconstruction's definition
 (MSDCRD) and the function docstrings, not from kd_jax: float64 at rtol 1e-10 under
 jax.enable_x64, float32 at rtol 1e-5 (see test_losses.py for the tolerance reasoning).
 """
@@ -62,7 +62,7 @@ def np_info_nce(anchors, candidates, tau):
 
 def np_msdcrd(s_map, t_map, s_head, t_head, labels, t_logits, windows=(1, 2, 4), tau=0.07,
               cw=2.0, classifier=None):
-    """{"sample", "feature"} as METHODS.md and the msdcrd_terms docstring describe them."""
+    """{"sample", "feature"} as the msdcrd_terms docstring describes them."""
     s_map, t_map = np.asarray(s_map, np.float64), np.asarray(t_map, np.float64)
     classifier = t_head if classifier is None else classifier
     h = min(s_map.shape[1], t_map.shape[1])

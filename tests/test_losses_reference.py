@@ -1,6 +1,7 @@
-"""Independent numpy (float64, loop-based) implementations of METHODS.md for the loss tests.
+"""Independent numpy (float64, loop-based) implementations of the reference formulas
+(mdistiller, SDD, the CLKD paper) for the loss tests.
 
-Written from the spec, not from kd_jax.losses: plain loops over samples / regions /
+Written from the definitions, not from kd_jax.losses: plain loops over samples / regions /
 windows, probabilities computed directly (no log-sum-exp tricks except where the spec's
 stable variant asks for them).
 This module holds no tests; it is named test_losses_* only because it belongs with them.

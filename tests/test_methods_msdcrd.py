@@ -4,7 +4,7 @@ Expected values are written out here, not read back from kd_jax: the pre-pool ma
 CIFAR model (from the reference dumps in tests/data/torch_state_dicts/*.txt: the map the
 final pool sees, i.e. the last stage for ResNets, VGG and ShuffleV1; WRN's relu(bn1(...)) of
 the last block, same size; MobileNetV2's conv2 output 1280 x 2x2 and ShuffleV2's 1024 x 4x4,
-the pooled_feat widths), the windows they give, the pairs' lr (KD's recipe) and METHODS.md's
+the pooled_feat widths), the windows they give, the pairs' lr (KD's recipe) and the reconstruction's
 MSDCRD defaults. The loss the trainer builds is compared with `msdcrd_objective` called
 with those values and with the numpy loop reference of tests/test_losses_msdcrd.py.
 """
@@ -58,7 +58,7 @@ CIFAR = {
     "wrn_40_2-vgg8": (0.05, W124), "wrn_40_2-MobileNetV2": (0.01, W12),
     "resnet32x4-MobileNetV2": (0.01, W12), "ResNet50-ShuffleV1": (0.01, W124),
 }
-# METHODS.md (MSDCRD): 1.0*CE + 0.8*(sample + feature), tau 0.07, complementary weight 2,
+# The MSDCRD reconstruction: 1.0*CE + 0.8*(sample + feature), tau 0.07, complementary weight 2,
 # optional KD at T=4 (off), parameter-free embedding, projection heads of 128 dims.
 DEFAULTS = dict(name="msdcrd", tau=0.07, complementary_weight=2.0, ce_weight=1.0,
                 contrastive_weight=0.8, kd_weight=0.0, temperature=4.0, embedding="logits",

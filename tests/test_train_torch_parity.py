@@ -13,7 +13,7 @@ checkpoints, logs).
 The PyTorch side takes the same initial student (from `trainer.build`), the same teacher
 and the same batches (kd_jax.data.get_dataset(config.dataset).train_batches: data, not
 code under test) and applies the reference recipe
-WRITTEN OUT below (RECIPES.md / METHODS.md, not read from kd_jax): the objectives of
+WRITTEN OUT below (the mdistiller / SDD recipes, not read from kd_jax): the objectives of
 tests/torch_losses.py, torch.optim.SGD (momentum 0.9, coupled weight decay 5e-4), lr per
 epoch = base * 0.1^(number of milestones m with epoch > m), epochs counted from 1, a
 train-mode student and an eval-mode teacher. MSDCRD's projection heads (the student's AND
@@ -65,14 +65,14 @@ BATCH, EVAL_BATCH, EPOCHS, MILESTONES = 8, 16, 3, (1, 2)
 STEPS_PER_EPOCH = NUM_TRAIN // BATCH
 WARMUP = 2                      # overrides the recipe's 20 of DKD / NKD / SD-DKD / SD-NKD
 STUDENT_WIDTH, TEACHER_WIDTH = 8, 16
-# The reference solver (RECIPES.md, CIFAR-100): SGD momentum 0.9, coupled wd 5e-4, x0.1.
+# The reference solver (mdistiller configs/cifar100, CIFAR-100): SGD momentum 0.9, coupled wd 5e-4, x0.1.
 MOMENTUM, WEIGHT_DECAY, DECAY = 0.9, 5e-4, 0.1
-# CIFAR-100 normalisation (RECIPES.md); the synthetic dataset uses it too.
+# CIFAR-100 normalisation (mdistiller dataset/cifar100.py); the synthetic dataset uses it too.
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 LOSS_RTOL, LOSS_ATOL, PARAM_ATOL = 1e-5, 1e-5, 1e-5
 
 # (config file method, config argument, lr of the pair, method overrides, the reference
-# objective written out: RECIPES.md / METHODS.md values, not kd_jax's).
+# objective written out: the reference values, not kd_jax's).
 CASES = {
     # KD: T 4, CE 0.1, KD 0.9.
     "kd": ("kd", "resnet32x4-resnet8x4", 0.05, {},

@@ -1,4 +1,4 @@
-"""The reference objectives in PyTorch, written out from METHODS.md (not from kd_jax).
+"""The reference objectives in PyTorch, written out from the reference distillers and the papers (not from kd_jax).
 
 One function per method family; each takes the student's and the teacher's outputs of one
 batch and returns the scalar objective the reference trains with:
@@ -139,7 +139,7 @@ def clkd_objective(s, t, y, ce_w=0.1, ins_w=0.5, cla_beta=2.0, cc_w=0.4):
     return ce_w * F.cross_entropy(zs, y) + ins_w * (l_ins + cla_beta * l_cla) + cc_w * l_cc
 
 
-# --- MSDCRD (METHODS.md, MSDCRD: the reconstruction) -----------------------------------------
+# --- MSDCRD (the reconstruction of arXiv 2502.05835) -----------------------------------------
 
 def _linear(x, head):
     """x (..., C) through a head given as an nn.Linear or a (weight (D, C), bias (D,)) pair."""

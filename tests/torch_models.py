@@ -1,6 +1,6 @@
 """PyTorch implementations of every family of the reference zoo (the test oracle), NCHW.
 
-Written from MODELS.md and the reference code's semantics (mdistiller @ a08d46f, SDD's CUB
+Written from the reference code's semantics (mdistiller @ a08d46f, SDD's CUB
 module replacements), not from kd_jax: module names and nesting give state_dict keys exactly
 as in tests/data/torch_state_dicts/<name>.txt (test_convert.py asserts it), and `forward`
 returns `(logits, feats)` with feats = {"feats": [...], "preact_feats": [...] (where the

@@ -1,5 +1,5 @@
-"""Exact distillation losses (METHODS.md): KD, DKD, NKD, SDD's scale-decoupled lift, CLKD,
-and the MSDCRD reconstruction.
+"""Distillation losses: KD, DKD, NKD and SDD's scale-decoupled lift exactly as the reference
+code computes them (mdistiller, SDD), and reimplementations of CLKD and of MSDCRD.
 
 All functions are pure and jittable, validate shapes/dtypes statically (ValueError on bad
 input), treat teacher inputs as constants (stop_gradient) and compute in float32 (float64

@@ -1,4 +1,4 @@
-"""CLKD: class-aware logit KD (Zhang et al., arXiv 2211.14773), as METHODS.md defines it.
+"""CLKD: class-aware logit KD (Zhang et al., arXiv 2211.14773), a reimplementation.
 
 No official code exists; the defaults are what independent reimplementations agree on and
 every open choice is an option:

@@ -1,8 +1,9 @@
 """MSDCRD: contrastive representation distillation via multi-scale feature decoupling.
 
 Wang et al., arXiv 2502.05835. No code exists and only the abstracts could be consulted:
-this module implements the reconstruction of METHODS.md (MSDCRD), a reimplementation of
-the stated idea, not a reproduction.
+this module implements a reconstruction of the idea the abstract states (sliding-window
+multi-scale local features, sample categorisation, sample-wise and feature-wise contrastive
+losses within one batch), a reimplementation of that idea, not a reproduction.
 
 Pipeline for one batch, per window size w in `windows`:
 1. `adaptive_pool_to`: if the student and teacher pre-pool maps (B, H, W, C) differ in
@@ -462,7 +463,7 @@ def msdcrd_objective(
 ) -> tuple[Array, dict[str, Array]]:
     """ce_weight*CE + contrastive_weight*(sample + feature) + kd_weight*KD(T).
 
-    Defaults as METHODS.md (MSDCRD): 1.0 * CE + 0.8 * mean over windows (1, 2, 4) of
+    Defaults of the reconstruction: 1.0 * CE + 0.8 * mean over windows (1, 2, 4) of
     (L_sample + L_feature), tau 0.07, complementary weight 2, no KD (the optional KD
     uses T=4, weight 1). CE and KD are on the (B, Kc) global logits; the other arguments
     go to `msdcrd_terms`. Terms (raw, unweighted): ce, sample, feature, and kd when

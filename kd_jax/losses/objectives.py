@@ -7,8 +7,9 @@ factor changes per epoch, not per step.
 
 Defaults are the published CIFAR-100 recipes (mdistiller / SDD code):
 KD T=4, CE 0.1, KD 0.9; DKD alpha 1, beta 8 (resnet32x4->resnet8x4; beta is per pair,
-see RECIPES.md), T=4, CE 1, warmup 20; NKD gamma 8 (SDD reads gamma from DKD.BETA, whose
-mdistiller default is 8), T=4, CE 1, warmup 20; SD-* as SDD step 7; CLKD as METHODS.md.
+see kd_jax.recipes.table), T=4, CE 1, warmup 20; NKD gamma 8 (SDD reads gamma from DKD.BETA,
+whose mdistiller default is 8), T=4, CE 1, warmup 20; SD-* as SDD's distillers; CLKD as the
+paper's weights (arXiv 2211.14773). The trainer passes every value explicitly.
 ImageNet recipes: KD T=1, CE 0.5, KD 0.5; DKD/NKD/SD-* T=1, warmup 1, beta/gamma 0.5
 (R34->R18) or 2.0 (R50->MobileNetV1).
 """
@@ -203,7 +204,7 @@ def clkd_objective(
 ) -> tuple[Array, Terms]:
     """ce_weight*CE + instance_weight*(L_ins + beta*L_cla) + correlation_weight*L_cc.
 
-    Defaults 0.1 / 0.5 / beta=2 / 0.4 (METHODS.md, CLKD). Terms: ce, instance, class,
+    Defaults 0.1 / 0.5 / beta=2 / 0.4 (the paper's weights). Terms: ce, instance, class,
     correlation.
     """
     ce = ce_loss(student_logits, labels)

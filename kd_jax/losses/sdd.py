@@ -1,6 +1,6 @@
 """SDD: scale-decoupled distillation (Wei et al., CVPR 2024, arXiv 2403.13512).
 
-Pipeline (METHODS.md, SDD):
+Pipeline (as SDD's code, shicaiwei123/SDD-CVPR2024, computes it):
 1. `multiscale_pool`: the map fed to the final global pool (NHWC) is adaptive-average-
    pooled to 4x4, and THAT 4x4 map to 2x2 and 1x1 (as the reference does, so 7x7 and 14x14
    maps give overlapping windows and region 0 is not exactly the global average).

@@ -3,8 +3,8 @@ Wang et al., arXiv 2502.05835), a reimplementation of the idea the abstract desc
 
     loss = ce_weight * CE + contrastive_weight * (L_sample + L_feature) [+ kd_weight * KD(T)]
 
-No paper text or code was available: the choices are METHODS.md's (MSDCRD) reconstruction,
-each one a hyperparameter here, so that the config a run prints is the objective it trains
+No paper text or code was available: every choice of the reconstruction is a
+hyperparameter here, so that the config a run prints is the objective it trains
 (kd_jax.losses.msdcrd documents the terms). The pre-pool maps of student and teacher
 (features["pre_pool"], the tensors SDD pools) are pooled to their common grid, decoupled by
 stride-1 sliding windows of each size in `windows`, embedded, and contrasted sample-wise
