@@ -29,7 +29,6 @@ from kd_jax.convert.mapping import abstract_model, torch_shape  # noqa: E402
 
 DUMPS = os.path.join(os.path.dirname(__file__), "data", "torch_state_dicts")
 DUMP_NAMES = sorted(f[:-4] for f in os.listdir(DUMPS) if f.endswith(".txt"))
-TOL = 1e-5
 
 
 def read_dump(name: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -49,21 +48,7 @@ def dump_num_classes(name: str) -> int:
     return int(re.search(r"^logits: \(\d+,(\d+)\)", text, re.M)[1])
 
 
-def nhwc(t) -> np.ndarray:
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def assert_close(actual, expected: np.ndarray, what: str):
-    actual = np.asarray(actual)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(1.0, float(np.abs(expected).max()))
-    err = float(np.abs(actual - expected).max())
-    assert err <= TOL * scale, f"{what}: max |diff| {err:.3g} > {TOL} * {scale:.3g}"
-
-
-@nnx.jit
-def forward(model, x):
-    return model(x)
+nhwc, assert_close, forward = torch_models.nhwc, torch_models.assert_close, torch_models.forward
 
 
 def small_torch_model(num_classes: int = 10, seed: int = 0):

@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch", reason="the parity oracle is a PyTorch mode
 import kd_jax.convert as kc  # noqa: E402
 import torch_models  # noqa: E402  (tests/torch_models.py)
 
-TOL = 1e-5
+TOL = torch_models.PARITY_TOL
 
 # (kd_jax name, input size, num_classes) checked in eval mode: every family, and within a
 # family the variants whose code paths differ (projection at stride 1, Bottleneck, ...).
@@ -64,21 +64,7 @@ def _id(case) -> str:
     return f"{case[0]}-{case[1]}"
 
 
-def nhwc(t) -> np.ndarray:
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def assert_close(actual, expected: np.ndarray, what: str):
-    actual = np.asarray(actual)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(1.0, float(np.abs(expected).max()))
-    err = float(np.abs(actual - expected).max())
-    assert err <= TOL * scale, f"{what}: max |diff| {err:.3g} > {TOL} * {scale:.3g}"
-
-
-@nnx.jit
-def forward(model, x):
-    return model(x)
+nhwc, assert_close, forward = torch_models.nhwc, torch_models.assert_close, torch_models.forward
 
 
 def build_pair(name: str, size: int, num_classes: int, seed: int = 1):

@@ -27,8 +27,10 @@ ResNet18/34/50 (torchvision keys), ImageNet MobileNetV1, and the CUB-200 variant
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
+from flax import nnx
 import torch.nn.functional as F
 
 
@@ -633,3 +635,28 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
             m.running_var.copy_(0.5 + torch.rand(c, generator=g))
             m.num_batches_tracked.fill_(1000)
     return model.eval()
+
+
+# --- helpers of the parity tests (test_convert.py, test_model_parity.py) ------------------------
+
+PARITY_TOL = 1e-5
+
+
+def nhwc(t) -> np.ndarray:
+    """A torch NCHW tensor as a numpy NHWC array."""
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def assert_close(actual, expected, what: str, tol: float = PARITY_TOL):
+    """max |actual - expected| <= tol * max(1, max |expected|), shapes equal."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(1.0, float(np.abs(expected).max()))
+    err = float(np.abs(actual - expected).max())
+    assert err <= tol * scale, f"{what}: max |diff| {err:.3g} > {tol} * {scale:.3g}"
+
+
+@nnx.jit
+def forward(model, x):
+    """The Flax model on NHWC x."""
+    return model(x)
