@@ -9,7 +9,6 @@ jax.enable_x64, float32 at rtol 1e-5 (see test_losses.py for the tolerance reaso
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -25,16 +24,7 @@ import test_losses_reference as ref
 # --- numpy reference (loops over windows, positions, rows) ---------------------------------
 
 
-def np_adaptive_pool(x, out_h, out_w):
-    """torch AdaptiveAvgPool2d((out_h, out_w)) on NHWC: window i = [floor(iL/P), ceil((i+1)L/P))."""
-    b, h, w, c = x.shape
-    y = np.zeros((b, out_h, out_w, c))
-    for i in range(out_h):
-        h0, h1 = (i * h) // out_h, math.ceil((i + 1) * h / out_h)
-        for j in range(out_w):
-            w0, w1 = (j * w) // out_w, math.ceil((j + 1) * w / out_w)
-            y[:, i, j] = x[:, h0:h1, w0:w1].sum(axis=(1, 2)) / ((h1 - h0) * (w1 - w0))
-    return y
+np_adaptive_pool = ref.adaptive_avg_pool   # torch AdaptiveAvgPool2d((h, w)), NHWC
 
 
 def np_sliding_pool(x, k):

@@ -78,14 +78,16 @@ def nkd_per_example(s, t, y, gamma, temperature) -> np.ndarray:
     return np.array(out)
 
 
-def adaptive_avg_pool(x: np.ndarray, out: int) -> np.ndarray:
-    """torch AdaptiveAvgPool2d on NHWC: window i = [floor(i*L/P), ceil((i+1)*L/P))."""
+def adaptive_avg_pool(x: np.ndarray, out_h: int, out_w: int | None = None) -> np.ndarray:
+    """torch AdaptiveAvgPool2d((out_h, out_w)) on NHWC (square if out_w is None):
+    window i = [floor(i*L/P), ceil((i+1)*L/P))."""
+    out_w = out_h if out_w is None else out_w
     b, h, w, c = x.shape
-    y = np.zeros((b, out, out, c))
-    for i in range(out):
-        h0, h1 = (i * h) // out, math.ceil((i + 1) * h / out)
-        for j in range(out):
-            w0, w1 = (j * w) // out, math.ceil((j + 1) * w / out)
+    y = np.zeros((b, out_h, out_w, c))
+    for i in range(out_h):
+        h0, h1 = (i * h) // out_h, math.ceil((i + 1) * h / out_h)
+        for j in range(out_w):
+            w0, w1 = (j * w) // out_w, math.ceil((j + 1) * w / out_w)
             y[:, i, j, :] = x[:, h0:h1, w0:w1, :].sum(axis=(1, 2)) / ((h1 - h0) * (w1 - w0))
     return y
 

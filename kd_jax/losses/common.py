@@ -87,6 +87,29 @@ def check_labels(labels: Any, batch_size: int, num_classes: int | None = None) -
     return labels
 
 
+def check_linear_head(kernel: Any, bias: Any, channels: int, *, name: str = "",
+                      map_name: str = "the feature map") -> tuple[Array, Array]:
+    """Validates a linear layer (kernel (C, K), bias (K,)) applied to `channels`-wide features.
+
+    `name` prefixes the messages (e.g. "student_head "); `map_name` names the features.
+    """
+    kernel, bias = jnp.asarray(kernel), jnp.asarray(bias)
+    with as_value_error(
+        f"{name}kernel must be a float ({channels}, K) array matching {map_name}'s "
+        f"{channels} channels, got shape {kernel.shape}, dtype {kernel.dtype}"
+    ):
+        chex.assert_rank(kernel, 2)
+        chex.assert_type(kernel, float)
+        chex.assert_axis_dimension(kernel, 0, channels)
+    with as_value_error(
+        f"{name}bias must be a float ({kernel.shape[1]},) array, got shape {bias.shape}, "
+        f"dtype {bias.dtype}"
+    ):
+        chex.assert_shape(bias, (kernel.shape[1],))
+        chex.assert_type(bias, float)
+    return kernel, bias
+
+
 def _is_concrete_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) or (isinstance(x, np.ndarray) and x.ndim == 0)
 

@@ -46,6 +46,7 @@ from kd_jax.losses.common import (
     as_value_error,
     ce_loss,
     check_labels,
+    check_linear_head,
     check_logits,
     check_scalar,
     compute_dtype,
@@ -251,21 +252,7 @@ def _check_head(name: str, head: Any, channels: int, map_name: str) -> tuple[Arr
     """Validates a (kernel (C, K), bias (K,)) pair whose C matches the map's channels."""
     if not isinstance(head, (tuple, list)) or len(head) != 2:
         raise ValueError(f"{name} must be a pair (kernel (C, K), bias (K,)), got {type(head)}")
-    kernel, bias = jnp.asarray(head[0]), jnp.asarray(head[1])
-    with as_value_error(
-        f"{name} kernel must be a float ({channels}, K) array matching {map_name}'s "
-        f"{channels} channels, got shape {kernel.shape}, dtype {kernel.dtype}"
-    ):
-        chex.assert_rank(kernel, 2)
-        chex.assert_type(kernel, float)
-        chex.assert_axis_dimension(kernel, 0, channels)
-    with as_value_error(
-        f"{name} bias must be a float ({kernel.shape[1]},) array, got shape {bias.shape}, "
-        f"dtype {bias.dtype}"
-    ):
-        chex.assert_shape(bias, (kernel.shape[1],))
-        chex.assert_type(bias, float)
-    return kernel, bias
+    return check_linear_head(head[0], head[1], channels, name=f"{name} ", map_name=map_name)
 
 
 def _check_windows(windows: Any, height: int, width: int) -> tuple[int, ...]:

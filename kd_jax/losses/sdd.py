@@ -24,8 +24,8 @@ import numpy as np
 
 from kd_jax.losses.common import (
     Array,
-    as_value_error,
     check_labels,
+    check_linear_head,
     check_logits,
     check_pair,
     check_scalar,
@@ -141,21 +141,7 @@ def local_logits(feature_map: Any, kernel: Any, bias: Any, scales: ScalesLike) -
     H divisible by 4 region 0 equals the model's global logits.
     """
     pooled = multiscale_pool(feature_map, scales)
-    kernel = jnp.asarray(kernel)
-    bias = jnp.asarray(bias)
-    channels = pooled.shape[-1]
-    with as_value_error(
-        f"kernel must be a float ({channels}, K) array matching the feature "
-        f"map's {channels} channels, got shape {kernel.shape}"
-    ):
-        chex.assert_rank(kernel, 2)
-        chex.assert_type(kernel, float)
-        chex.assert_axis_dimension(kernel, 0, channels)
-    with as_value_error(
-        f"bias must be a float ({kernel.shape[1]},) array, got shape {bias.shape}"
-    ):
-        chex.assert_shape(bias, (kernel.shape[1],))
-        chex.assert_type(bias, float)
+    kernel, bias = check_linear_head(kernel, bias, pooled.shape[-1])
     dtype = compute_dtype(pooled, kernel, bias)
     logits = jnp.einsum(
         "bnc,ck->bnk",
