@@ -70,8 +70,29 @@ def test_lockstep_student_equals_its_solo_run(tmp_path, lockstep_run, name, meth
     assert max(np.abs(a - b).max() for a, b in zip(got, other)) > 1e-4
 
 
+def test_lockstep_students_take_the_solo_recipes():
+    """Each lockstep student's method block is its solo config's (which tests/test_recipes.py
+    checks against the reference and against the objective the trainer builds), the quickstart
+    aside."""
+    arg = "resnet32x4-ShuffleV1,ce,kd,dkd,nkd,clkd,sd_kd,sd_dkd,sd_nkd,kd@2"
+    c = recipes.build_lockstep_config(data.CIFAR100, arg, default="")
+    solo = {"ce": ("ce", "ShuffleV1"), "kd": ("kd", None), "dkd": ("dkd", None),
+            "nkd": ("nkd", None), "clkd": ("clkd", None),
+            "sd_kd": ("sdd", "resnet32x4-ShuffleV1,kd"), "sd_dkd": ("sdd", "resnet32x4-ShuffleV1,dkd"),
+            "sd_nkd": ("sdd", "resnet32x4-ShuffleV1,nkd"), "kd@2": ("kd", None)}
+    assert set(c.students) == set(solo)
+    for name, (method, pair_arg) in solo.items():
+        ref = recipes.build_config(method, data.CIFAR100, pair_arg or "resnet32x4-ShuffleV1",
+                                   default_pair="")
+        assert c.students[name].method.to_dict() == ref.method.to_dict(), name
+        assert c.students[name].init_seed_offset == (2 if name == "kd@2" else 0)
+    assert c.optimizer.lr == recipes.build_config("kd", data.CIFAR100, "resnet32x4-ShuffleV1",
+                                                  default_pair="").optimizer.lr
+
+
 def test_lockstep_outputs_per_student(lockstep_run):
     wd, summary, _ = lockstep_run
+    assert not os.path.exists(os.path.join(wd, "metrics.jsonl"))   # per student only
     assert summary["lockstep"] and set(summary["students"]) == {"kd", "dkd", "sd_dkd"}
     for name, label in (("kd", "KD"), ("dkd", "DKD"), ("sd_dkd", "SD-DKD")):
         with open(os.path.join(wd, name, "summary.json")) as fh:

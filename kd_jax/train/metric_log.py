@@ -48,7 +48,7 @@ class MetricLog:
 
     def __init__(self, workdir: str, *, tensorboard: bool = True, progress_bar: bool = True,
                  total_steps: int = 0, initial_step: int = 0,
-                 interactive: bool | None = None):
+                 interactive: bool | None = None, records: bool = True):
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -60,8 +60,9 @@ class MetricLog:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        # Append: a resumed run continues the same file.
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if records:   # False: progress and messages only (a lockstep run's top level)
+            # Append: a resumed run continues the same file.
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             import tensorflow as tf  # lazy: TF is slow to import and only needed here.
             from tensorflow.core.framework import summary_pb2
@@ -88,8 +89,9 @@ class MetricLog:
         record = {"step": int(step), "kind": kind,
                   **{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
                      for k, v in values.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             with self._tb.as_default():
                 for k, v in values.items():

@@ -115,7 +115,7 @@ def format_table(teacher: dict, result: dict, verdict: dict) -> str:
              f"students {next(iter(result['students'].values()))['student']}, {n} seeds, full "
              "test set; top-1 (%) mean ± sample std:",
              f"{'run':<20} {'best top-1':>15} {'last top-1':>15} {'vs alone (last)':>17}  verdict"]
-    pm = seeds_lib._pm
+    pm = seeds_lib.format_mean_std
     for name, r in result["students"].items():
         label = "student alone (CE)" if name == BASELINE else r["method"]
         if name == BASELINE:

@@ -73,7 +73,8 @@ def aggregate(summaries: dict, workdir: str) -> dict:
     return result
 
 
-def _pm(s: dict) -> str:
+def format_mean_std(s: dict) -> str:
+    """'80.10 ± 0.76' ('80.10' with one seed, '-' with none) of a stats() record."""
     if s["mean"] is None:
         return "-"
     return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["std"] is not None else f"{s['mean']:.2f}"
@@ -87,8 +88,9 @@ def format_table(result: dict) -> str:
              f"{'published':>9}"]
     for name, r in rows.items():
         pub = "-" if r["published_top1"] is None else f"{r['published_top1']:.2f}"
-        lines.append(f"{name or r['student']:<14} {r['method']:<8} {_pm(r['best_top1']):>15} "
-                     f"{_pm(r['last_top1']):>15} {pub:>9}")
+        best, last = format_mean_std(r["best_top1"]), format_mean_std(r["last_top1"])
+        lines.append(f"{name or r['student']:<14} {r['method']:<8} {best:>15} {last:>15} "
+                     f"{pub:>9}")
     return "\n".join(lines)
 
 

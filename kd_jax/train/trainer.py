@@ -302,7 +302,8 @@ def _open_logs(run: _Run) -> None:
     c = run.config
     if run.plan.lockstep:
         run.progress = MetricLog(run.workdir, tensorboard=False, progress_bar=c.progress_bar,
-                                 total_steps=run.total_steps, initial_step=run.step)
+                                 total_steps=run.total_steps, initial_step=run.step,
+                                 records=False)
         for s in run.students.values():
             s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False)
     else:
@@ -387,10 +388,10 @@ def _flush_metrics(run: _Run) -> None:
 
 
 def _evaluate(run: _Run) -> None:
+    students = {n: (s.params["model"], s.model_state) for n, s in run.state.students.items()}
     sums = []
     for batch in data.prefetch_to_mesh(run.ds.eval_batches(run.eval_batch_size),
                                        run.batch_sharding):
-        students = {n: (s.params["model"], s.model_state) for n, s in run.state.students.items()}
         sums.append(run.built.eval_step(students, batch))
     host = jax.device_get(sums)
     lr = schedules.learning_rate(run.config.optimizer, run.config.num_epochs, run.epoch)
