@@ -41,7 +41,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from kd_jax import data, methods, recipes  # noqa: E402
+from kd_jax import machine as machine_lib  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
 
 PAIRS = "resnet32x4-resnet8x4,resnet32x4-ShuffleV1"
@@ -291,23 +291,7 @@ def markdown_table(header, rows) -> str:
 
 
 def machine() -> dict:
-    device = jax.devices()[0]
-    cpu = platform.processor() or "-"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = re.findall(r"^model name\s*:\s*(.+)$", fh.read(), re.M)
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    versions = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = "not installed"
-    return {"platform": device.platform, "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "cpu": cpu, "cores": os.cpu_count(),
-            "os": platform.platform(), "versions": versions,
+    return {**machine_lib.describe(),
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "load_start": os.getloadavg()}
 

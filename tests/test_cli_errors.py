@@ -70,6 +70,12 @@ CASES = {
                           "--config.dataset.data_dir=/no/such/dir"],
                          "kd_jax: error: dataset.data_dir='/no/such/dir': no such directory"),
     "positional argument": ([KD, "extra"], "kd_jax: error: unexpected argument 'extra'"),
+    # Checked against the pair's models (ShuffleV1's 4x4 pre-pool map) before any data is read.
+    "MSDCRD window too big": (["configs/cifar_msdcrd.py:resnet32x4-ShuffleV1",
+                               "--config.teacher.checkpoint=random",
+                               "--config.method.windows=(1,2,8)"],
+                              "kd_jax: error: method.windows=(1, 2, 8): the student's 4x4 and "
+                              "the teacher's 8x8 pre-pool maps"),
 }
 
 

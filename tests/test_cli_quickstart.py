@@ -72,6 +72,10 @@ def test_quickstart_pipeline(tmp_path, capsys):
         assert v["verdict"].startswith("beats") == (v["diff"] > v["spread"])
     out = capsys.readouterr().out
     assert "student alone (CE)" in out and "SD-DKD" in out and "\nverdict: " in out
+    # The machine that printed it (XLA's CPU code, and so its rounding, depends on it).
+    machine = summary["machine"]
+    assert machine["platform"] == "cpu" and machine["cores"] == os.cpu_count()
+    assert f"\nmachine: {machine['cpu']}, {machine['cores']} cores" in out
     with open(os.path.join(wd, "quickstart_accuracy.png"), "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(wd, "quickstart_summary.json")) as fh:
@@ -84,3 +88,95 @@ def test_shipped_teacher_is_intact():
     from kd_jax.train import pipeline
     path, why = pipeline.shipped_teacher(quickstart.ASSET_DIR)
     assert path is not None, why
+
+
+# --- the README's quickstart table, and the check .ci/run makes against it -------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+
+
+def _mean_std(cell):
+    mean, _, std = cell.partition(" ± ")
+    return float(mean), float(std or 0.0)
+
+
+def test_readme_verdict_follows_from_its_numbers():
+    """The README's printed verdicts are the rule applied to the README's printed numbers,
+    and its rows are the quickstart's default students (what .ci/run's check compares)."""
+    from kd_jax.recipes import quickstart
+    from kd_jax.train import pipeline
+
+    table = pipeline.readme_table(README)
+    rows = table["rows"]
+    assert set(rows) == {"student alone (CE)", "SD-DKD", "SD-KD"}
+    assert quickstart.config().students == "ce,sd_kd,sd_dkd"
+    base_mean, base_std = _mean_std(rows["student alone (CE)"]["last"])
+    beat = []
+    for label, row in rows.items():
+        if label == "student alone (CE)":
+            assert row["vs"] is None and row["verdict"] is None
+            continue
+        mean, std = _mean_std(row["last"])
+        diff, spread = _mean_std(row["vs"])
+        assert abs(diff - (mean - base_mean)) <= 0.011 and abs(spread - (std + base_std)) <= 0.011
+        assert abs(diff - spread) > 0.05, f"{label}: too close to call at 2 decimals"
+        expected = ("beats the student alone" if diff > spread else
+                    "is worse than the student alone" if diff < -spread else
+                    "no clear difference from the student alone")
+        assert row["verdict"] == expected, label
+        beat += [label] if diff > spread else []
+    assert table["verdict"] == ("verdict: " + ", ".join(sorted(beat)) + " beat the student "
+                                "alone by more than the combined spread")
+
+
+def _summary(verdicts):
+    """A quickstart_summary.json of the default students with the given verdict texts."""
+    stat = {"mean": 80.0, "std": 0.5, "n": 3}
+    students = {"ce": {"method": "CE", "student": "resnet8", "last_top1": stat,
+                       "best_top1": stat}}
+    for name in verdicts:
+        method = {"sd_dkd": "SD-DKD", "sd_kd": "SD-KD", "kd": "KD"}[name]
+        students[name] = {"method": method, "student": "resnet8", "last_top1": stat,
+                          "best_top1": stat}
+    return {"teacher": {"student": "resnet14", "top1": 89.9, "source": "test"},
+            "students": students, "seeds": [0, 1, 2],
+            "verdict": {n: {"diff": 4.0, "spread": 1.0, "verdict": v}
+                        for n, v in verdicts.items()}}
+
+
+def test_check_verdict_against_the_readme(tmp_path, capsys):
+    from kd_jax.train import pipeline
+
+    beats = "beats the student alone"
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = ["--check-verdict", str(run), "--readme", README]
+    assert pipeline.main(argv) == 2 and "no quickstart_summary.json" in capsys.readouterr().out
+
+    def check(verdicts):
+        with open(run / "quickstart_summary.json", "w") as fh:
+            json.dump(_summary(verdicts), fh)
+        return pipeline.main(argv), capsys.readouterr().out
+
+    rc, out = check({"sd_dkd": beats, "sd_kd": beats})
+    assert rc == 0 and "same verdict as" in out and "SD-DKD, SD-KD beat" in out
+    assert pipeline.main(argv[:2] + ["--readme", str(tmp_path / "none.md")]) == 2
+    assert "cannot read the expected verdict" in capsys.readouterr().out
+    rc, out = check({"sd_dkd": beats, "sd_kd": "no clear difference from the student alone"})
+    assert rc == 1 and ("SD-KD: the README says 'beats the student alone'; this run: 'no "
+                        "clear difference from the student alone'") in out
+    assert "SD-DKD:" not in out.split("DIFFERS")[1]
+    rc, out = check({"sd_dkd": beats})
+    assert rc == 1 and "SD-KD: the README's table has it" in out
+    rc, out = check({"sd_dkd": beats, "sd_kd": beats, "kd": beats})
+    assert rc == 1 and "KD: not in the README's table" in out
+
+
+def test_readme_without_the_block_is_a_clear_error(tmp_path):
+    from kd_jax.train import pipeline
+    import pytest
+
+    (tmp_path / "README.md").write_text("# no table here\n")
+    with pytest.raises(ValueError, match="no <!-- quickstart-output --> ... "):
+        pipeline.readme_table(str(tmp_path / "README.md"))

@@ -294,12 +294,21 @@ def test_bad_hyperparameters_name_the_key():
         methods.get("msdcrd").build({k: v for k, v in hp.items() if k != "chunk_size"})
     with pytest.raises(ValueError, match="unexpected method.beta"):
         methods.get("msdcrd").build({**hp, "beta": 8.0})
-    # Windows larger than the pair's common map fail at the first trace, naming the key.
-    plan = compute_loss_of(msdcrd_config(windows=(1, 2, 8)))
+    # Windows larger than the pair's common map (ShuffleV1 4x4, resnet32x4 8x8) fail at
+    # config validation, naming the key; the loss itself checks again when traced.
+    too_big = r"method.windows=\(1, 2, 8\): .* 4x4 .* 8x8 .* <= 4; e.g. " \
+              r"--config.method.windows=\"\(1, 2\)\""
+    with pytest.raises(ConfigError, match=too_big):
+        compute_loss_of(msdcrd_config(windows=(1, 2, 8)))
+    lockstep = msdcrd_config()
+    lockstep.students = {"m8": {"method": {**lockstep.method.to_dict(), "windows": (1, 8)}}}
+    del lockstep.method
+    with pytest.raises(ConfigError, match=r"students.m8.method: method.windows=\(1, 8\)"):
+        config_validation.validate(lockstep, num_devices=1, check_files=False)
     student, teacher, labels, _ = _outputs(5)
-    with pytest.raises(ValueError, match=r"method.windows=\(1, 2, 8\): .* 4x4 .* 8x8 .* "
-                                         r"<= 4; e.g. --config.method.windows=\"\(1, 2\)\""):
-        plan.compute_loss(student, teacher, labels, np.int32(1), None)
+    with pytest.raises(ValueError, match=too_big):
+        methods.get("msdcrd").build({**hp, "windows": (1, 2, 8)})(
+            student, teacher, labels, np.int32(1), None)
 
 
 # --- 3. projection heads in the train state --------------------------------------------------

@@ -63,6 +63,10 @@ class MethodSpec:
     init_extra: (rng, HeadShapes, hyperparameters) -> trainable parameters of the method's
       own (None: the method has none). They are optimised with the student, checkpointed,
       and not exported.
+    check_models: (hyperparameters, student_arch, teacher_arch, image_size) -> None; raises
+      ValueError naming `method.<key>` when a value does not fit the pair's models (None:
+      nothing to check). Config validation calls it, so the mistake fails before any data
+      is read or anything compiles.
     """
 
     name: str
@@ -74,6 +78,7 @@ class MethodSpec:
     default_variant: str = ""
     key_format: str = ""
     init_extra: Optional[Callable[[jax.Array, HeadShapes, Mapping[str, Any]], Any]] = None
+    check_models: Optional[Callable[[Mapping[str, Any], str, str, int], None]] = None
 
     def variant_key(self, variant: str) -> str:
         return self.key_format.format(variant) if self.variants else self.name

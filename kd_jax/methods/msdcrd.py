@@ -83,9 +83,11 @@ def parse_windows(value: Any) -> tuple[int, ...]:
     return tuple(int(w) for w in value)
 
 
-def _check_windows_fit(windows: tuple[int, ...], student_map, teacher_map) -> None:
-    """A clear error naming method.windows when a window exceeds the pair's common grid."""
-    (_, hs, ws, _), (_, ht, wt, _) = student_map.shape, teacher_map.shape
+def _check_windows_fit(windows: tuple[int, ...], student_hw: tuple[int, int],
+                       teacher_hw: tuple[int, int]) -> None:
+    """A clear error naming method.windows when a window exceeds the pair's common grid.
+    student_hw, teacher_hw: (H, W) of the two pre-pool maps."""
+    (hs, ws), (ht, wt) = student_hw, teacher_hw
     limit = min(hs, ws, ht, wt)
     if max(windows) > limit:
         fitting = tuple(w for w in windows if w <= limit) or (1,)
@@ -93,6 +95,16 @@ def _check_windows_fit(windows: tuple[int, ...], student_map, teacher_map) -> No
             f"method.windows={windows}: the student's {hs}x{ws} and the teacher's {ht}x{wt} "
             f"pre-pool maps have a common {min(hs, ht)}x{min(ws, wt)} grid, so windows must "
             f"be <= {limit}; e.g. --config.method.windows=\"{fitting}\"")
+
+
+def check_models(hp: Mapping[str, Any], student_arch: str, teacher_arch: str,
+                 image_size: int) -> None:
+    """method.windows against the pre-pool maps of the pair on (image_size, image_size)
+    inputs (traced with eval_shape; the class count does not change the maps)."""
+    windows = parse_windows(hp["windows"])
+    student_hw, teacher_hw = (models.pre_pool_shape(arch, 10, image_size)[:2]
+                              for arch in (student_arch, teacher_arch))
+    _check_windows_fit(windows, student_hw, teacher_hw)
 
 
 def build(hp: Mapping[str, Any]):
@@ -115,7 +127,7 @@ def build(hp: Mapping[str, Any]):
     def compute_loss(student, teacher, labels, epoch, extra):
         del epoch  # no warmup
         s_map, t_map = student.features["pre_pool"], teacher.features["pre_pool"]
-        _check_windows_fit(windows, s_map, t_map)
+        _check_windows_fit(windows, s_map.shape[1:3], t_map.shape[1:3])
         if projection:
             if extra is None:
                 raise ValueError("method.embedding='projection' needs the projection heads "
@@ -153,4 +165,4 @@ def init_extra(rng: jax.Array, shapes: HeadShapes, hp: Mapping[str, Any]):
 
 
 SPEC = register(MethodSpec(name="msdcrd", needs_teacher=True, hparams=hparams, build=build,
-                           init_extra=init_extra))
+                           init_extra=init_extra, check_models=check_models))

@@ -177,6 +177,16 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
                      f"{family} model" + {"cifar": " (no imagenet_/cub_ prefix)",
                                           "imagenet": " (imagenet_*)", "cub": " (cub_*)"}[family])
 
+    image_size = catalog.facts(d.name).image_size
+    for s in plan.students:
+        if s.spec.check_models is not None and config.teacher.arch:
+            try:
+                s.spec.check_models(s.hparams, config.student.arch, config.teacher.arch,
+                                    image_size)
+            except ValueError as e:
+                raise ConfigError(f"students.{s.name}.method: {e}" if s.name != SOLO
+                                  else str(e)) from None
+
     o = config.optimizer
     _require(o.schedule in ("multistep", "cosine"),
              f"optimizer.schedule={o.schedule!r}; allowed: multistep, cosine")

@@ -13,7 +13,11 @@
 3. Verdict: a method beats the student alone when its mean top-1 exceeds the student's by more
    than the combined spread (the sum of the two sample stds over seeds). It is computed and
    printed from the numbers, with the table, and written to DIR/quickstart_summary.json; the
-   plot DIR/quickstart_accuracy.png shows each run's mean and spread.
+   plot DIR/quickstart_accuracy.png shows each run's mean and spread. The summary records the
+   machine (kd_jax.machine), since XLA's CPU code and so every number depend on it.
+4. Check: `python -m kd_jax.train.pipeline --check-verdict DIR` compares the run's verdict with
+   the table README.md shows (between its quickstart-output markers); .ci/run does this on
+   every CI machine and fails if any method's verdict differs.
 
 Each student takes the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (DKD beta 8, T 4, SDD
 scales [1,2]), except that warmups of 20 epochs become `warmup_epochs` (the quickstart runs
@@ -22,15 +26,17 @@ a few epochs, not 240).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
-
+import re
 import shutil
 import sys
 
 import ml_collections
 
+from kd_jax import machine as machine_lib
 from kd_jax import methods, recipes
 from kd_jax.recipes import quickstart
 from kd_jax.data import catalog
@@ -108,7 +114,21 @@ def verdicts(result: dict, metric: str = "last_top1") -> dict:
     return out
 
 
-def format_table(teacher: dict, result: dict, verdict: dict) -> str:
+def label_of(result: dict, name: str) -> str:
+    return "student alone (CE)" if name == BASELINE else result["students"][name]["method"]
+
+
+def verdict_line(result: dict, verdict: dict) -> str:
+    """'verdict: SD-DKD, SD-KD beat the student alone by more than the combined spread'."""
+    beat = [result["students"][k]["method"] for k, v in verdict.items()
+            if v["verdict"].startswith("beats")]
+    if not beat:
+        return "verdict: no method beats the student alone by more than the combined spread"
+    return ("verdict: " + ", ".join(beat) + " beat" + ("s" if len(beat) == 1 else "")
+            + " the student alone by more than the combined spread")
+
+
+def format_table(teacher: dict, result: dict, verdict: dict, machine: dict | None = None) -> str:
     n = len(result["seeds"])
     lines = [f"teacher {teacher['student']}: test top-1 {teacher['top1']:.2f} "
              f"({teacher['source']})",
@@ -117,21 +137,88 @@ def format_table(teacher: dict, result: dict, verdict: dict) -> str:
              f"{'run':<20} {'best top-1':>15} {'last top-1':>15} {'vs alone (last)':>17}  verdict"]
     pm = seeds_lib.format_mean_std
     for name, r in result["students"].items():
-        label = "student alone (CE)" if name == BASELINE else r["method"]
         if name == BASELINE:
             vs, text = "", ""
         else:
             v = verdict[name]
             vs, text = f"{v['diff']:+.2f} ± {v['spread']:.2f}", v["verdict"]
-        lines.append(f"{label:<20} {pm(r['best_top1']):>15} {pm(r['last_top1']):>15} "
-                     f"{vs:>17}  {text}")
-    beat = [result["students"][k]["method"] for k, v in verdict.items()
-            if v["verdict"].startswith("beats")]
-    lines.append("verdict: " + (", ".join(beat) + " beat" + ("s" if len(beat) == 1 else "")
-                                + " the student alone by more than the combined spread"
-                                if beat else "no method beats the student alone by more than "
-                                "the combined spread"))
+        lines.append(f"{label_of(result, name):<20} {pm(r['best_top1']):>15} "
+                     f"{pm(r['last_top1']):>15} {vs:>17}  {text}".rstrip())
+    lines.append(verdict_line(result, verdict))
+    if machine:
+        lines.append("machine: " + machine_lib.one_line(machine))
     return "\n".join(lines)
+
+
+# --- the README's verdict, checked against a run (.ci/run does this on every CI machine) ---
+
+README_MARKERS = ("<!-- quickstart-output -->", "<!-- /quickstart-output -->")
+_ROW = re.compile(r"^(?P<label>\S.*?)\s{2,}(?P<best>\d+\.\d+(?: ± \d+\.\d+)?)\s+"
+                  r"(?P<last>\d+\.\d+(?: ± \d+\.\d+)?)"
+                  r"(?:\s+(?P<vs>[+-]\d+\.\d+ ± \d+\.\d+)\s+(?P<verdict>\S.*))?$")
+
+
+def parse_table(text: str) -> dict:
+    """The printed table -> {"rows": {label: {best, last, vs, verdict}}, "verdict": line}."""
+    rows, line_verdict = {}, None
+    for line in text.splitlines():
+        if line.startswith("verdict: "):
+            line_verdict = line.strip()
+        elif (m := _ROW.match(line.rstrip())) is not None:
+            rows[m["label"]] = {k: m[k] for k in ("best", "last", "vs", "verdict")}
+    if not rows or line_verdict is None:
+        raise ValueError("no quickstart table (rows and a 'verdict:' line) in the text")
+    return {"rows": rows, "verdict": line_verdict}
+
+
+def readme_table(readme: str) -> dict:
+    """parse_table of the block between README_MARKERS of the README at path `readme`."""
+    with open(readme) as fh:
+        text = fh.read()
+    start, end = (text.find(m) for m in README_MARKERS)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no {README_MARKERS[0]} ... {README_MARKERS[1]} block")
+    return parse_table(text[start + len(README_MARKERS[0]):end])
+
+
+def compare_verdicts(expected: dict, summary: dict) -> list[str]:
+    """The differences between a parsed table's verdicts and a quickstart summary's: one
+    line per method whose verdict differs, is missing, or is extra (empty: the same)."""
+    result = {"students": summary["students"], "seeds": summary["seeds"]}
+    got = {label_of(result, name): v["verdict"] for name, v in summary["verdict"].items()}
+    want = {label: row["verdict"] for label, row in expected["rows"].items() if row["verdict"]}
+    problems = []
+    for label in sorted(set(want) | set(got)):
+        if label not in got:
+            problems.append(f"{label}: the README's table has it ({want[label]!r}); this run "
+                            "did not train it")
+        elif label not in want:
+            problems.append(f"{label}: not in the README's table; this run: {got[label]!r}")
+        elif want[label] != got[label]:
+            problems.append(f"{label}: the README says {want[label]!r}; this run: "
+                            f"{got[label]!r}")
+    return problems
+
+
+def check_verdict(workdir: str, readme: str = "README.md") -> int:
+    """Prints whether the quickstart run in `workdir` reached the README's verdict; 0 if so."""
+    summary = summary_lib.read_json(os.path.join(workdir, "quickstart_summary.json"))
+    if summary is None:
+        print(f"{workdir}: no quickstart_summary.json (run the quickstart first)")
+        return 2
+    try:
+        expected = readme_table(readme)
+    except (OSError, ValueError) as e:
+        print(f"cannot read the expected verdict: {e}")
+        return 2
+    result = {"students": summary["students"], "seeds": summary["seeds"]}
+    print(format_table(summary["teacher"], result, summary["verdict"], summary.get("machine")))
+    problems = compare_verdicts(expected, summary)
+    if problems:
+        print(f"\nthe verdict DIFFERS from {readme}'s:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"\nsame verdict as {readme}: {expected['verdict'][len('verdict: '):]}")
+    return 0
 
 
 def _plot(result: dict, verdict: dict, path: str) -> None:
@@ -158,13 +245,20 @@ def _plot(result: dict, verdict: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it (as printed tables and
+    the README show it), else as given."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _teacher(q, workdir: str) -> dict:
     """The teacher to distil from: the shipped one, or one retrained into workdir/teacher."""
     path, why = shipped_teacher(q.teacher_dir) if q.teacher_dir else (None, "teacher_dir unset")
     if path is not None:
         record = summary_lib.read_json(os.path.join(q.teacher_dir, RECORD_FILE))
         return {"checkpoint": path, "student": record["arch"], "top1": record["top1"],
-                "source": f"shipped, {q.teacher_dir}"}
+                "source": f"shipped, {_shown(q.teacher_dir)}"}
     print(f"=== quickstart: teacher ({why}; training it with configs/quickstart_teacher.py) ===",
           flush=True)
     c = quickstart.teacher_config()
@@ -197,12 +291,14 @@ def run_pipeline(q, workdir: str) -> dict:
           f"seeds {q.seeds} ===", flush=True)
     result = seeds_lib.run_seeds(config, os.path.join(workdir, "students"), seeds=seeds)
     verdict = verdicts(result)
+    machine = machine_lib.describe()
     summary = {"teacher": teacher, "students": result["students"], "seeds": result["seeds"],
-               "verdict": verdict}
+               "verdict": verdict, "machine": machine}
     summary_lib.write_json(os.path.join(workdir, "quickstart_summary.json"), summary)
     plot_path = os.path.join(workdir, "quickstart_accuracy.png")
     _plot(result, verdict, plot_path)
-    print("\n" + format_table(teacher, result, verdict) + f"\n\nplot: {plot_path}", flush=True)
+    print("\n" + format_table(teacher, result, verdict, machine) + f"\n\nplot: {plot_path}",
+          flush=True)
     return summary
 
 
@@ -232,7 +328,27 @@ def ship_teacher(run_dir: str, asset_dir: str = quickstart.ASSET_DIR) -> dict:
     return record
 
 
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kd_jax.train.pipeline",
+        description="Ship a trained quickstart teacher, or check a quickstart run's verdict "
+                    "against the one README.md shows.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--ship", metavar="RUN_DIR",
+                       help="copy a finished configs/quickstart_teacher.py run into "
+                            f"{quickstart.ASSET_DIR} with its RECORD.json")
+    group.add_argument("--check-verdict", metavar="WORKDIR",
+                       help="compare WORKDIR/quickstart_summary.json's verdict with the "
+                            "README's (exit 1 if any method's verdict differs)")
+    parser.add_argument("--readme", default="README.md",
+                        help="the README whose quickstart-output block holds the expected "
+                             "table (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.ship:
+        print(json.dumps(ship_teacher(args.ship), indent=2))
+        return 0
+    return check_verdict(args.check_verdict, args.readme)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--ship":
-        raise SystemExit("usage: python -m kd_jax.train.pipeline --ship RUN_DIR")
-    print(json.dumps(ship_teacher(sys.argv[2]), indent=2))
+    sys.exit(main(sys.argv[1:]))
