@@ -1,0 +1,31 @@
+"""kd_jax.machine: the record of the machine a printed result came from."""
+
+import os
+
+import jax
+
+from kd_jax import machine
+
+
+def test_describe_matches_this_process():
+    info = machine.describe()
+    assert info["platform"] == jax.devices()[0].platform
+    assert info["device_count"] == jax.device_count() and info["cores"] == os.cpu_count()
+    assert info["versions"]["jax"] == jax.__version__
+    assert info["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            lines = [line for line in fh if line.startswith(("flags", "Features"))]
+        flags = set(lines[0].split(":", 1)[1].split()) if lines else set()
+        assert info["isa"] == ({f: f in flags for f in machine.ISA_FLAGS} if flags else {})
+
+
+def test_one_line():
+    cpu = {"platform": "cpu", "device_kind": "cpu", "device_count": 2, "cpu": "AMD EPYC",
+           "cores": 2, "isa": {"avx": True, "fma": True, "avx2": False},
+           "versions": {"jax": "0.10.2"}, "xla_flags": "--xla_cpu_max_isa=AVX2"}
+    assert machine.one_line(cpu) == ("AMD EPYC, 2 cores (avx fma; no avx2), cpu x 2, jax 0.10.2, "
+                                     "XLA_FLAGS=--xla_cpu_max_isa=AVX2")
+    gpu = {**cpu, "platform": "gpu", "device_kind": "NVIDIA H200", "device_count": 8,
+           "cores": 16, "isa": {}, "xla_flags": ""}
+    assert machine.one_line(gpu) == "AMD EPYC, 16 cores, 8 x NVIDIA H200, jax 0.10.2"
