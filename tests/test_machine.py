@@ -29,3 +29,20 @@ def test_one_line():
     gpu = {**cpu, "platform": "gpu", "device_kind": "NVIDIA H200", "device_count": 8,
            "cores": 16, "isa": {}, "xla_flags": ""}
     assert machine.one_line(gpu) == "AMD EPYC, 16 cores, 8 x NVIDIA H200, jax 0.10.2"
+
+
+def test_isa_flag_changes_rounding():
+    """benchmarks/isa_rounding.py: XLA still takes --xla_cpu_max_isa (the README's stand-ins
+    for other processors), and SSE4.2 code (no AVX, no FMA) rounds the probe differently."""
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "isa_rounding.py"),
+                          "--isas", "SSE4_2"], capture_output=True, text=True, check=True,
+                         timeout=300).stdout
+    row = re.search(r"^SSE4_2\s+([\d.]+)%\s+(\S+)", out, re.M)
+    assert row is not None, out
+    if machine.describe()["isa"].get("avx"):   # only a machine with AVX has something to lose
+        assert float(row[1]) > 0 and float(row[2]) > 0, out
