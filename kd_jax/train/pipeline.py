@@ -184,8 +184,7 @@ def readme_table(readme: str) -> dict:
 def compare_verdicts(expected: dict, summary: dict) -> list[str]:
     """The differences between a parsed table's verdicts and a quickstart summary's: one
     line per method whose verdict differs, is missing, or is extra (empty: the same)."""
-    result = {"students": summary["students"], "seeds": summary["seeds"]}
-    got = {label_of(result, name): v["verdict"] for name, v in summary["verdict"].items()}
+    got = {label_of(summary, name): v["verdict"] for name, v in summary["verdict"].items()}
     want = {label: row["verdict"] for label, row in expected["rows"].items() if row["verdict"]}
     problems = []
     for label in sorted(set(want) | set(got)):
@@ -211,8 +210,7 @@ def check_verdict(workdir: str, readme: str = "README.md") -> int:
     except (OSError, ValueError) as e:
         print(f"cannot read the expected verdict: {e}")
         return 2
-    result = {"students": summary["students"], "seeds": summary["seeds"]}
-    print(format_table(summary["teacher"], result, summary["verdict"], summary.get("machine")))
+    print(format_table(summary["teacher"], summary, summary["verdict"], summary.get("machine")))
     problems = compare_verdicts(expected, summary)
     if problems:
         print(f"\nthe verdict DIFFERS from {readme}'s:\n  " + "\n  ".join(problems))
