@@ -70,6 +70,8 @@ CASES = {
                           "--config.dataset.data_dir=/no/such/dir"],
                          "kd_jax: error: dataset.data_dir='/no/such/dir': no such directory"),
     "positional argument": ([KD, "extra"], "kd_jax: error: unexpected argument 'extra'"),
+    "quickstart: unknown student": (["configs/quickstart.py", "--config.students=ce,foo"],
+                                    "kd_jax: error: students='ce,foo': unknown student 'foo'"),
     # Checked against the pair's models (ShuffleV1's 4x4 pre-pool map) before any data is read.
     "MSDCRD window too big": (["configs/cifar_msdcrd.py:resnet32x4-ShuffleV1",
                                "--config.teacher.checkpoint=random",
@@ -84,6 +86,15 @@ def test_mistake_is_one_error_line(tmp_path, case):
     args, expected = CASES[case]
     proc = run_cli(tmp_path, "--config", *args, *workdir(tmp_path))
     assert expected in error_line(proc)
+
+
+def test_quickstart_checks_its_students_before_the_teacher(tmp_path):
+    """A bad student setting fails before the teacher is retrained (teacher_dir="")."""
+    proc = run_cli(tmp_path, "--config", "configs/quickstart.py", "--config.teacher_dir=",
+                   "--config.teacher_epochs=1", "--config.teacher_limit_train=64",
+                   "--config.student_arch=resnet7", *workdir(tmp_path))
+    assert "kd_jax: error: student.arch='resnet7'; allowed: " in error_line(proc)
+    assert "teacher" not in proc.stdout, proc.stdout
     assert not os.path.exists(tmp_path / "run"), "a failed run left its workdir behind"
 
 

@@ -274,17 +274,23 @@ def _teacher(q, workdir: str) -> dict:
 
 def run_pipeline(q, workdir: str) -> dict:
     """Runs the quickstart; returns its summary (also DIR/quickstart_summary.json)."""
+    validation = trainer.config_validation
     if q.pipeline != "quickstart":
-        raise ValueError(f"pipeline={q.pipeline!r}; allowed: quickstart")
+        raise validation.ConfigError(f"pipeline={q.pipeline!r}; allowed: quickstart")
     workdir = os.path.abspath(workdir)
-    names = [n for n, _, _ in recipes.parse_students(q.students)]
+    try:
+        names = [n for n, _, _ in recipes.parse_students(q.students)]
+    except ValueError as e:
+        raise validation.ConfigError(f"students={q.students!r}: {e}") from None
     if BASELINE not in names:
-        raise trainer.ConfigError(f"students={q.students!r} must include {BASELINE!r} (the "
-                                  "student alone), which the verdict compares with")
-    seeds = trainer.config_validation.parse_seeds(q.seeds)
+        raise validation.ConfigError(f"students={q.students!r} must include {BASELINE!r} (the "
+                                     "student alone), which the verdict compares with")
+    seeds = validation.parse_seeds(q.seeds)
+    # The students' config is checked before the teacher, which may have to be retrained.
+    validation.validate(students_config(q, validation.RANDOM_TEACHER), check_files=False)
     teacher = _teacher(q, workdir)
     config = students_config(q, teacher["checkpoint"])
-    trainer.config_validation.validate(config)    # before any training
+    validation.validate(config)
     print(f"\n=== quickstart: {', '.join(methods.label_of(n) for n in names)} in lockstep, "
           f"seeds {q.seeds} ===", flush=True)
     result = seeds_lib.run_seeds(config, os.path.join(workdir, "students"), seeds=seeds)
