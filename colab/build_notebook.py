@@ -204,7 +204,8 @@ on Drive:
    again: its summary is printed and the student starts, or resumes, right away.
 
 Checkpoints are written at every epoch end, at the end, and when the runtime stops the
-process (SIGTERM); a disconnect loses at most the current epoch. The trained student is in
+process (SIGTERM) or you press *Interrupt* (the run saves its step and raises `RunStopped`;
+run the cell again to go on); a disconnect loses at most the current epoch. The trained student is in
 `WORKDIR/student/final_model`, loadable as a teacher by kd_jax (`teacher.checkpoint`).
 
 For more than one TPU host (a pod slice), run `python -m kd_jax.main ...

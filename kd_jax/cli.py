@@ -333,6 +333,6 @@ def _holds_files(directory: str) -> bool:
     return False
 
 
-def exit_with_error(message) -> None:
+def exit_with_error(message, code: int = 2) -> None:
     print(f"kd_jax: error: {one_line(message)}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(code)

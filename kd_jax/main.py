@@ -45,6 +45,13 @@ def run(config, workdir: str) -> dict:
 
 def main(argv=None) -> None:
     try:
+        _main(argv)
+    except KeyboardInterrupt:   # Ctrl-C while the config is read or the trainer imported
+        cli.exit_with_error(_INTERRUPTED, code=130)
+
+
+def _main(argv=None) -> None:
+    try:
         args = cli.parse(sys.argv if argv is None else argv)
     except cli.UsageError as e:
         cli.exit_with_error(e)
@@ -53,7 +60,7 @@ def main(argv=None) -> None:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from kd_jax.data.base import DataNotFoundError
     from kd_jax.train.config_validation import ConfigError
-    from kd_jax.train.trainer import NonFiniteLossError
+    from kd_jax.train.trainer import NonFiniteLossError, RunStopped
 
     try:
         with cli.workdir_removed_on_failure(args.workdir):
@@ -61,6 +68,32 @@ def main(argv=None) -> None:
     except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteLossError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
+    except RunStopped as e:
+        # SIGTERM or Ctrl-C: the step is saved; exit as the signal would (130, 143).
+        cli.exit_with_error(f"stopped by {e}", code=128 + e.signum)
+    except Exception as e:   # noqa: BLE001  re-raised unless a Ctrl-C caused it
+        if not _caused_by_ctrl_c(e):
+            raise
+        cli.exit_with_error(_INTERRUPTED, code=130)
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one outside the training loop (setup, compilation, evaluation).
+        cli.exit_with_error(_INTERRUPTED, code=130)
+
+
+_INTERRUPTED = ("interrupted; the same command (same --workdir) resumes from the last "
+                "checkpoint, if one was saved")
+
+
+def _caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in the error's chain: Python turns one raised inside
+    some hooks (an import's class creation, __set_name__) into a RuntimeError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checkpoint/resume exactness, SIGTERM, SIGKILL, the refusal to resume with another batch
+"""Checkpoint/resume exactness, SIGTERM and Ctrl-C, SIGKILL, the refusal to resume with another batch
 size, the non-finite-loss stop, and the prefetch thread of an epoch that raised.
 
 Tiny KD runs (tiny_cnn <- random tiny_cnn_wide, batch 8) on synthetic data; all runs share
@@ -72,9 +72,8 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, uninterrupted):
     assert_states_equal(state, uninterrupted)
 
 
-def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, uninterrupted, monkeypatch):
-    """SIGTERM during the run: the loop saves the current step and exits; resuming finishes."""
-    wd = str(tmp_path)
+def _signal_at_step_1(monkeypatch, signum):
+    """The dataset sends `signum` to this process when epoch 1's batch 1 is taken."""
     real_get_dataset = data.get_dataset
 
     def get_dataset(*args, **kwargs):
@@ -84,23 +83,48 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, uninterrupted, 
         def train_batches(epoch, global_batch_size, seed, start_step=0):
             for i, batch in enumerate(real_train_batches(epoch, global_batch_size, seed, start_step)):
                 if epoch == 1 and start_step + i == 1:
-                    os.kill(os.getpid(), signal.SIGTERM)
+                    os.kill(os.getpid(), signum)
                 yield batch
 
         ds.train_batches = train_batches
         return ds
 
     monkeypatch.setattr(data, "get_dataset", get_dataset)
-    summary, _ = trainer.train(tiny_config(5), wd)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_and_resume_equals_uninterrupted(tmp_path, uninterrupted,
+                                                           monkeypatch, signum):
+    """SIGTERM or Ctrl-C during the run: the loop saves the current step and raises
+    RunStopped; resuming finishes with the uninterrupted parameters."""
+    wd = str(tmp_path)
+    _signal_at_step_1(monkeypatch, signum)
+    with pytest.raises(trainer.RunStopped, match=rf"{signum.name}: saved step \d of 5 in ") as e:
+        trainer.train(tiny_config(5), wd)
     monkeypatch.undo()
+    assert e.value.signum == signum
+    summary = e.value.summary
     stopped = summary["steps"]
     assert not summary["finished"] and 1 <= stopped < 5
     assert Checkpointer(wd).latest_step() == stopped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
     summary, state = trainer.train(tiny_config(5), wd)
     assert summary["finished"]
     steps = train_steps_logged(wd)
     assert steps == sorted(set(steps)) and steps[-1] == 5   # no step trained twice
     assert_states_equal(state, uninterrupted)
+
+
+def test_stop_signal_ends_a_seeds_run(tmp_path, monkeypatch):
+    """A seeds run stopped in its first seed does not go on to the next one."""
+    from kd_jax.train import seeds
+
+    c = tiny_config(5)
+    c.seeds = "0,1"
+    _signal_at_step_1(monkeypatch, signal.SIGTERM)
+    with pytest.raises(trainer.RunStopped):
+        seeds.run_seeds(c, str(tmp_path))
+    assert os.path.isdir(tmp_path / "seed_0") and not os.path.exists(tmp_path / "seed_1")
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@
 
 Resumption: the state (step, every student's parameters, BatchNorm statistics and
 optimizer state, RNG) is checkpointed every `checkpoint_every_epochs`, at the end, and on
-SIGTERM; the same command with the same workdir restores the latest checkpoint and continues
+SIGTERM or Ctrl-C (SIGINT; a second Ctrl-C interrupts at once), after which `train` raises
+RunStopped (so a seeds run or a pipeline does not go on to its next run); the same command with the same workdir restores the latest checkpoint and continues
 at the same step with the same data order (a function of (seed, epoch, step)), so a killed
 run ends with the parameters of an uninterrupted one. A finished run is not re-run: it says
 so and prints its summary. Each start of a run is a segment; summaries keep the wall and
@@ -32,6 +33,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Optional
@@ -59,6 +61,18 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf."""
 
 
+class RunStopped(Exception):
+    """A run stopped by SIGTERM or SIGINT after saving its step; the same command resumes.
+
+    signum: the signal; summary: the run's (unfinished) summary, as written to the workdir.
+    """
+
+    def __init__(self, signum: int, step: int, total_steps: int, workdir: str, summary: dict):
+        super().__init__(f"{signal.Signals(signum).name}: saved step {step} of {total_steps} "
+                         f"in {workdir}; run the same command (same --workdir) to resume")
+        self.signum, self.summary = signum, summary
+
+
 def compute_dtype(config) -> Any:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.get("compute_dtype",
                                                                          "float32")]
@@ -83,18 +97,58 @@ def load_teacher(config, num_classes: int) -> nnx.Module:
     return teacher
 
 
+class _StopSignal:
+    """SIGTERM and SIGINT during a run (handlers are installed from the main thread only).
+
+    In the training loop (`immediate` False) the first one is recorded and the loop saves and
+    stops at the next step; a second SIGINT raises KeyboardInterrupt at once. Outside it
+    (setup, compilation, export) SIGINT raises KeyboardInterrupt at once, and `check()` raises
+    it again should a library have swallowed it (a bare `except:` in an import, say).
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self.immediate = True
+
+    def is_set(self) -> bool:
+        return self.signum != 0
+
+    def check(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum, frame):
+        first = not self.signum
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and (self.immediate or not first):
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def _sigterm_flag():
-    """Yields a threading.Event set by SIGTERM (only installable from the main thread)."""
-    event = threading.Event()
+def _stop_signals():
+    stop = _StopSignal()
     if threading.current_thread() is not threading.main_thread():
-        yield event
+        yield stop
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    # A SIGINT the parent set to be ignored (a background job, nohup) stays ignored.
+    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT)
+                                  is not signal.SIG_IGN else [])
+    previous = {sig: signal.signal(sig, stop._handle) for sig in signals}
+    unraisable = sys.unraisablehook
+
+    def quiet_interrupt(info):
+        # A Ctrl-C that lands in a garbage-collection callback (jax has one) cannot propagate;
+        # Python would print it as "Exception ignored". It is recorded, and check() raises it.
+        if not issubclass(info.exc_type, KeyboardInterrupt):
+            unraisable(info)
+
+    sys.unraisablehook = quiet_interrupt
     try:
-        yield event
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = unraisable
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Clock:
@@ -433,7 +487,7 @@ def _run_actions(run: _Run, due: _Due) -> None:
 
 # --- epochs ----------------------------------------------------------------------------------
 
-def _train_epoch(run: _Run, sigterm: threading.Event) -> bool:
+def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
     """Runs the steps of run.epoch from run.step on; True when the run should stop."""
     c = run.config
     epoch = run.step // run.steps_per_epoch + 1
@@ -449,7 +503,7 @@ def _train_epoch(run: _Run, sigterm: threading.Event) -> bool:
             run.step += 1
             run.pending.append(metrics)
             run.clock.after_step(metrics, run.batch_size, run.step)
-            due = _actions_due(run, sigterm.is_set())
+            due = _actions_due(run, stop.is_set())
             _run_actions(run, due)
             if due.stop:
                 return True
@@ -458,19 +512,19 @@ def _train_epoch(run: _Run, sigterm: threading.Event) -> bool:
     return False
 
 
-def _train_loop(run: _Run) -> bool:
-    """Trains until the end or SIGTERM; True if stopped by SIGTERM."""
+def _train_loop(run: _Run, stop: _StopSignal) -> int:
+    """Trains until the end or a stop signal; the signal's number if stopped by one, else 0."""
     run.pending_t0 = time.perf_counter()
-    with _sigterm_flag() as sigterm:
+    stop.check()
+    stop.immediate = False
+    try:
         while run.step < run.total_steps:
-            if _train_epoch(run, sigterm):
+            if _train_epoch(run, stop):
                 break
         run.ckpt.wait()
-        if sigterm.is_set() and run.step < run.total_steps:
-            run.message(f"SIGTERM: saved step {run.step}; run again with the same --workdir "
-                        "to resume")
-            return True
-    return False
+    finally:
+        stop.immediate = True
+    return stop.signum if run.step < run.total_steps else 0
 
 
 # --- finish ----------------------------------------------------------------------------------
@@ -545,8 +599,14 @@ def train(config, workdir: str) -> tuple[dict, Any]:
 
     Returns (summary, final TrainState); the summary is also written to
     workdir/summary.json (lockstep: {"lockstep": True, "students": {name: summary}}, and
-    each student's in workdir/<name>/summary.json).
+    each student's in workdir/<name>/summary.json). Raises RunStopped (after saving the step
+    and writing the unfinished summary) when SIGTERM or SIGINT stopped it.
     """
+    with _stop_signals() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: _StopSignal) -> tuple[dict, Any]:
     t0 = time.perf_counter()
     plan = config_validation.validate(config)
     ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
@@ -563,10 +623,13 @@ def train(config, workdir: str) -> tuple[dict, Any]:
                     f"resuming from step {run.step} of {run.total_steps} "
                     f"(epoch {run.step // run.steps_per_epoch + 1}) "
                     f"in {run.ckpt.directory}")
-        _train_loop(run)
+        stopped_by = _train_loop(run, stop)
     finally:
         run.close()
-    return _finish(run), run.state
+    summary = _finish(run)
+    if stopped_by:
+        raise RunStopped(stopped_by, run.step, run.total_steps, workdir, summary)
+    return summary, run.state
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
