@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from kd_jax import data, recipes  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
+from kd_jax.train.testing import random_batch  # noqa: E402
 
 
 def step_time(pair: str, students: list[str], batch: int, steps: int) -> float:
@@ -32,11 +32,7 @@ def step_time(pair: str, students: list[str], batch: int, steps: int) -> float:
     config = recipes.build_lockstep_config(data.CIFAR100, ",".join([pair, *students]), default="")
     config.teacher.checkpoint = "random"
     built = trainer.build(config, config_validation.validate(config), 100)
-    rng = np.random.default_rng(0)
-    batch_arrays = jax.device_put(
-        {"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
-         "label": rng.integers(0, 100, batch).astype(np.int32)},
-        NamedSharding(built.mesh, P("data")))
+    batch_arrays = random_batch(built.mesh, batch, 100)
     state, lr, epoch = built.state, np.float32(0.05), np.int32(30)
     times = []
     for _ in range(steps + 1):   # the first step compiles

@@ -32,10 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from kd_jax import data, recipes  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
+from kd_jax.train.testing import random_batch  # noqa: E402
 
 MIB = 2.0 ** 20
 
@@ -51,11 +51,7 @@ def measure(method: str, pair: str, batch: int, steps: int, chunk: int, embeddin
     plan = config_validation.validate(config)
     built = trainer.build(config, plan, 100)
     state, teacher_state = built.state, built.teacher_state
-    rng = np.random.default_rng(0)
-    images = jax.device_put(
-        {"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
-         "label": rng.integers(0, 100, batch).astype(np.int32)},
-        NamedSharding(built.mesh, P("data")))
+    images = random_batch(built.mesh, batch, 100)
     lr, epoch = np.float32(0.01), np.int32(30)
 
     t0 = time.perf_counter()

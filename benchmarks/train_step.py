@@ -52,11 +52,11 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from kd_jax import data, methods, recipes  # noqa: E402
 from kd_jax import machine as machine_lib  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
+from kd_jax.train.testing import random_batch  # noqa: E402
 
 PAIRS = "resnet32x4-resnet8x4,resnet32x4-ShuffleV1"
 METHODS = "kd,dkd,sd_dkd,clkd"
@@ -128,11 +128,7 @@ def time_jax(config, batch: int, steps: int, warmup: int, devices, repeats: int 
     plan = config_validation.validate(config, num_devices=len(devices))
     try:
         built = trainer.build(config, plan, NUM_CLASSES, devices=devices)
-        rng = np.random.default_rng(0)
-        images = jax.device_put(
-            {"image": rng.normal(size=(batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-             "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)},
-            NamedSharding(built.mesh, P("data")))
+        images = random_batch(built.mesh, batch, NUM_CLASSES, IMAGE_SIZE)
         t0 = time.perf_counter()
         compiled = built.train_step.lower(built.state, built.teacher_state, images, LR,
                                           EPOCH).compile()

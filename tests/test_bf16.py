@@ -23,12 +23,12 @@ import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, recipes
 from kd_jax.models import layers
 from kd_jax.train import config_validation, trainer
+from kd_jax.train.testing import random_batch
 
 TOLERANCE = 2.0 ** -7
 LR, EPOCH = np.float32(0.05), np.int32(30)   # epoch 30: SD-DKD's 20-epoch warmup is over
@@ -56,11 +56,7 @@ def fixed_batch_run(case, dtype):
     student, teacher, size, steps = CASES[case]
     c = sdd_config(student, teacher, dtype, size)
     built = trainer.build(c, config_validation.validate(c), 10)
-    rng = np.random.default_rng(0)
-    batch = jax.device_put(
-        {"image": rng.normal(size=(32, size, size, 3)).astype(np.float32),
-         "label": rng.integers(0, 10, 32).astype(np.int32)},
-        NamedSharding(built.mesh, P("data")))
+    batch = random_batch(built.mesh, 32, 10, size)
     hlo = built.train_step.lower(built.state, built.teacher_state, batch, LR, EPOCH).as_text()
     state, history = built.state, []
     for _ in range(steps):

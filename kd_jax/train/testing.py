@@ -1,4 +1,4 @@
-"""A tiny CNN with the model contract, for fast trainer tests and smoke runs.
+"""Helpers for tests, smoke runs and benchmarks: a tiny CNN, and a fixed random batch.
 
 Importing this module registers "tiny_cnn" (width 8) and "tiny_cnn_wide" (width 16):
 conv3x3 -> BN -> ReLU -> conv3x3/s2 -> BN -> ReLU -> global average pool -> fc. Attribute
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kd_jax.models import layers, registry
 
@@ -46,3 +48,13 @@ def _register(name: str, width: int) -> None:
 
 _register("tiny_cnn", 8)
 _register("tiny_cnn_wide", 16)
+
+
+def random_batch(mesh: Mesh, batch_size: int, num_classes: int, image_size: int = 32,
+                 seed: int = 0) -> dict:
+    """{"image": (B, H, W, 3) f32 N(0, 1), "label": (B,) i32} already on `mesh`, sharded over
+    'data' as the trainer's batches are: a step's input without the input pipeline."""
+    rng = np.random.default_rng(seed)
+    batch = {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+             "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
+    return jax.device_put(batch, NamedSharding(mesh, P("data")))
