@@ -18,7 +18,8 @@ import sys
 from typing import Optional
 
 from kd_jax.train import summary as summary_lib
-from kd_jax.train.seeds import stats
+from kd_jax.train.seeds import format_mean_std, stats
+from kd_jax.train.summary import format_or_dash
 
 COLUMNS = ("run", "method", "teacher", "student", "dataset", "n", "best_mean", "best_std",
            "last_mean", "last_std", "published", "diff", "diff_in_std")
@@ -48,20 +49,17 @@ def rows_of(workdir: str) -> list[dict]:
     return [_row(run, summary)]
 
 
-def _f(v, fmt="{:.2f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
 def to_markdown(rows: list[dict]) -> str:
     head = ("| run | method | teacher -> student | dataset | n | best top-1 | last top-1 | "
             "published | diff | diff / std |")
     lines = [head, "|" + "---|" * 10]
+    pm = lambda m, s: format_mean_std({"mean": m, "std": s})  # noqa: E731
+    show = format_or_dash
     for r in rows:
-        pm = lambda m, s: _f(m) + ("" if s is None else f" ± {s:.2f}")  # noqa: E731
         lines.append(f"| {r['run']} | {r['method']} | {r['teacher'] or '-'} -> {r['student']} | "
                      f"{r['dataset']} | {r['n']} | {pm(r['best_mean'], r['best_std'])} | "
-                     f"{pm(r['last_mean'], r['last_std'])} | {_f(r['published'])} | "
-                     f"{_f(r['diff'], '{:+.2f}')} | {_f(r['diff_in_std'], '{:+.1f}')} |")
+                     f"{pm(r['last_mean'], r['last_std'])} | {show(r['published'])} | "
+                     f"{show(r['diff'], '{:+.2f}')} | {show(r['diff_in_std'], '{:+.1f}')} |")
     return "\n".join(lines)
 
 

@@ -63,27 +63,29 @@ def make_summary(config, student, history: Sequence[dict], *, steps: int,
     }
 
 
-def _f(v, fmt="{:.2f}"):
+def format_or_dash(v, fmt="{:.2f}") -> str:
+    """`fmt` of v, or '-' for None."""
     return "-" if v is None else fmt.format(v)
 
 
 def format_table(summary: dict) -> str:
     """A small fixed-width table: ours (best / last) vs published."""
+    show = format_or_dash
     segments = summary.get("segments") or []
     rows = [
         ("method", summary["method"]),
         ("teacher -> student", f"{summary['teacher'] or '(none)'} -> {summary['student']}"),
         ("dataset", summary["dataset"]),
-        ("top-1 best (epoch)", f"{_f(summary['best_top1'])} ({summary['best_epoch']})"),
-        ("top-1 last", _f(summary["last_top1"])),
-        ("top-5 best / last", f"{_f(summary['best_top5'])} / {_f(summary['last_top5'])}"),
-        ("published top-1", _f(summary["published_top1"])),
-        ("ours (best) - published", _f(summary["best_minus_published"], "{:+.2f}")),
+        ("top-1 best (epoch)", f"{show(summary['best_top1'])} ({summary['best_epoch']})"),
+        ("top-1 last", show(summary["last_top1"])),
+        ("top-5 best / last", f"{show(summary['best_top5'])} / {show(summary['last_top5'])}"),
+        ("published top-1", show(summary["published_top1"])),
+        ("ours (best) - published", show(summary["best_minus_published"], "{:+.2f}")),
         ("steps", str(summary["steps"])),
-        ("wall time (s)", _f(summary["wall_time_s"], "{:.1f}")
+        ("wall time (s)", show(summary["wall_time_s"], "{:.1f}")
          + (" (" + " + ".join(f"{s['wall_s']:.1f}" for s in segments) + ")"
             if len(segments) > 1 else "")),
-        ("train images/s", _f(summary["images_per_s"], "{:.1f}")),
+        ("train images/s", show(summary["images_per_s"], "{:.1f}")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -91,11 +93,12 @@ def format_table(summary: dict) -> str:
 
 def format_lockstep_table(summaries: dict) -> str:
     """One line per student of a lockstep run."""
+    show = format_or_dash
     lines = [f"{'student':<16} {'method':<8} {'best top-1':>10} {'last top-1':>10} "
              f"{'published':>9}"]
     for name, s in summaries.items():
-        lines.append(f"{name:<16} {s['method']:<8} {_f(s['best_top1']):>10} "
-                     f"{_f(s['last_top1']):>10} {_f(s['published_top1']):>9}")
+        lines.append(f"{name:<16} {s['method']:<8} {show(s['best_top1']):>10} "
+                     f"{show(s['last_top1']):>10} {show(s['published_top1']):>9}")
     return "\n".join(lines)
 
 
