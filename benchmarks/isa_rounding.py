@@ -9,8 +9,8 @@ elements differ from the unrestricted run, and by how much: the flag changes the
 emits, as another processor would, which is what makes the quickstart's
 `XLA_FLAGS=--xla_cpu_max_isa=...` runs stand in for other processors. Which operations round
 differently depends on the ISA: on an AVX-512 machine this probe is unchanged under AVX2,
-while the quickstart's distilled students (not the student alone) diverge from their
-default-path run at step 4 (seen with --config.log_every_steps=1).
+while the quickstart's distilled students (not the student alone) print different numbers
+(README, quickstart section).
 """
 
 from __future__ import annotations
