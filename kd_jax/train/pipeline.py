@@ -40,6 +40,7 @@ from kd_jax import machine as machine_lib
 from kd_jax import methods, recipes
 from kd_jax.recipes import quickstart
 from kd_jax.data import catalog
+from kd_jax.train import config_validation as validation
 from kd_jax.train import seeds as seeds_lib
 from kd_jax.train import summary as summary_lib
 from kd_jax.train import trainer
@@ -274,7 +275,6 @@ def _teacher(q, workdir: str) -> dict:
 
 def run_pipeline(q, workdir: str) -> dict:
     """Runs the quickstart; returns its summary (also DIR/quickstart_summary.json)."""
-    validation = trainer.config_validation
     if q.pipeline != "quickstart":
         raise validation.ConfigError(f"pipeline={q.pipeline!r}; allowed: quickstart")
     workdir = os.path.abspath(workdir)
