@@ -73,7 +73,13 @@ def test_published_numbers_follow_the_method_key():
     assert published_top1("imagenet2012", "dkd", "imagenet_ResNet50",
                           "imagenet_MobileNetV1") == 72.05
     assert published_top1("caltech_birds2011", "sd_dkd", "cub_vgg13", "cub_vgg8") == 68.67
-    assert published_top1("caltech_birds2011", "sd_nkd", "cub_vgg13", "cub_vgg8") is None
+    # SDD's cub20.png (its README): NKD and SD-NKD rows.
+    assert published_top1("caltech_birds2011", "sd_nkd", "cub_vgg13", "cub_vgg8") == 68.37
+    assert published_top1("caltech_birds2011", "nkd", "cub_vgg13", "cub_vgg8") == 67.16
+    assert published_top1("caltech_birds2011", "nkd", "cub_resnet32x4",
+                          "cub_ShuffleV1") == 64.0
+    assert published_top1("caltech_birds2011", "sd_nkd", "cub_ResNet50",
+                          "cub_ShuffleV1") == 60.42
     assert published_top1("cifar100", "ce", "", "wrn_40_2") == 75.61
     assert published_top1("cifar100", "clkd", "resnet32x4", "resnet8x4") is None
 
