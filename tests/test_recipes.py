@@ -396,3 +396,23 @@ def test_cub_baselines_are_global_logit_losses(name):
     # The same loss on SPP's region 0 (what `method=sdd, scales=[1]` would train) is another
     # objective on 7x7 maps: the check above can tell them apart.
     assert abs(reference(s_spp, t_spp) - want) > 1e-3, "the two objectives must differ here"
+
+
+def test_recipe_tables_star_what_no_launch_line_settles():
+    """resnet32x4-resnet8x4 SD-DKD's [1,2] (no SDD_DKD launch line: teacher_resnet32x4.sh has
+    SD-KD and SD-NKD lines only, train_origin.py's --M default None fails SDD's SPP) and the
+    ImageNet SD-DKD batch (r34_r18/sdd_dkd.yaml says BATCH_SIZE 4) are starred with the
+    reason; CLKD's and MSDCRD's clip (no reference code) too."""
+    from kd_jax.recipes import __main__ as recipes_main
+    pairs = recipes_main.pair_table().splitlines()
+    (row,) = [r for r in pairs if "| CIFAR-100 | resnet32x4 -> resnet8x4 |" in r]
+    assert "[1,2] / [1,2]* / [1,2]" in row and "teacher_resnet32x4.sh" in row
+    assert sum("*" in r for r in pairs[2:]) == 1
+    methods_rows = recipes_main.method_table().splitlines()
+    (row,) = [r for r in methods_rows if r.startswith("| ImageNet | SD-DKD* |")]
+    assert "BATCH_SIZE 4" in row and "512 is assumed" in row
+    for label in ("CLKD*", "MSDCRD*"):
+        (row,) = [r for r in methods_rows if f"| {label} |" in r]
+        assert "| 0* |" in row and "no reference code" in row
+    (row,) = [r for r in methods_rows if r.startswith("| CUB-200 | NKD |")]
+    assert "| 40 |" in row

@@ -42,11 +42,12 @@ CLIP_EPS = 1e-6   # torch.nn.utils.clip_grad_norm_'s epsilon in max_norm / (norm
 
 
 def global_norm(tree: Any) -> jax.Array:
-    """The L2 norm of all leaves together (float32 scalar), as torch's norm_type=2."""
+    """The L2 norm of all leaves together (a scalar, at least float32), as torch's norm_type=2."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    dtype = jnp.result_type(jnp.float32, *leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype))) for x in leaves))
 
 
 def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
