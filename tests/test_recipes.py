@@ -384,7 +384,8 @@ def test_cub_baselines_are_global_logit_losses(name):
     def reference(s, t):
         if name == "cub_kd":
             return _np_kd_objective(s, t, labels)
-        st, tt, yt = torch.tensor(s), torch.tensor(t), torch.tensor(labels).long()
+        # tests/torch_losses.py objectives take model outputs (logits, ...) as tuples.
+        st, tt, yt = (torch.tensor(s),), (torch.tensor(t),), torch.tensor(labels).long()
         if name == "cub_dkd":   # SDD_DKD dkd_loss_origin: alpha 1, beta 8 (pair), T 4, CE 1
             return float(ref.dkd_objective(st, tt, yt, epoch, alpha=1.0, beta=8.0, T=4.0,
                                            ce_w=1.0, warmup_epochs=20))
