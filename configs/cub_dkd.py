@@ -1,4 +1,4 @@
-"""DKD on CUB-200-2011: CE + min(epoch/20,1)*(TCKD + beta*NCKD), T=4, beta of SDD's CUB config.
+"""DKD on CUB-200-2011 (SDD's DKD baseline, its SDD_DKD distiller with --M [1]): CE + min(epoch/20,1)*(TCKD + beta*NCKD) on the global logits, T=4, beta of SDD's CUB config, gradient clip 40.
 
 Usage: python -m kd_jax.main --config configs/cub_dkd.py:resnet32x4-MobileNetV2 --workdir DIR
 The argument after ':' names the pair (teacher-student); `python -m kd_jax.main --help` lists the config

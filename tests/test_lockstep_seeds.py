@@ -190,3 +190,35 @@ def test_results_table(tmp_path, capsys):
     assert float(rows[0]["diff_in_std"]) == pytest.approx((75.0 - 76.30) / 0.5)
     assert rows[1]["n"] == "1" and rows[1]["best_std"] == ""
     assert results.main([str(tmp_path / "missing")]) == 2
+
+
+def test_lockstep_students_clip_as_their_solo_recipes():
+    """Each lockstep student clips as its method's reference trainer (SDD's 40 for SD-* and
+    NKD, none for KD / DKD / CE on CIFAR-100): its entry's clip_grad_norm is its solo
+    config's, and the plan the trainer builds carries it."""
+    from kd_jax.train import config_validation
+    arg = f"{PAIR},ce,kd,dkd,nkd,sd_kd,sd_dkd"
+    c = tiny(recipes.build_lockstep_config(data.CIFAR100, arg, default=""))
+    want = {"ce": 0.0, "kd": 0.0, "dkd": 0.0, "nkd": 40.0, "sd_kd": 40.0, "sd_dkd": 40.0}
+    assert {n: c.students[n].clip_grad_norm for n in want} == want
+    plan = config_validation.validate(c, num_devices=1)
+    assert {p.name: p.clip_grad_norm for p in plan.students} == want
+    c.students.sd_kd.clip_grad_norm = -1.0
+    with pytest.raises(config_validation.ConfigError, match=r"students\.sd_kd\.clip_grad_norm"):
+        config_validation.validate(c, num_devices=1)
+
+
+def test_seeds_summary_is_written_by_process_0_only(tmp_path, capsys, monkeypatch):
+    """Every process runs the seeds; only process 0 writes DIR/summary.json and prints."""
+    fake = {"method": "KD", "method_key": "kd", "dataset": "synthetic", "teacher": "t",
+            "student": "s", "best_top1": 50.0, "last_top1": 40.0, "published_top1": None,
+            "finished": True}
+    c = solo_config("kd", PAIR)
+    c.seeds = "0,1"
+    monkeypatch.setattr(seeds_lib.jax, "process_index", lambda: 1)
+    result = seeds_lib.run_seeds(c, str(tmp_path), train_fn=lambda cfg, wd: dict(fake))
+    assert result["best_top1"]["n"] == 2
+    assert os.listdir(tmp_path) == [] and capsys.readouterr().out == ""
+    monkeypatch.setattr(seeds_lib.jax, "process_index", lambda: 0)
+    seeds_lib.run_seeds(c, str(tmp_path), train_fn=lambda cfg, wd: dict(fake))
+    assert os.listdir(tmp_path) == ["summary.json"] and "2 seeds" in capsys.readouterr().out

@@ -321,3 +321,76 @@ def test_sdd_bad_inputs_raise_clear_errors():
         L.sd_nkd_loss(s, t, y, 1.0, -2.0)
     with pytest.raises(ValueError, match="unknown SDD base loss 'crd'"):
         L.sd_objective(s[:, 0], s, t, y, 1, base="crd")
+
+
+# --- SD-KD's NaN guards (SDD mdistiller/distillers/KD.py sdd_kd_loss) -------------------------
+
+def _torch_sdd_kd_loss(out_s_multi, out_t_multi, T, target):
+    """SDD's sdd_kd_loss transcribed (B, K, N inputs as SDD's models give them; .cuda()
+    dropped): per-element KL, NaN elements -> 0, class sum, region weights, non-finite -> 0."""
+    import torch
+    import torch.nn.functional as F
+    out_s_multi = out_s_multi.permute(2, 0, 1)
+    out_t_multi = out_t_multi.permute(2, 0, 1)
+    out_t = torch.reshape(out_t_multi, (out_t_multi.shape[0] * out_t_multi.shape[1],
+                                        out_t_multi.shape[2]))
+    out_s = torch.reshape(out_s_multi, (out_s_multi.shape[0] * out_s_multi.shape[1],
+                                        out_s_multi.shape[2]))
+    target_r = target.repeat(out_t_multi.shape[0])
+    p_s = F.log_softmax(out_s / T, dim=1)
+    p_t = F.softmax(out_t / T, dim=1)
+    loss_kd = F.kl_div(p_s, p_t, reduction='none') * (T ** 2)
+    nan_index = torch.isnan(loss_kd)
+    loss_kd[nan_index] = torch.tensor(0.0)
+    loss_kd = torch.sum(loss_kd, dim=1)
+    out_t_predict = torch.argmax(out_t, dim=1)
+    mask_true = out_t_predict == target_r
+    mask_false = out_t_predict != target_r
+    global_prediction = out_t_predict[0:len(target)]
+    gt_mask = (global_prediction == target).repeat(out_t_multi.shape[0])
+    gf_mask = (global_prediction != target).repeat(out_t_multi.shape[0])
+    mask_false[gf_mask] = False
+    mask_false[0:len(target)] = False
+    gt_lw = mask_false
+    mask_true[gt_mask] = False
+    mask_true[0:len(target)] = False
+    gw_lt = mask_true
+    mask_false = out_t_predict != target_r
+    mask_true = out_t_predict == target_r
+    index = torch.zeros_like(loss_kd).float()
+    mask_false[gt_mask] = False
+    gw_lw = mask_false
+    mask_true[gf_mask] = False
+    gt_lt = mask_true
+    index[gw_lw] = 1.0
+    index[gt_lt] = 1.0
+    index[gw_lt] = 2
+    index[gt_lw] = 2
+    loss = torch.sum(loss_kd * index) / target_r.shape[0]
+    if torch.isnan(loss) or torch.isinf(loss):
+        loss = torch.zeros(1).float()
+    return loss
+
+
+def test_sd_kd_zeroes_a_nan_kl_element_not_the_whole_loss():
+    """One (region, class) where the teacher's and the student's probabilities both vanish
+    (logit -inf): its KL element is 0 * (-inf - -inf) = NaN in torch's kl_div and here. SDD
+    zeroes that ELEMENT before the class sum, so the loss keeps every other element (and its
+    gradient): equal to the torch transcription, value and gradient, and not 0."""
+    torch = pytest.importorskip("torch", reason="the reference transcription is torch code")
+    s, t, y = _local(3)
+    s, t = s.astype(np.float32), t.astype(np.float32)
+    s[1, 2, 3] = -np.inf
+    t[1, 2, 3] = -np.inf
+    got, grad = jax.value_and_grad(L.sd_kd_loss)(jnp.asarray(s), t, y, T)
+    s_torch = torch.tensor(s).permute(0, 2, 1).contiguous().requires_grad_(True)   # (B, K, N)
+    want = _torch_sdd_kd_loss(s_torch, torch.tensor(t).permute(0, 2, 1), T,
+                              torch.tensor(y).long())
+    want.backward()
+    want = float(want.detach())
+    assert want != 0.0 and np.isfinite(float(got))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    want_grad = s_torch.grad.permute(0, 2, 1).numpy()
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-6)
+    # Without the guards the raw loss is NaN (the element is NaN, not the whole input).
+    assert np.isnan(float(L.sd_kd_loss(s, t, y, T, zero_nonfinite=False)))

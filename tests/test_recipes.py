@@ -68,6 +68,19 @@ SOLVER = {  # lr set per pair above; (weight decay, milestones, epochs, batch)
 }
 PREFIX = {"cifar100": "", "caltech_birds2011": "cub_", "imagenet2012": "imagenet_"}
 
+# The gradient clip (torch clip_grad_norm_ max_norm; 0 = none) of the trainer that produced
+# each published number: SDD's mdistiller/engine/trainer.py BaseTrainer.train_iter clips at
+# 40 (SDD's train_origin.py: CIFAR-100 SDD and NKD runs, every CUB run; SDD's train.py:
+# ImageNet SDD and NKD runs); mdistiller's trainer does not (CIFAR-100 / ImageNet KD, DKD).
+# CLKD: no reference code, 0 chosen (starred in the recipe table).
+SDD_CLIP = 40.0
+
+
+def expected_clip(key, dataset):
+    if dataset == "caltech_birds2011" or key.startswith("sd_") or key == "nkd":
+        return SDD_CLIP
+    return 0.0
+
 
 def expected_method(key, dataset, beta, scales):
     """The reference hyperparameters of method key `key` (kd, dkd, ..., sd_nkd)."""
@@ -116,7 +129,7 @@ def cases():
                         scales))
         out.append(("cifar_sdd", pair, "sd_dkd", "cifar100", pair, lr, beta, scales))
     for pair, (lr, beta) in CUB.items():
-        for key in ("kd", "dkd"):
+        for key in ("kd", "dkd", "nkd"):
             out.append((f"cub_{key}", pair, key, "caltech_birds2011", pair, lr, beta, None))
         for base in ("kd", "dkd", "nkd"):
             out.append(("cub_sdd", f"{pair},{base}", f"sd_{base}", "caltech_birds2011", pair,
@@ -155,6 +168,7 @@ def test_config_resolves_the_reference_recipe(name, arg, key, dataset, pair, lr,
     assert (o.lr, o.weight_decay, tuple(o.milestones), o.momentum, o.decay_rate) == (
         lr, wd, milestones, 0.9, 0.1)
     assert (c.num_epochs, c.batch_size, o.schedule) == (epochs, batch, "multistep")
+    assert o.clip_grad_norm == expected_clip(key, dataset)
     assert c.dataset.name == dataset
 
 
@@ -164,7 +178,7 @@ def test_every_config_file_and_pair_is_covered():
     offered = set()
     for name in ("kd", "dkd", "nkd", "clkd"):
         offered |= {(f"cifar_{name}", f"{t}-{s}") for t, s in recipes.pairs("cifar100", name)}
-    for name in ("kd", "dkd"):
+    for name in ("kd", "dkd", "nkd"):
         offered |= {(f"cub_{name}", f"{t}-{s}") for t, s in recipes.pairs("caltech_birds2011", name)}
     for name in ("kd", "dkd", "nkd"):
         offered |= {(f"imagenet_{name}", f"{t}-{s}") for t, s in recipes.pairs("imagenet2012", name)}
@@ -288,3 +302,118 @@ def test_readme_recipe_tables_are_the_command_output():
     block = re.search(r"<!-- recipe-tables: python -m kd_jax.recipes -->\n(.*?)\n"
                       r"<!-- /recipe-tables -->", readme, re.S)
     assert block is not None and block.group(1).strip() == out.getvalue().strip()
+
+
+# --- 3. the CUB baselines: SDD's distillers with --M [1] -------------------------------------
+
+def _np_adaptive_pool(x, out):
+    """torch AdaptiveAvgPool2d(out) on (B, H, W, C), numpy: window i = [floor(iH/P),
+    ceil((i+1)H/P))."""
+    b, h, w, c = x.shape
+    res = np.zeros((b, out, out, c))
+    for i in range(out):
+        r0, r1 = (i * h) // out, -(-(i + 1) * h // out)
+        for j in range(out):
+            c0, c1 = (j * w) // out, -(-(j + 1) * w // out)
+            res[:, i, j] = x[:, r0:r1, c0:c1].mean(axis=(1, 2))
+    return res
+
+
+def _np_spp_m1(x):
+    """SDD's mdistiller/models/cifar/utils.py SPP(M='[1]'): the 1x1 pool OF THE 4x4 pool."""
+    return _np_adaptive_pool(_np_adaptive_pool(x, 4), 1)[:, 0, 0]
+
+
+def _np_kd_objective(s, t, y, T=4.0, ce_w=0.1, kd_w=0.9):
+    """SDD KD.py kd_loss with CFG.KD (CE 0.1, KD 0.9, T 4), float64."""
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    ce = -log_softmax(s)[np.arange(len(y)), y].mean()
+    lt, ls = log_softmax(t / T), log_softmax(s / T)
+    kl = (np.exp(lt) * (lt - ls)).sum(axis=1).mean() * T * T
+    return ce_w * ce + kd_w * kl
+
+
+def test_spp_m1_region_on_a_7x7_map_is_not_the_global_average():
+    """The numpy SPP above gives the weighted mean the issue describes on 7x7 maps (row
+    weights 1/8, 5/24, 1/12, 1/6, 1/12, 5/24, 1/8): so a loss on SPP's region 0 and one on
+    the global logits differ on CUB's MobileNetV2 (7x7 pre-pool map)."""
+    one_row = np.zeros((1, 7, 7, 1))
+    weights = []
+    for r in range(7):
+        one_row[:] = 0.0
+        one_row[0, r, :, 0] = 1.0
+        weights.append(_np_spp_m1(one_row)[0, 0])
+    np.testing.assert_allclose(weights, [1 / 8, 5 / 24, 1 / 12, 1 / 6, 1 / 12, 5 / 24, 1 / 8])
+
+
+@pytest.mark.parametrize("name", ["cub_kd", "cub_dkd", "cub_nkd"])
+def test_cub_baselines_are_global_logit_losses(name):
+    """SDD's CUB KD / DKD / NKD rows come from train_cub_*.sh with `--M [1]`, where SDD's
+    distillers branch (`if self.M == '[1]'`, KD.py / SDD_DKD.py / SDD_nkd.py) to the plain
+    base loss on the models' own global logits (classifier(avgpool(map))). On a 7x7 map
+    the trainer's loss equals that (numpy for KD, tests/torch_losses.py for DKD / NKD), not
+    the loss on SPP(M='[1]')'s region 0, and the run clips at 40 (SDD's trainer)."""
+    import torch
+    import torch_losses as ref
+
+    c = load_config(name, "resnet32x4-MobileNetV2")
+    assert c.optimizer.clip_grad_norm == 40.0
+    assert c.method.name == name[4:]
+    c.teacher.checkpoint = "random"
+    (plan,) = config_validation.validate(c, num_devices=1, check_files=False).students
+    r = np.random.default_rng(7)
+    labels = r.integers(0, K, BATCH).astype(np.int32)
+
+    def out(scale):
+        pre = np.abs(r.normal(size=(BATCH, 7, 7, C))) * np.linspace(0.2, 3.0, 7)[:, None, None]
+        pre = pre.astype(np.float32)
+        kernel = (scale * r.normal(size=(C, K))).astype(np.float32)
+        bias = r.normal(size=(K,)).astype(np.float32)
+        global_logits = pre.astype(np.float64).mean(axis=(1, 2)) @ kernel + bias
+        spp_logits = _np_spp_m1(pre.astype(np.float64)) @ kernel + bias
+        model_out = methods.ModelOutput(global_logits.astype(np.float32), {"pre_pool": pre},
+                                        (kernel, bias))
+        return model_out, global_logits, spp_logits
+
+    (student, s_global, s_spp), (teacher, t_global, t_spp) = out(2.0), out(3.0)
+    epoch = 30   # past the warmup of DKD / NKD (20)
+    got = float(plan.compute_loss(student, teacher, labels, np.int32(epoch), None)[0])
+
+    def reference(s, t):
+        if name == "cub_kd":
+            return _np_kd_objective(s, t, labels)
+        # tests/torch_losses.py objectives take model outputs (logits, ...) as tuples.
+        st, tt, yt = (torch.tensor(s),), (torch.tensor(t),), torch.tensor(labels).long()
+        if name == "cub_dkd":   # SDD_DKD dkd_loss_origin: alpha 1, beta 8 (pair), T 4, CE 1
+            return float(ref.dkd_objective(st, tt, yt, epoch, alpha=1.0, beta=8.0, T=4.0,
+                                           ce_w=1.0, warmup_epochs=20))
+        return float(ref.nkd_objective(st, tt, yt, epoch, gamma=8.0, T=4.0, ce_w=1.0,
+                                       warmup_epochs=20))   # SDD_nkd nkd_loss_origin
+
+    want = reference(s_global, t_global)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # The same loss on SPP's region 0 (what `method=sdd, scales=[1]` would train) is another
+    # objective on 7x7 maps: the check above can tell them apart.
+    assert abs(reference(s_spp, t_spp) - want) > 1e-3, "the two objectives must differ here"
+
+
+def test_recipe_tables_star_what_no_launch_line_settles():
+    """resnet32x4-resnet8x4 SD-DKD's [1,2] (no SDD_DKD launch line: teacher_resnet32x4.sh has
+    SD-KD and SD-NKD lines only, train_origin.py's --M default None fails SDD's SPP) and the
+    ImageNet SD-DKD batch (r34_r18/sdd_dkd.yaml says BATCH_SIZE 4) are starred with the
+    reason; CLKD's and MSDCRD's clip (no reference code) too."""
+    from kd_jax.recipes import __main__ as recipes_main
+    pairs = recipes_main.pair_table().splitlines()
+    (row,) = [r for r in pairs if "| CIFAR-100 | resnet32x4 -> resnet8x4 |" in r]
+    assert "[1,2] / [1,2]* / [1,2]" in row and "teacher_resnet32x4.sh" in row
+    assert sum("*" in r for r in pairs[2:]) == 1
+    methods_rows = recipes_main.method_table().splitlines()
+    (row,) = [r for r in methods_rows if r.startswith("| ImageNet | SD-DKD* |")]
+    assert "BATCH_SIZE 4" in row and "512 is assumed" in row
+    for label in ("CLKD*", "MSDCRD*"):
+        (row,) = [r for r in methods_rows if f"| {label} |" in r]
+        assert "| 0* |" in row and "no reference code" in row
+    (row,) = [r for r in methods_rows if r.startswith("| CUB-200 | NKD |")]
+    assert "| 40 |" in row

@@ -73,7 +73,13 @@ def test_published_numbers_follow_the_method_key():
     assert published_top1("imagenet2012", "dkd", "imagenet_ResNet50",
                           "imagenet_MobileNetV1") == 72.05
     assert published_top1("caltech_birds2011", "sd_dkd", "cub_vgg13", "cub_vgg8") == 68.67
-    assert published_top1("caltech_birds2011", "sd_nkd", "cub_vgg13", "cub_vgg8") is None
+    # SDD's cub20.png (its README): NKD and SD-NKD rows.
+    assert published_top1("caltech_birds2011", "sd_nkd", "cub_vgg13", "cub_vgg8") == 68.37
+    assert published_top1("caltech_birds2011", "nkd", "cub_vgg13", "cub_vgg8") == 67.16
+    assert published_top1("caltech_birds2011", "nkd", "cub_resnet32x4",
+                          "cub_ShuffleV1") == 64.0
+    assert published_top1("caltech_birds2011", "sd_nkd", "cub_ResNet50",
+                          "cub_ShuffleV1") == 60.42
     assert published_top1("cifar100", "ce", "", "wrn_40_2") == 75.61
     assert published_top1("cifar100", "clkd", "resnet32x4", "resnet8x4") is None
 
@@ -137,3 +143,84 @@ def test_locked_config_rejects_unknown_keys():
     c.lock()
     with pytest.raises(AttributeError):
         c.method.beta = 8.0   # KD has no beta
+
+
+# --- the gradient clip: torch's clip_grad_norm_ before SGD's weight decay and momentum --------
+
+def _torch_sgd_with_clip(params, grads_per_step, lr, max_norm, wd=5e-4, momentum=0.9):
+    """SDD's BaseTrainer: backward (grads given), clip_grad_norm_(max_norm), SGD.step()."""
+    import torch
+    ps = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params]
+    opt = torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=wd)
+    norms = []
+    for grads in grads_per_step:
+        for p, g in zip(ps, grads):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ps, max_norm=max_norm, norm_type=2)))
+        opt.step()
+    return [p.detach().numpy() for p in ps], norms
+
+
+@pytest.mark.parametrize("max_norm", [40.0, 0.0])
+def test_clip_then_sgd_equals_torch(max_norm):
+    """make_optimizer(clip 40) on a student tree and a method's own parameters ("extra")
+    equals torch's clip_grad_norm_ over all of them followed by SGD (coupled weight decay,
+    momentum), float64, over 3 steps with norms above and below 40; 0 = no clip. The clip
+    scales by max_norm / (norm + 1e-6) exactly as torch (optax.clip_by_global_norm, without
+    the epsilon, differs)."""
+    pytest.importorskip("torch", reason="the reference is torch's clip_grad_norm_")
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import optax
+
+    from kd_jax.train.state import make_optimizer
+
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (4,), (2, 5)]          # two "model" leaves and one "extra" leaf
+    params = [rng.normal(size=s) for s in shapes]
+    scales = (30.0, 5.0, 60.0)               # global norms about 40 x (1.3, 0.2, 2.6)
+    steps = [[sc * rng.normal(size=s) / 3.0 for s in shapes] for sc in scales]
+    o = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                       clip_grad_norm=max_norm))
+    with jax.enable_x64(True):
+        tx = make_optimizer(o)
+        tree = {"model": {"a": jnp.asarray(params[0]), "b": jnp.asarray(params[1])},
+                "extra": jnp.asarray(params[2])}
+        state = tx.init(tree)
+        for grads in steps:
+            g = {"model": {"a": jnp.asarray(grads[0]), "b": jnp.asarray(grads[1])},
+                 "extra": jnp.asarray(grads[2])}
+            updates, state = tx.update(g, state, tree)
+            tree = optax.apply_updates(tree, updates)
+        got = [np.asarray(tree["model"]["a"]), np.asarray(tree["model"]["b"]),
+               np.asarray(tree["extra"])]
+    want, norms = _torch_sgd_with_clip(params, steps, 0.1, max_norm or float("inf"))
+    assert min(norms) < 40.0 < max(norms)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_clip_has_torchs_epsilon():
+    """max_norm / (norm + 1e-6), in float64: torch's coefficient, not optax's max_norm / norm."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from kd_jax.train.state import clip_grad_norm
+
+    g = np.full((4,), 25.0)                  # norm 50
+    with jax.enable_x64(True):
+        got = np.asarray(clip_grad_norm(40.0).update(jnp.asarray(g), optax.EmptyState())[0])
+        plain = np.asarray(optax.clip_by_global_norm(40.0).update(
+            jnp.asarray(g), optax.EmptyState())[0])
+    np.testing.assert_allclose(got, g * 40.0 / (50.0 + 1e-6), rtol=1e-15)
+    assert np.abs(got - plain).max() > 1e-9
+
+
+def test_clip_grad_norm_must_be_a_number_at_least_0():
+    c = load_config_module("cifar_sdd").get_config("resnet32x4-ShuffleV1")
+    c.teacher.checkpoint = "random"
+    c.optimizer.clip_grad_norm = -1.0
+    with pytest.raises(ConfigError, match=r"optimizer\.clip_grad_norm=-1\.0: expected a number"):
+        config_validation.validate(c, num_devices=1)

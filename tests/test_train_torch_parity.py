@@ -120,7 +120,30 @@ CASES = {
                               s, t, y, (1, 2), heads=heads, tau=0.07, complementary_weight=2.0,
                               ce_w=1.0, contrastive_w=0.8)),
 }
-SDD_SCALES = {"sd_kd": (1, 2, 4), "sd_dkd": (1, 2, 4), "sd_nkd": (1, 2)}
+# Cases where the clip BINDS (torch's pre-clip norm > 40 on at least one step, asserted):
+# SD-DKD and the CUB DKD baseline (SDD's SDD_DKD with --M [1]: DKD on the global logits;
+# SDD configs/cub200/sdd_dkd/vgg13_vgg8.yaml: lr 0.05, beta 6). The tiny models' gradients
+# stay under 40 with the recipe's beta (seen: <= 32 with the hot teacher), so these cases
+# also override beta to 3x the pair's (on both sides) and use a hot teacher
+# (`hot_teacher_dir`: fc x 40); the clip, T, alpha, CE weight and solver stay the recipe's.
+CASES["sd_dkd_clip"] = ("sdd", "wrn_40_2-vgg8,dkd", 0.05, {"warmup_epochs": WARMUP, "beta": 24.0},
+                        lambda s, t, y, e: ref.sd_objective(s, t, y, e, "dkd", (1, 2, 4), T=4.0,
+                                                            ce_w=1.0, kd_w=1.0,
+                                                            warmup_epochs=WARMUP, alpha=1.0,
+                                                            beta=24.0))
+CASES["cub_dkd_clip"] = ("dkd", "vgg13-vgg8", 0.05, {"warmup_epochs": WARMUP, "beta": 18.0},
+                         lambda s, t, y, e: ref.dkd_objective(s, t, y, e, alpha=1.0, beta=18.0,
+                                                              T=4.0, ce_w=1.0,
+                                                              warmup_epochs=WARMUP))
+DATASET = {"cub_dkd_clip": data.CUB}
+BINDS = ("sd_dkd_clip", "cub_dkd_clip")
+# The reference trainer's clip (torch clip_grad_norm_ max_norm, after backward, before
+# SGD.step): SDD's BaseTrainer clips at 40 (SDD runs, NKD, every CUB run); mdistiller's
+# trainer does not (KD, DKD); CLKD / MSDCRD: no reference code, kd_jax's choice of none.
+CLIP = {"kd": 0.0, "dkd": 0.0, "nkd": 40.0, "sd_kd": 40.0, "sd_dkd": 40.0, "sd_nkd": 40.0,
+        "clkd": 0.0, "msdcrd": 0.0, "msdcrd_projection": 0.0, "sd_dkd_clip": 40.0,
+        "cub_dkd_clip": 40.0}
+SDD_SCALES = {"sd_kd": (1, 2, 4), "sd_dkd": (1, 2, 4), "sd_nkd": (1, 2), "sd_dkd_clip": (1, 2, 4)}
 MSDCRD_WINDOWS = {"msdcrd": (1, 2, 4), "msdcrd_projection": (1, 2)}
 PROJECTION_DIM = {"msdcrd_projection": 128}     # the recipe's projection_dim
 
@@ -215,6 +238,17 @@ def teacher_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def hot_teacher_dir(tmp_path_factory, teacher_dir):
+    """teacher_dir's model with its fc x 40: near one-hot and often wrong teacher
+    probabilities, so the distillation gradients exceed SDD's clip of 40."""
+    model = convert.load_converted(teacher_dir)
+    model.fc.kernel.set_value(40.0 * np.asarray(model.fc.kernel[...]))
+    path = str(tmp_path_factory.mktemp("hot_teacher") / "tiny_cnn_wide")
+    convert.save_converted(model, path, {"arch": "tiny_cnn_wide", "num_classes": NUM_CLASSES})
+    return path
+
+
 @pytest.fixture
 def train_mode_teacher(monkeypatch):
     """convert.load_teacher returns eval mode; hand the trainer a train-mode module instead.
@@ -235,7 +269,7 @@ def train_mode_teacher(monkeypatch):
 
 def make_config(key: str, teacher_path: str):
     method, arg, _, overrides, _ = CASES[key]
-    c = recipes.build_config(method, data.CIFAR100, arg, default_pair=arg)
+    c = recipes.build_config(method, DATASET.get(key, data.CIFAR100), arg, default_pair=arg)
     c.dataset.update(name="synthetic", num_train=NUM_TRAIN, num_test=NUM_TEST,
                      num_classes=NUM_CLASSES, image_size=SIZE)
     c.student.arch, c.teacher.arch, c.teacher.checkpoint = "tiny_cnn", "tiny_cnn_wide", teacher_path
@@ -296,7 +330,8 @@ def normalised_test_images():
 
 
 def torch_run(key, config, student, teacher, heads=None):
-    """The reference recipe on the trainer's batches; returns (losses, lrs, evals, weights).
+    """The reference recipe on the trainer's batches; returns (losses, lrs, evals, weights,
+    norms): norms = torch's pre-clip global gradient norm of every step.
 
     heads: MSDCRD's (student, teacher) projection heads, optimised with the student (the
     same SGD, weight decay included) and passed to the objective; None for the others."""
@@ -313,7 +348,7 @@ def torch_run(key, config, student, teacher, heads=None):
     opt = torch.optim.SGD(trained, lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     ds = data.get_dataset(config.dataset)
     test_x, test_labels = normalised_test_images()
-    losses, lrs, evals, weights = [], [], [], []
+    losses, lrs, evals, weights, norms = [], [], [], [], []
     for epoch in range(1, EPOCHS + 1):
         lr = reference_lr(base_lr, epoch)
         for group in opt.param_groups:
@@ -326,6 +361,10 @@ def torch_run(key, config, student, teacher, heads=None):
             loss = objective(s_out, t_out, y, epoch, *extra_args)
             opt.zero_grad()
             loss.backward()
+            # SDD's BaseTrainer.train_iter: clip_grad_norm_ between backward and step; its
+            # return value is the pre-clip total norm. inf max_norm: the norm, no clip.
+            norms.append(float(torch.nn.utils.clip_grad_norm_(
+                trained, max_norm=CLIP[key] or float("inf"), norm_type=2)))
             opt.step()
             losses.append(loss.item())
             lrs.append(lr)
@@ -337,12 +376,15 @@ def torch_run(key, config, student, teacher, heads=None):
                     weights += [w.numpy().ravel() for *_, w in
                                 ref.msdcrd_windows(s_out, t_out, y, MSDCRD_WINDOWS[key])]
         evals.append(hand_count(student, test_x, test_labels))
-    return losses, lrs, evals, weights
+    return losses, lrs, evals, weights, norms
 
 
 @pytest.mark.parametrize("key", list(CASES))
-def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teacher, tmp_path):
+def test_trainer_run_equals_pytorch_reference(key, teacher_dir, hot_teacher_dir,
+                                              train_mode_teacher, tmp_path):
+    teacher_dir = hot_teacher_dir if key in BINDS else teacher_dir
     config = make_config(key, teacher_dir)
+    assert config.optimizer.clip_grad_norm == CLIP[key]   # the recipe's clip
     # The student the trainer starts from and the teacher it loads (its own setup code).
     built = trainer.build(config, config_validation.validate(config), NUM_CLASSES)
     initial = built.state.students[config_validation.SOLO]
@@ -362,8 +404,8 @@ def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teach
     loaded = len(train_mode_teacher)
     summary, state = trainer.train(config, workdir)
     assert len(train_mode_teacher) == loaded + 1    # the run's teacher came in train mode
-    want_losses, want_lrs, want_evals, weights = torch_run(key, config, t_student, t_teacher,
-                                                           heads)
+    want_losses, want_lrs, want_evals, weights, want_norms = torch_run(
+        key, config, t_student, t_teacher, heads)
 
     # The run: every step logged, in its epoch, with the reference lr and loss.
     train_records, eval_records = read_metrics(workdir)
@@ -376,6 +418,11 @@ def test_trainer_run_equals_pytorch_reference(key, teacher_dir, train_mode_teach
                                err_msg="lr per step (epoch -> lr mapping)")
     np.testing.assert_allclose([r["loss"] for r in train_records], want_losses,
                                rtol=LOSS_RTOL, atol=LOSS_ATOL, err_msg="loss per step")
+    # The pre-clip gradient norm of every step (metrics.jsonl 'grad_norm').
+    np.testing.assert_allclose([r["grad_norm"] for r in train_records], want_norms,
+                               rtol=1e-4, atol=1e-5, err_msg="pre-clip gradient norm per step")
+    if key in BINDS:   # the clip bound (so the parameters below show torch's clipped steps)
+        assert max(want_norms) > CLIP[key], want_norms
 
     # The final student: every parameter and BatchNorm statistic.
     final = state.students[config_validation.SOLO]

@@ -24,6 +24,22 @@ def kd_per_example(student_logits: Any, teacher_logits: Any, temperature: Any) -
     return kl_rows(log_p_teacher, log_p_student) * temperature**2
 
 
+def kd_per_example_nan_zeroed(student_logits: Any, teacher_logits: Any, temperature: Any) -> Array:
+    """`kd_per_example` with NaN elements of the per-class KL set to 0 before the class sum.
+
+    SDD's SD-KD (`mdistiller/distillers/KD.py` sdd_kd_loss) does `loss_kd[isnan(loss_kd)] = 0`
+    on the (B*N, K) KL elements before summing: one NaN element (e.g. 0 * log 0 where the
+    teacher's and the student's probability both vanish, -inf - -inf) drops that element
+    only, not the whole row or the whole loss. Its gradient through a zeroed element is 0.
+    """
+    check_temperature(temperature)
+    student, teacher = prepare_logit_pair(student_logits, teacher_logits)
+    log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
+    log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    elements = jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student)   # kl_rows' terms
+    return jnp.sum(jnp.where(jnp.isnan(elements), 0.0, elements), axis=-1) * temperature**2
+
+
 def kd_loss(student_logits: Any, teacher_logits: Any, temperature: Any) -> Array:
     """KD loss: mean over the batch of `kd_per_example` (a scalar)."""
     return jnp.mean(kd_per_example(student_logits, teacher_logits, temperature))

@@ -32,7 +32,7 @@ from kd_jax.losses.common import (
     compute_dtype,
 )
 from kd_jax.losses.dkd import dkd_per_example
-from kd_jax.losses.kd import kd_per_example
+from kd_jax.losses.kd import kd_per_example, kd_per_example_nan_zeroed
 from kd_jax.losses.nkd import nkd_per_example
 
 # The reference pools every map to this grid first and derives the coarser scales from it.
@@ -239,6 +239,8 @@ def scale_decoupled(
 
 
 _sd_kd = scale_decoupled(kd_per_example, uses_labels=False)
+# SDD's SD-KD also zeroes NaN elements of the per-class KL before summing (KD.py).
+_sd_kd_nan_zeroed = scale_decoupled(kd_per_example_nan_zeroed, uses_labels=False)
 _sd_dkd = scale_decoupled(dkd_per_example)
 _sd_nkd = scale_decoupled(nkd_per_example)
 
@@ -252,8 +254,13 @@ def sd_kd_loss(
     *,
     zero_nonfinite: bool = True,
 ) -> Array:
-    """SD-KD: region-weighted mean of per-example KD over (B, N, K) local logits."""
-    return _sd_kd(
+    """SD-KD: region-weighted mean of per-example KD over (B, N, K) local logits.
+
+    zero_nonfinite=True applies both of the reference's guards (SDD `KD.py` sdd_kd_loss):
+    NaN elements of the per-class KL become 0 before the class sum, then a non-finite total
+    becomes 0. False: neither.
+    """
+    return (_sd_kd_nan_zeroed if zero_nonfinite else _sd_kd)(
         student_local,
         teacher_local,
         labels,

@@ -3,7 +3,9 @@ ce_weight * CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD).
 
 Reference values: mdistiller `mdistiller/engine/cfg.py` (CFG.DKD: CE 1, alpha 1, T 4,
 warmup 20) with beta per pair from `configs/cifar100/dkd/*.yaml` (CIFAR-100) and SDD's
-`configs/cub200/*/*.yaml` (CUB, whose DKD baseline is SD-DKD with M=[1]); ImageNet
+`configs/cub200/*/*.yaml` (CUB, whose DKD baseline is SDD's SDD_DKD launched with --M [1],
+which branches to `dkd_loss_origin` on the global logits with warmup = train_origin.py's
+--warmup 20 and SDD's gradient clip 40); ImageNet
 `configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml`: T 1, warmup 1, beta 0.5 / 2.0.
 `stable` selects kd_jax's log-space TCKD (off: the reference's, inf when a bin underflows).
 """

@@ -1,8 +1,14 @@
 """KD (Hinton et al. 2015): ce_weight * CE + kd_weight * T^2 * KL(p^T || p^S).
 
 Reference values: mdistiller `mdistiller/engine/cfg.py` (CFG.KD: T 4, CE 0.1, KD 0.9) with
-`configs/cifar100/kd.yaml` for CIFAR-100 (SDD's CUB baseline is its SD-KD run with M=[1], the
-same objective), and `configs/imagenet/r34_r18/kd.yaml` (T 1, CE 0.5, KD 0.5) for ImageNet.
+`configs/cifar100/kd.yaml` for CIFAR-100, and `configs/imagenet/r34_r18/kd.yaml` (T 1, CE 0.5,
+KD 0.5) for ImageNet. SDD's CUB baseline is its SD-KD launch line with `--M [1]`, and SDD's
+`SDD_KD.forward_train` then branches (`if self.M == '[1]'`) to this plain KD on the models'
+own global logits: NOT the SD loss on SPP's region 0, which on a 7x7 map (cub MobileNetV2) is
+a weighted mean of the map through the 4x4 adaptive grid, not the global average.
+tests/test_recipes.py::test_cub_baselines_are_global_logit_losses pins this. The optimizer
+differs by dataset: CUB runs clip the gradient at 40 (SDD's trainer), CIFAR-100 and ImageNet
+KD runs do not (mdistiller's; kd_jax.recipes.table.clip_grad_norm).
 """
 
 from __future__ import annotations

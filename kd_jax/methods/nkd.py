@@ -1,7 +1,8 @@
 """NKD (normalized KD, SDD's third base loss): ce_weight * CE + min(epoch / warmup, 1) * NKD.
 
 Reference values: on CIFAR-100 and CUB the NKD baseline is SDD's `SDD_NKD` distiller
-(`mdistiller/distillers/SDD_nkd.py`) with M=[1], which reads gamma = DKD.BETA (the pair's DKD
+(`mdistiller/distillers/SDD_nkd.py`) with M=[1] (its `if self.M=='[1]'` branch: nkd_loss_origin
+on the models' global logits; run by SDD's trainer, so with its gradient clip 40), which reads gamma = DKD.BETA (the pair's DKD
 beta), T = DKD.T (4), CE = DKD.CE_WEIGHT (1) and warmup = DKD.WARMUP (20). On ImageNet it is
 SDD's separate `NKDLoss` (`mdistiller/distillers/nkd.py`), which hard-codes T=1 and gamma=1.5
 and reads CE 1 and warmup 1 from the config's DKD section.

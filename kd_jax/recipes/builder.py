@@ -52,6 +52,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         schedule="multistep",     # multistep | cosine
         milestones=solver.milestones,
         decay_rate=solver.decay_rate,
+        # torch clip_grad_norm_ of the raw loss gradient (all trainable parameters), before
+        # weight decay and momentum; 0 = off. Resolved per method (recipes.table).
+        clip_grad_norm=0.0,
     ))
     c.batch_size = solver.batch_size   # global, over all devices and hosts.
     c.eval_batch_size = 0              # 0: same as batch_size.
@@ -142,6 +145,7 @@ def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair:
     if method == "ce":
         c.student.arch = models.arch_name(arg, family)
         c.optimizer.lr = table.model_lr(dataset, arg)
+        c.optimizer.clip_grad_norm = table.clip_grad_norm(dataset, "ce")
         c.method = method_block("ce", reference_hparams("ce", dataset, "", arg))
         return c
     pair_arg, variant = split_variant(method, arg)
@@ -149,6 +153,7 @@ def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair:
     c.teacher.arch = models.arch_name(teacher, family)
     c.student.arch = models.arch_name(student, family)
     c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    c.optimizer.clip_grad_norm = table.clip_grad_norm(dataset, method)
     c.method = method_block(method, reference_hparams(method, dataset, teacher, student, variant))
     return c
 
@@ -178,12 +183,14 @@ def parse_students(entries: str) -> list[tuple[str, str, int]]:
 
 def student_entry(method_key: str, dataset: str, teacher: str, student: str,
                   init_seed_offset: int = 0) -> ml_collections.ConfigDict:
-    """A lockstep student: {method: <the reference block of method_key>, init_seed_offset}."""
+    """A lockstep student: {method: <the reference block of method_key>, init_seed_offset,
+    clip_grad_norm: the gradient clip of the method's reference trainer}."""
     method, variant = methods.method_keys()[method_key]
     hp = reference_hparams(method, dataset, teacher if methods.get(method).needs_teacher else "",
                            student, variant)
     return ml_collections.ConfigDict({"method": method_block(method, hp),
-                                      "init_seed_offset": init_seed_offset})
+                                      "init_seed_offset": init_seed_offset,
+                                      "clip_grad_norm": table.clip_grad_norm(dataset, method)})
 
 
 def build_lockstep_config(dataset: str, arg: Optional[str], *, default: str
@@ -192,7 +199,8 @@ def build_lockstep_config(dataset: str, arg: Optional[str], *, default: str
     with students named by method key (e.g. "resnet32x4-resnet8x4,kd,dkd,sd_dkd,kd@1").
 
     All students see the same batches and share one teacher forward per step; each has the
-    reference hyperparameters of its method for the pair, its own initialisation seed
+    reference hyperparameters and gradient clip (students.<name>.clip_grad_norm, which
+    overrides optimizer.clip_grad_norm) of its method for the pair, its own initialisation seed
     (config.seed + init_seed_offset) and its own outputs in <workdir>/<name>.
     """
     arg = arg or default

@@ -57,7 +57,9 @@ def config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 8         # evaluate at the end only: the full test set is costly
     c.lr = 0.05
     c.schedule = "cosine"
-    c.warmup_epochs = 1             # DKD-style warmups (the recipe's 20 assume 240 epochs)
+    # Replaces the recipe's 20-epoch warmups (which assume 240 epochs). 1 = NO warmup: epochs
+    # count from 1, so min(epoch / 1, 1) = 1 from the first step.
+    c.warmup_epochs = 1
     c.progress_bar = True
     c.tensorboard = False
     c.log_every_steps = 64

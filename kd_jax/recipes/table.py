@@ -12,6 +12,11 @@ visible in its config. Sources (the reference code the published tables came fro
   `teacher_unpair.sh`, `teacher_vgg.sh`, `teacher_wrn.sh` (CIFAR-100),
   `train_cub_{1,2,3,4}.sh` (CUB) and `run.sh` (ImageNet) for the scale set `--M` of each
   run; `train.py`'s default `--M [1,2,4]` where ImageNet has no launch line.
+- The gradient clip: SDD's `mdistiller/engine/trainer.py` (BaseTrainer.train_iter, used by
+  its `train_origin.py` for CIFAR-100 / CUB and `train.py` for ImageNet) calls
+  `nn.utils.clip_grad_norm_(self.distiller.parameters(), max_norm=40, norm_type=2)` between
+  `loss.backward()` and `optimizer.step()`; mdistiller's own trainer (which produced the
+  DKD paper's KD / DKD numbers) does not clip. See `clip_grad_norm` below.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ class Pair:
     dkd_beta: float                  # DKD's beta; SDD's DKD/NKD read beta and gamma from it
     # SDD's scale set M per base loss ('kd', 'dkd', 'nkd'); empty: no SDD run of this pair.
     sdd_scales: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Bases whose scale set no launch line gives (inferred; starred, with `note`).
+    inferred: tuple[str, ...] = ()
+    note: str = ""
 
 
 def _scales(kd: str, dkd: str, nkd: str) -> dict[str, str]:
@@ -71,7 +79,15 @@ PAIRS: dict[str, dict[tuple[str, str], Pair]] = {
         # MobileNetV2 students, 0.05 otherwise.
         ("resnet56", "resnet20"): Pair(0.05, 2.0),
         ("resnet110", "resnet32"): Pair(0.05, 2.0),
-        ("resnet32x4", "resnet8x4"): Pair(0.05, 8.0, _S12),
+        # SD-DKD [1,2] is inferred: teacher_resnet32x4.sh has SD-KD and SD-NKD lines only
+        # for this pair, train_origin.py's --M default is None (which SDD's SPP rejects), and
+        # no SD-DKD number of the pair is published.
+        ("resnet32x4", "resnet8x4"): Pair(
+            0.05, 8.0, _S12, inferred=("dkd",),
+            note="SD-DKD [1,2]*: no SDD_DKD launch line for this pair (teacher_resnet32x4.sh "
+                 "has SD-KD and SD-NKD lines only; train_origin.py's --M default None is "
+                 "rejected by SDD's SPP); inferred from the other bases, no SD-DKD number "
+                 "published"),
         ("wrn_40_2", "wrn_16_2"): Pair(0.05, 6.0),
         ("wrn_40_2", "wrn_40_1"): Pair(0.05, 6.0),
         ("vgg13", "vgg8"): Pair(0.05, 6.0, _S12),
@@ -87,8 +103,10 @@ PAIRS: dict[str, dict[tuple[str, str], Pair]] = {
         ("resnet32x4", "MobileNetV2"): Pair(0.01, 8.0, _S124),
         ("ResNet50", "ShuffleV1"): Pair(0.01, 8.0, _S124),
     },
-    # SDD configs/cub200/sdd_*/*.yaml and train_cub_*.sh: [1,2,4] for every pair and base;
-    # the KD / DKD baselines are the same distillers run with M=[1].
+    # SDD configs/cub200/sdd_*/*.yaml and train_cub_*.sh: [1,2,4] for every pair and base.
+    # The KD / DKD / NKD baselines are the same launch lines with --M [1], where SDD's
+    # distillers (KD.py SDD_KD, SDD_DKD.py, SDD_nkd.py: `if self.M == '[1]'`) take the base
+    # loss on the models' own global logits, not on SPP's region 0: kd_jax's kd / dkd / nkd.
     catalog.CUB: {
         ("resnet32x4", "MobileNetV2"): Pair(0.01, 8.0, _S124),
         ("resnet32x4", "ShuffleV1"): Pair(0.01, 8.0, _S124),
@@ -105,6 +123,40 @@ PAIRS: dict[str, dict[tuple[str, str], Pair]] = {
 
 # Models trained alone (CE): any CIFAR-100 / CUB model, at the lr its family of students uses.
 LOW_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")
+
+
+# --- the gradient clip of each run ---------------------------------------------------------
+
+SDD_CLIP = 40.0   # SDD's BaseTrainer: clip_grad_norm_(max_norm=40, norm_type=2)
+NO_CLIP = 0.0
+
+
+def clip_grad_norm(dataset: str, method: str) -> float:
+    """The max global gradient norm (torch clip_grad_norm_; 0 = none) of the trainer that
+    produced the published number of `method` (a kd_jax method name) on `dataset`.
+
+    - 40 (SDD's trainer): every SDD run (SD-KD / SD-DKD / SD-NKD on every dataset), every
+      CUB run (SDD's `train_origin.py` runs its CUB configs, baselines and
+      configs/cub200/vanilla.yaml alike), and NKD (SDD's distiller, run by SDD's
+      `train_origin.py` on CIFAR-100 and `train.py` on ImageNet).
+    - 0: KD and DKD on CIFAR-100 and ImageNet (the DKD paper's numbers, mdistiller's
+      `mdistiller/engine/trainer.py`, which has no clip), models trained alone outside CUB
+      (mdistiller's teachers come from CRD's repository; torchvision's ImageNet models), and
+      CLKD and MSDCRD (see CLIP_NOTES: no reference code).
+    Datasets without a published recipe (Fashion-MNIST, synthetic) follow CIFAR-100.
+    """
+    if method == "sdd" or dataset == catalog.CUB or method == "nkd":
+        return SDD_CLIP
+    return NO_CLIP
+
+
+# Clip values that no reference code settles (starred in `python -m kd_jax.recipes`).
+CLIP_NOTES = {
+    "clkd": "no reference code; 0 chosen, as in the CRD / mdistiller trainers that the paper's "
+            "baselines come from",
+    "msdcrd": "no reference code; 0 chosen, as in the CRD trainer whose contrastive objective "
+              "it extends",
+}
 
 
 def solver(dataset: str) -> Solver:

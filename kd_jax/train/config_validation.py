@@ -39,6 +39,7 @@ class StudentPlan:
     compute_loss: methods.LossFn
     init_seed: int                 # nnx.Rngs seed of the student's initialisation
     subdir: str                    # its outputs: <workdir>/<subdir> ("" for a solo run)
+    clip_grad_norm: float = 0.0    # torch clip_grad_norm_'s max_norm on its gradient; 0: off
 
     @property
     def method_key(self) -> str:
@@ -95,7 +96,15 @@ def parse_seeds(seeds: str) -> list[int]:
     return values
 
 
-def _student(name: str, method_config, init_seed: int, subdir: str, where: str) -> StudentPlan:
+def _clip(value, key: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    _require(ok, f"{key}={value!r}: expected a number >= 0 (the max global gradient norm, "
+                 "as torch's clip_grad_norm_; 0 = no clip)")
+    return float(value)
+
+
+def _student(name: str, method_config, init_seed: int, subdir: str, where: str,
+             clip_grad_norm: float = 0.0) -> StudentPlan:
     block = method_config.to_dict()
     method_name = block.pop("name", None)
     try:
@@ -103,14 +112,15 @@ def _student(name: str, method_config, init_seed: int, subdir: str, where: str) 
         compute_loss = spec.build(block)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}" if where != "method" else str(e)) from None
-    return StudentPlan(name, spec, block, compute_loss, init_seed, subdir)
+    return StudentPlan(name, spec, block, compute_loss, init_seed, subdir, clip_grad_norm)
 
 
 def _students(config) -> tuple[StudentPlan, ...]:
     entries = config.get("students")
     if not entries:
         _require("method" in config, "the config has neither `method` nor `students`")
-        return (_student(SOLO, config.method, config.seed, "", "method"),)
+        clip = _clip(config.optimizer.get("clip_grad_norm", 0.0), "optimizer.clip_grad_norm")
+        return (_student(SOLO, config.method, config.seed, "", "method", clip),)
     plans = []
     for name, entry in entries.items():
         _require(re.fullmatch(r"[A-Za-z0-9_.@-]+", name) is not None and name != SOLO,
@@ -118,8 +128,12 @@ def _students(config) -> tuple[StudentPlan, ...]:
         offset = entry.get("init_seed_offset", 0)
         _require(isinstance(offset, int) and offset >= 0,
                  f"students.{name}.init_seed_offset={offset!r}: expected an integer >= 0")
+        # Each lockstep student clips as its method's reference trainer does; the optimizer
+        # block's value is the default for entries without their own.
+        clip = _clip(entry.get("clip_grad_norm", config.optimizer.get("clip_grad_norm", 0.0)),
+                     f"students.{name}.clip_grad_norm")
         plans.append(_student(name, entry.method, config.seed + offset, name,
-                              f"students.{name}.method"))
+                              f"students.{name}.method", clip))
     return tuple(plans)
 
 

@@ -20,8 +20,9 @@
    every CI machine and fails if any method's verdict differs.
 
 Each student takes the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (DKD beta 8, T 4, SDD
-scales [1,2]), except that warmups of 20 epochs become `warmup_epochs` (the quickstart runs
-a few epochs, not 240).
+scales [1,2]; SDD's gradient clip 40 for the SD students), except that warmups of 20 epochs
+become `warmup_epochs` (the quickstart runs a few epochs, not 240; its 1 means no warmup at
+all, since min(epoch/1, 1) = 1 from epoch 1).
 """
 
 from __future__ import annotations

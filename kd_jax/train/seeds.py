@@ -21,6 +21,8 @@ import math
 import os
 from typing import Optional, Sequence
 
+import jax
+
 from kd_jax.train import summary as summary_lib
 from kd_jax.train import trainer
 from kd_jax.train.config_validation import parse_seeds
@@ -95,17 +97,21 @@ def format_table(result: dict) -> str:
 
 
 def run_seeds(config, workdir: str, train_fn=None, seeds: Optional[Sequence[int]] = None) -> dict:
-    """Runs `config` once per seed of config.seeds; writes and prints the mean ± std summary."""
+    """Runs `config` once per seed of config.seeds; writes and prints the mean ± std summary
+    (process 0 only: every process trains, only process 0 writes and prints, as a run does)."""
     train_fn = train_fn or trainer.train_and_evaluate
     seeds = list(seeds if seeds is not None else parse_seeds(config.seeds))
     workdir = os.path.abspath(workdir)
     summaries = {}
+    first = jax.process_index() == 0
     for i, seed in enumerate(seeds, 1):
-        print(f"\n=== seed {seed} ({i} of {len(seeds)}) ===", flush=True)
+        if first:
+            print(f"\n=== seed {seed} ({i} of {len(seeds)}) ===", flush=True)
         c = copy.deepcopy(config)
         c.seeds, c.seed = "", seed
         summaries[seed] = train_fn(c, os.path.join(workdir, SEED_DIR.format(seed)))
     result = aggregate(summaries, workdir)
-    summary_lib.write_json(os.path.join(workdir, summary_lib.SUMMARY_FILE), result)
-    print("\n" + format_table(result), flush=True)
+    if first:
+        summary_lib.write_json(os.path.join(workdir, summary_lib.SUMMARY_FILE), result)
+        print("\n" + format_table(result), flush=True)
     return result

@@ -15,7 +15,7 @@ the data order is a function of (seed, epoch, step), so a restored state resumes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -38,17 +38,58 @@ class TrainState:
     rng: jax.Array           # uint32 (2,) raw key, for methods that sample.
 
 
-def make_optimizer(optimizer_config) -> optax.GradientTransformation:
-    """SGD with momentum and COUPLED weight decay (PyTorch's SGD weight_decay) on all params.
+CLIP_EPS = 1e-6   # torch.nn.utils.clip_grad_norm_'s epsilon in max_norm / (norm + eps).
 
-    torch: g += wd * p; buf = m * buf + g; p -= lr * buf. optax.sgd's trace is the same
-    buffer and scales by lr after it, so changing lr between epochs matches too. The lr is
-    an injected hyperparameter set by the step from its `lr` argument (no recompile).
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves together (a scalar, at least float32), as torch's norm_type=2."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    dtype = jnp.result_type(jnp.float32, *leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype))) for x in leaves))
+
+
+def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+    """torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=2) as an optax transform.
+
+    g <- g * min(max_norm / (||g||_2 + 1e-6), 1) with ||g|| the global norm over every
+    leaf; max_norm <= 0 leaves g unchanged. Unlike optax.clip_by_global_norm (which scales by
+    max_norm / ||g|| without the epsilon), this is torch's formula to the last bit. Stateless.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        if max_norm <= 0:
+            return updates, state
+        coef = jnp.minimum(max_norm / (global_norm(updates) + CLIP_EPS), 1.0)
+        return jax.tree.map(lambda g: (g * coef).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(optimizer_config, clip_grad_norm_to: Optional[float] = None
+                   ) -> optax.GradientTransformation:
+    """[gradient clip ->] SGD with momentum and COUPLED weight decay (PyTorch's SGD
+    weight_decay) on all params.
+
+    torch (SDD's BaseTrainer.train_iter): loss.backward(); clip_grad_norm_(max_norm=40);
+    optimizer.step(), where step does g += wd * p; buf = m * buf + g; p -= lr * buf. So the
+    clip sees the RAW loss gradient and comes first in the chain; optax.sgd's trace is the
+    same buffer and scales by lr after it, so changing lr between epochs matches too. The lr
+    is an injected hyperparameter set by the step from its `lr` argument (no recompile).
+
+    clip_grad_norm_to: the max norm (0 = off); None reads optimizer_config.clip_grad_norm
+    (absent: 0). The chain has the same (stateless) clip element either way, so checkpoints
+    of runs with and without a clip have the same tree.
     """
     o = optimizer_config
+    max_norm = (float(o.get("clip_grad_norm", 0.0) or 0.0) if clip_grad_norm_to is None
+                else float(clip_grad_norm_to))
 
     def chain(learning_rate):
-        return optax.chain(optax.add_decayed_weights(o.weight_decay),
+        return optax.chain(clip_grad_norm(max_norm),
+                           optax.add_decayed_weights(o.weight_decay),
                            optax.sgd(learning_rate, momentum=o.momentum or None))
 
     return optax.inject_hyperparams(chain)(learning_rate=o.lr)

@@ -21,12 +21,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kd_jax.methods import LossFn, ModelOutput
-from kd_jax.train.state import StudentState, TrainState
+from kd_jax.train.state import StudentState, TrainState, global_norm
 
 
 class StepStudent(NamedTuple):
     graphdef: Any          # the student's train-mode graphdef
     compute_loss: LossFn
+    tx: Optional[optax.GradientTransformation] = None   # its optimizer; None: the step's tx
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -71,22 +72,28 @@ def _student_update(student: StepStudent, s: StudentState, tx, images, labels,
     (loss, (terms, model_state, logits)), grads = grad_fn(s.params, s.model_state)
     opt_state = s.opt_state
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    tx = student.tx if student.tx is not None else tx
     updates, opt_state = tx.update(grads, opt_state, s.params)
     params = optax.apply_updates(s.params, updates)
     metrics = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, labels, 1)),
                "lr": jnp.asarray(lr, jnp.float32),
+               # The raw loss gradient's global L2 norm over all trainable parameters, before
+               # any clip (> optimizer.clip_grad_norm: the clip bound this step).
+               "grad_norm": global_norm(grads),
                **{k: v for k, v in terms.items() if k != "loss"}}
     return StudentState(params=params, model_state=model_state, opt_state=opt_state), metrics
 
 
 def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
-                    tx: optax.GradientTransformation, mesh: Mesh,
+                    tx: Optional[optax.GradientTransformation], mesh: Mesh,
                     compute_dtype: Any = jnp.float32):
     """jit(train_step)(state, teacher_state, batch, lr, epoch) -> (state, metrics).
 
     batch: {"image": (B, H, W, C) f32, "label": (B,) i32} sharded over 'data';
     lr: f32 scalar (the epoch's learning rate); epoch: i32 scalar from 1 (warmups).
-    metrics: {student name: {"loss", "top1" (batch accuracy), "lr", one entry per term}}.
+    metrics: {student name: {"loss", "top1" (batch accuracy), "lr", "grad_norm" (pre-clip),
+    one entry per term}}. Each student is updated by its StepStudent.tx (its own gradient
+    clip), or by `tx` where that is None.
     Images enter the models in `compute_dtype`; parameters, BatchNorm statistics, optimizer
     state and losses stay float32.
     """

@@ -60,6 +60,11 @@ def make_summary(config, student, history: Sequence[dict], *, steps: int,
         "train_time_s": train_time,
         "images_per_s": images_seen / train_time if train_time > 0 else None,
         "history": list(history),
+        # The exported models (set by the trainer when it writes them): final_model holds
+        # the last step's weights and the last evaluation's top-1; best_model the weights of
+        # the best evaluation (best_epoch). Each: {"path", "epoch", "step", "top1", "top5"}.
+        "final_model": None,
+        "best_model": None,
     }
 
 
@@ -79,6 +84,8 @@ def format_table(summary: dict) -> str:
         ("top-1 best (epoch)", f"{show(summary['best_top1'])} ({summary['best_epoch']})"),
         ("top-1 last", show(summary["last_top1"])),
         ("top-5 best / last", f"{show(summary['best_top5'])} / {show(summary['last_top5'])}"),
+        *[(f"{key} top-1 (epoch)", f"{show(m['top1'])} ({m['epoch']}) {m['path']}")
+          for key in ("final_model", "best_model") for m in [summary.get(key)] if m],
         ("published top-1", show(summary["published_top1"])),
         ("ours (best) - published", show(summary["best_minus_published"], "{:+.2f}")),
         ("steps", str(summary["steps"])),

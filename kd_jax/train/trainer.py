@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -54,7 +55,8 @@ from kd_jax.train.state import (init_state, init_student, make_optimizer, param_
                                 split_student)
 from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
 
-FINAL_MODEL_DIR = "final_model"   # the trained student, loadable as a teacher.
+FINAL_MODEL_DIR = "final_model"   # the last step's student, loadable as a teacher.
+BEST_MODEL_DIR = "best_model"     # the student of the best evaluation (mdistiller's student_best).
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -260,7 +262,7 @@ def _train_steps(config, ds) -> tuple[int, int]:
     return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
 
 
-def _build_students(config, plan: RunPlan, num_classes: int, teacher, tx, workdir: str):
+def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict, workdir: str):
     """(runtime students, initial StudentStates) of the plan."""
     students, states = {}, {}
     teacher_head = None if teacher is None else tuple(teacher.head.kernel.shape)
@@ -273,7 +275,7 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, tx, workdi
             shapes = methods.HeadShapes(tuple(model.head.kernel.shape), teacher_head)
             extra = p.spec.init_extra(jax.random.PRNGKey(p.init_seed + 2), shapes, p.hparams)
         students[p.name] = _Student(p, graphdef, eval_graphdef, os.path.join(workdir, p.subdir))
-        states[p.name] = init_student(params, model_state, tx, extra)
+        states[p.name] = init_student(params, model_state, txs[p.name], extra)
     return students, states
 
 
@@ -325,12 +327,13 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
         teacher = load_teacher(config, num_classes)
         teacher_graphdef, teacher_state = nnx.split(teacher)
         teacher_state = jax.device_put(teacher_state, replicated)
-    tx = make_optimizer(config.optimizer)
-    students, states = _build_students(config, plan, num_classes, teacher, tx, workdir)
+    # One optimizer per student: each clips its gradient as its method's reference trainer.
+    txs = {p.name: make_optimizer(config.optimizer, p.clip_grad_norm) for p in plan.students}
+    students, states = _build_students(config, plan, num_classes, teacher, txs, workdir)
     dtype = compute_dtype(config)
     train_step = make_train_step(
-        {n: StepStudent(s.graphdef, s.plan.compute_loss) for n, s in students.items()},
-        teacher_graphdef, tx, mesh, dtype)
+        {n: StepStudent(s.graphdef, s.plan.compute_loss, txs[n]) for n, s in students.items()},
+        teacher_graphdef, None, mesh, dtype)
     eval_step = make_eval_step({n: s.eval_graphdef for n, s in students.items()}, mesh, dtype)
     state = jax.device_put(init_state(states, config.seed), replicated)
     return Built(mesh, students, teacher_state, state, train_step, eval_step)
@@ -390,7 +393,9 @@ def _header(run: _Run) -> str:
     for s in run.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(s.plan.hparams.items()))
         who = "" if s.plan.name == config_validation.SOLO else f"{s.plan.name}: "
-        lines.append(f"  {who}method {s.plan.spec.name} {hp}".rstrip())
+        clip = (f" clip_grad_norm={s.plan.clip_grad_norm:g}" if s.plan.clip_grad_norm
+                else " clip_grad_norm=0 (off)")
+        lines.append(f"  {who}method {s.plan.spec.name} {hp}{clip}".rstrip())
     o = c.optimizer
     lines.append(f"  optimizer lr={o.lr} momentum={o.momentum} weight_decay={o.weight_decay} "
                  f"schedule={o.schedule} milestones={tuple(o.milestones)} epochs={c.num_epochs}"
@@ -453,7 +458,12 @@ def _evaluate(run: _Run) -> None:
         total = {k: float(np.sum([b[name][k] for b in host])) for k in ("top1", "top5", "count")}
         count = max(total["count"], 1.0)
         result = {"top1": 100.0 * total["top1"] / count, "top5": 100.0 * total["top5"] / count}
+        improved = all(result["top1"] > h["top1"] for h in s.history)
         s.history.append({"epoch": run.epoch, "step": run.step, **result})
+        if improved and run.config.export_model:
+            # Written now, before the checkpoint that records this evaluation: a run killed
+            # in between redoes the same steps on resume and rewrites the same weights.
+            _save_model(run, s, BEST_MODEL_DIR, s.history[-1])
         s.log.write(run.step, "eval", {"epoch": run.epoch, **result})
         who = f"{name}: " if run.plan.lockstep else ""
         run.message(f"{who}epoch {run.epoch} step {run.step}: test top-1 {result['top1']:.2f} "
@@ -529,15 +539,45 @@ def _train_loop(run: _Run, stop: _StopSignal) -> int:
 
 # --- finish ----------------------------------------------------------------------------------
 
-def _export(run: _Run, student: _Student, top1: Optional[float]) -> None:
+def _save_model(run: _Run, student: _Student, dirname: str, evaluation: dict) -> None:
+    """The student's current weights as a teacher-loadable <out_dir>/<dirname>, with the
+    accuracy of `evaluation` ({"epoch", "step", "top1", "top5"}: an evaluation of THESE
+    weights) in its teacher.json. Written to <dirname>.tmp, then renamed into place (process
+    0), so a kill never leaves a half-written model under the final name."""
     s = run.state.students[student.plan.name]
     model = nnx.merge(student.graphdef, jax.device_get(s.params["model"]),
                       jax.device_get(s.model_state))
     model.eval()
-    convert.save_converted(model, os.path.join(student.out_dir, FINAL_MODEL_DIR),
-                           {"arch": run.config.student.arch,
-                            "num_classes": run.ds.info.num_classes, "top1": top1,
-                            "source": "kd_jax.train"}, overwrite=True)
+    path = os.path.join(student.out_dir, dirname)
+    # Every process: the orbax save synchronises them all (process 0 writes).
+    convert.save_converted(model, path + ".tmp", {
+        "arch": run.config.student.arch, "num_classes": run.ds.info.num_classes,
+        "weights": dirname, **{k: evaluation[k] for k in ("epoch", "step", "top1", "top5")},
+        "source": "kd_jax.train"}, overwrite=True)
+    if jax.process_index() == 0:
+        shutil.rmtree(path + ".old", ignore_errors=True)
+        if os.path.exists(path):
+            os.rename(path, path + ".old")
+        os.rename(path + ".tmp", path)
+        shutil.rmtree(path + ".old", ignore_errors=True)
+
+
+def _export(run: _Run, student: _Student) -> None:
+    """final_model/: the last step's weights with the last evaluation's accuracy (the run
+    evaluates after its last step)."""
+    _save_model(run, student, FINAL_MODEL_DIR, student.history[-1])
+
+
+def _model_records(student: _Student) -> dict:
+    """{"final_model": ..., "best_model": ...}: each exported model's teacher.json record
+    (epoch, step, top1, top5 of its own weights) and path, or None where it is absent."""
+    records = {}
+    for dirname in (FINAL_MODEL_DIR, BEST_MODEL_DIR):
+        path = os.path.join(student.out_dir, dirname)
+        meta = summary_lib.read_json(os.path.join(path, "teacher.json"))
+        records[dirname] = None if meta is None else {
+            "path": path, **{k: meta.get(k) for k in ("epoch", "step", "top1", "top5")}}
+    return records
 
 
 def _summaries(run: _Run, segments: list, images_seen: int) -> dict:
@@ -572,9 +612,9 @@ def _finish(run: _Run) -> dict:
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
     if run.step >= run.total_steps and run.config.export_model:
-        # Every process: the orbax save synchronises them all (process 0 writes).
         for name, s in run.students.items():
-            _export(run, s, summaries[name]["best_top1"])
+            _export(run, s)
+            summaries[name].update(_model_records(s))
     return _report(run, summaries)
 
 
