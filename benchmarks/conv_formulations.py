@@ -34,7 +34,6 @@ import re
 import shlex
 import sys
 import time
-from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,28 +41,13 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from kd_jax import machine, models  # noqa: E402
 from kd_jax.models import families, layers  # noqa: E402
+from kd_jax.models.shapes import ConvShape as Shape, conv_shapes  # noqa: E402
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-class Shape(NamedTuple):
-    kernel: int
-    stride: int
-    padding: int
-    groups: int
-    cin: int
-    cout: int
-    size: int     # input map height (= width)
-
-    def label(self) -> str:
-        g = f" g{self.groups}" if self.groups > 1 else ""
-        return (f"{self.kernel}x{self.kernel}/{self.stride} p{self.padding}{g} "
-                f"{self.cin}->{self.cout} @{self.size}")
 
 
 def cifar_archs() -> list[str]:
@@ -75,23 +59,8 @@ def zoo_shapes(archs: list[str]) -> dict[Shape, list[str]]:
     """{convolution shape: models using it} of the models' forward on a 32x32 RGB input."""
     found: dict[Shape, list[str]] = {}
     for arch in archs:
-        model = models.create(arch, 100)
-        model.eval()
-
-        def record(lhs, rhs, strides, padding, *args, feature_group_count=1, **kwargs):
-            (p, _), _ = padding
-            shape = Shape(rhs.shape[0], strides[0], p, feature_group_count, lhs.shape[-1],
-                          rhs.shape[-1], lhs.shape[1])
-            if arch not in found.setdefault(shape, []):
-                found[shape].append(arch)
-            return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, *args,
-                                                feature_group_count=feature_group_count,
-                                                **kwargs)
-
-        for _, module in nnx.iter_graph(model):
-            if isinstance(module, nnx.Conv):
-                module.conv_general_dilated = record
-        model(jnp.zeros((1, 32, 32, 3)))
+        for shape in conv_shapes(arch):
+            found.setdefault(shape, []).append(arch)
     return found
 
 
@@ -117,11 +86,12 @@ def time_shape(shape: Shape, batch: int, dtype, repeats: int, with_torch: bool,
                clock=time.perf_counter) -> dict:
     """Median seconds of forward+backward per formulation, and the forward's max |diff|."""
     rng = np.random.default_rng(0)
-    out = (shape.size + 2 * shape.padding - shape.kernel) // shape.stride + 1
-    x = rng.normal(size=(batch, shape.size, shape.size, shape.cin)).astype(np.float32)
-    w = (rng.normal(size=(shape.kernel, shape.kernel, shape.cin // shape.groups, shape.cout))
-         / np.sqrt(shape.kernel ** 2 * shape.cin / shape.groups)).astype(np.float32)
-    g = rng.normal(size=(batch, out, out, shape.cout)).astype(np.float32)
+    oh, ow = ((n + 2 * shape.padding - shape.kernel) // shape.stride + 1
+              for n in (shape.height, shape.width))
+    x = rng.normal(size=(batch, shape.height, shape.width, shape.in_channels)).astype(np.float32)
+    w = (rng.normal(size=(shape.kernel, shape.kernel, shape.in_channels // shape.groups, shape.out_channels))
+         / np.sqrt(shape.kernel ** 2 * shape.in_channels / shape.groups)).astype(np.float32)
+    g = rng.normal(size=(batch, oh, ow, shape.out_channels)).astype(np.float32)
     pad = ((shape.padding, shape.padding),) * 2
 
     forwards = {
@@ -159,7 +129,7 @@ def _ms(v) -> str:
 
 
 def table(rows: list[tuple[Shape, list[str], dict, str]], has_torch: bool) -> str:
-    head = ["conv (k/stride pad groups cin->cout @map)", "models", "xla ms", "im2col ms",
+    head = ["conv (k/stride pad groups in->out @map)", "models", "xla ms", "im2col ms",
             "im2col/xla"] + (["torch ms"] if has_torch else []) + ["auto", "max |diff|"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     totals = {"xla": 0.0, "im2col": 0.0, "torch": 0.0, "auto": 0.0}
@@ -296,8 +266,8 @@ def main(argv=None) -> None:
         r = time_shape(shape, args.batch, dtype, args.repeats, not args.no_torch,
                        CLOCKS[args.clock])
         has_torch |= "torch" in r
-        auto = layers.cpu_conv_formulation(shape.kernel, shape.stride, shape.groups, shape.cin,
-                                           shape.cout, machine.xla_isa())
+        auto = layers.cpu_conv_formulation(shape.kernel, shape.stride, shape.groups, shape.in_channels,
+                                           shape.out_channels, machine.xla_isa())
         rows.append((shape, users, r, auto))
         print(f"  [{i + 1}/{len(shapes)}] {shape.label()}: xla {_ms(r['xla'])} ms, im2col "
               f"{_ms(r['im2col'])} ms" + (f", torch {_ms(r['torch'])} ms" if "torch" in r

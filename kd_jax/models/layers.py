@@ -6,9 +6,9 @@ HWIO / (in, out) layout, and the reference initialisation schemes.
 
 Convolutions have two formulations that give the same values up to rounding: XLA's
 convolution and im2col (the kernel's shifted slices of the input, concatenated, times the
-kernel as one matrix). On x86 CPUs XLA's convolution is far slower than im2col for 1x1 and
-grouped convolutions, and for all of them without AVX-512, so the CPU backend picks per
-convolution (`cpu_conv_formulation`); GPUs and TPUs keep XLA's. Parameters are the same.
+kernel as one matrix). On x86 CPUs XLA's convolution is far slower than im2col for grouped
+and depthwise convolutions, and for all of them without AVX-512, so the CPU backend picks
+per convolution (`cpu_conv_formulation`); GPUs and TPUs keep XLA's. Parameters are the same.
 """
 
 from __future__ import annotations
@@ -110,27 +110,26 @@ def cpu_conv_formulation(kernel: int, stride: int, groups: int, in_channels: int
 
     `choice` 'xla' or 'im2col' forces it. 'auto' is the rule of the tables of
     benchmarks/conv_formulations.py (benchmarks/RESULTS.md), forward + backward at batch 64:
-    - 1x1 and grouped/depthwise convolutions: im2col (a matrix product, an einsum, a fused
-      sum of taps) on every x86 processor; with AVX-512, XLA's convolution of these shapes
-      is 1.3-50x slower (depthwise 3x3 stride 2: 10-50x), barring a few sub-10 ms shapes;
-    - other convolutions (3x3 dense): im2col on x86 processors without AVX-512, where
-      XLA's convolution takes a slow path (3x3 64->64 at 32x32: 895 ms, against 290 ms as
+    - grouped and depthwise convolutions: im2col (an einsum per group, a fused sum of
+      per-channel taps) on every x86 processor: with AVX-512, XLA's convolution of these
+      shapes is 3-50x slower (depthwise 3x3 stride 2: 15-50x);
+    - dense convolutions: im2col on x86 processors without AVX-512, where XLA's
+      convolution takes a slow path (3x3 64->64 at 32x32: 895 ms, against 290 ms as
       im2col and 113 ms in PyTorch, on a 2-core AVX2 EPYC; issue 24); XLA's with AVX-512,
-      where im2col is up to 2.5x slower.
+      where im2col of a 3x3 is up to 2.5x slower, and 1x1 convolutions, although faster as
+      one matrix product alone, made the whole resnet32x4 -> resnet8x4 step slower (6%).
     Processors without x86 flags (ARM, unknown) keep XLA's convolution: unmeasured. `isa` is
     `machine.xla_isa()`, so XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 machine picks
-    what an AVX2 processor would (the speed stays the AVX-512 one). The shape arguments not
-    named above (stride, channels) do not enter the rule: no measured case needed them.
+    what an AVX2 processor would (the speed stays the AVX-512 one). The AVX2 rule rests on
+    the one shape measured there: run the benchmark on such a processor to refine it.
     """
-    del stride, in_channels, out_channels
+    del kernel, stride, in_channels, out_channels   # no measured case needed them
     _check_cpu_conv(choice)
     if choice != "auto":
         return choice
     if not isa.get("avx"):
         return "xla"
-    if kernel == 1 or groups > 1 or not isa.get("avx512f"):
-        return "im2col"
-    return "xla"
+    return "im2col" if groups > 1 or not isa.get("avx512f") else "xla"
 
 
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
