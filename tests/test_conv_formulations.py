@@ -43,8 +43,8 @@ def _im2col(x, w, s: ConvShape):
     return layers.conv_im2col(x, w, s.stride, s.padding, s.groups)
 
 
-def _value_and_grads(fn, s: ConvShape, dtype, seed: int = 0):
-    """(y, dL/dx, dL/dw) of L = <fn(x, w), g> in float32, computed in `dtype`."""
+def _inputs(s: ConvShape, seed: int = 0):
+    """Random x (2, H, W, C), w (fan-in scaled) and output cotangent g, float32."""
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(kx, (2, s.height, s.width, s.in_channels))
     fan_in = s.kernel * s.kernel * s.in_channels // s.groups
@@ -52,9 +52,19 @@ def _value_and_grads(fn, s: ConvShape, dtype, seed: int = 0):
                                s.out_channels)) / np.sqrt(fan_in)
     oh, ow = ((n + 2 * s.padding - s.kernel) // s.stride + 1 for n in (s.height, s.width))
     g = jax.random.normal(kg, (2, oh, ow, s.out_channels))
-    y, vjp = jax.vjp(lambda x, w: fn(x, w, s), x.astype(dtype), w.astype(dtype))
-    dx, dw = vjp(g.astype(y.dtype))
-    return [np.asarray(a, np.float32) for a in (y, dx, dw)]
+    return x, w, g
+
+
+def _value_and_grads(fns, s: ConvShape, dtype):
+    """[(y, dL/dx, dL/dw) per fn] of L = <fn(x, w), g>, computed in `dtype`, as float32;
+    one compiled program for all fns (compiles dominate this test's time)."""
+    def run(x, w, g):
+        out = []
+        for fn in fns:
+            y, vjp = jax.vjp(lambda x, w, fn=fn: fn(x, w, s), x.astype(dtype), w.astype(dtype))
+            out.append((y,) + vjp(g.astype(y.dtype)))
+        return out
+    return [[np.asarray(a, np.float32) for a in r] for r in jax.jit(run)(*_inputs(s))]
 
 
 def _err(a, b) -> float:
@@ -74,8 +84,7 @@ def test_im2col_equals_xla_for_every_zoo_shape_float32():
     """Values and both gradients, every distinct CIFAR-zoo convolution."""
     bad = []
     for s in zoo_shapes():
-        got = _value_and_grads(jax.jit(_im2col, static_argnums=2), s, jnp.float32)
-        want = _value_and_grads(jax.jit(_xla, static_argnums=2), s, jnp.float32)
+        got, want = _value_and_grads((_im2col, _xla), s, jnp.float32)
         for name, a, b in zip(("y", "dx", "dw"), got, want):
             assert a.shape == b.shape, (s, name, a.shape, b.shape)
             if _err(a, b) > 1e-5 * max(1.0, float(np.max(np.abs(b)))):
@@ -97,9 +106,8 @@ BF16_SHAPES = [
 @pytest.mark.parametrize("s", BF16_SHAPES, ids=lambda s: s.label().replace(" ", "_"))
 def test_im2col_bfloat16_within_its_precision(s):
     """bfloat16 im2col is as close to the float32 result as XLA's bfloat16 convolution."""
-    exact = _value_and_grads(_xla, s, jnp.float32)
-    xla16 = _value_and_grads(_xla, s, jnp.bfloat16)
-    im16 = _value_and_grads(_im2col, s, jnp.bfloat16)
+    (exact,) = _value_and_grads((_xla,), s, jnp.float32)
+    xla16, im16 = _value_and_grads((_xla, _im2col), s, jnp.bfloat16)
     for name, e, a, b in zip(("y", "dx", "dw"), exact, im16, xla16):
         assert a.dtype == np.float32 and a.shape == e.shape
         ulp = 2.0 ** -8 * max(1.0, float(np.max(np.abs(e))))   # bfloat16: 8 mantissa bits
