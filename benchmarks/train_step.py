@@ -94,7 +94,7 @@ def peak_flops(device_kind: str, dtype: str):
 
 # --- the JAX step ----------------------------------------------------------------------------
 
-def make_config(pair: str, method_key: str, dtype: str):
+def make_config(pair: str, method_key: str, dtype: str, cpu_conv: str = "auto"):
     keys = methods.method_keys()
     if method_key not in keys:
         raise SystemExit(f"unknown method {method_key!r}; known: {', '.join(keys)}")
@@ -103,6 +103,7 @@ def make_config(pair: str, method_key: str, dtype: str):
     config = recipes.build_config(method, data.CIFAR100, arg, default_pair=arg)
     config.teacher.checkpoint = "random"
     config.compute_dtype = dtype
+    config.cpu_conv = cpu_conv
     return config
 
 
@@ -213,7 +214,7 @@ def xla_conv_floor(batch: int, size: int, channels: int, steps: int, dtype=np.fl
 def scaling_rows(args, counts: list[int]) -> list:
     """Weak scaling on this process's devices (counts above them give None)."""
     dtype = args.scaling_dtype
-    config = make_config(args.scaling_pair, args.scaling_method, dtype)
+    config = make_config(args.scaling_pair, args.scaling_method, dtype, args.cpu_conv)
     rows = []
     for n in counts:
         if n > jax.device_count():
@@ -240,7 +241,7 @@ def scaling(args, platform_name: str) -> list:
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, os.path.abspath(__file__), "--scaling-worker",
            "--devices", args.devices, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--repeats", str(args.repeats),
+           "--repeats", str(args.repeats), "--cpu-conv", args.cpu_conv,
            "--scaling-method", args.scaling_method, "--scaling-pair", args.scaling_pair,
            "--scaling-dtype", args.scaling_dtype, "--scaling-batch", str(args.scaling_batch)]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
@@ -314,7 +315,8 @@ def write_results(path: str, info: dict, rows: list, floor: dict, scale: list,
         f"(1/5/15 min) {load(info['load_start'])} at the start, {load(info['load_end'])} at "
         f"the end",
         "- versions: " + ", ".join(f"{k} {v[k]}" for k in v),
-        f"- step time: median of {args.repeats} windows of {args.steps} step(s), after "
+        f"- cpu_conv={args.cpu_conv} (CPU convolution formulation); step time: median of "
+        f"{args.repeats} windows of {args.steps} step(s), after "
         f"{args.warmup} warm-up step(s); one device; random "
         "teacher, fixed random batch on the device; `% peak`: XLA's FLOP count of the "
         "compiled step / step time / the device's datasheet peak; batch `N max`: the "
@@ -386,6 +388,9 @@ def parse_args(argv=None):
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the PyTorch eager step at the fixed batch sizes (where "
                         "torch runs on this kind of device)")
+    p.add_argument("--cpu-conv", default="auto", choices=("auto", "xla", "im2col"),
+                   help="the config's cpu_conv: how convolutions run on the CPU backend "
+                        "(README, 'CPU speed')")
     p.add_argument("--conv-floor", action=argparse.BooleanOptionalAction, default=True,
                    help="time one 3x3 conv fwd+bwd (32x32x64, batch 64) in XLA and PyTorch")
     p.add_argument("--devices", default="1,2,4,8",
@@ -442,7 +447,7 @@ def main(argv=None) -> None:
     for pair in args.pairs.split(","):
         for method in args.methods.split(","):
             for dtype in args.dtypes.split(","):
-                config = make_config(pair.strip(), method.strip(), dtype.strip())
+                config = make_config(pair.strip(), method.strip(), dtype.strip(), args.cpu_conv)
                 teacher, student = config.teacher.arch, config.student.arch
                 fixed = [int(b) for b in batch_sizes if b != "max"]
                 measured = []

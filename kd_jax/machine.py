@@ -8,6 +8,7 @@ two of them can be compared.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -30,13 +31,44 @@ def _cpuinfo() -> tuple[str, tuple[str, ...]]:
             tuple(flags[0].split()) if flags else ())
 
 
+@functools.lru_cache(maxsize=None)
+def _isa() -> tuple[tuple[str, bool], ...]:
+    _, flags = _cpuinfo()
+    return tuple((f, f in flags) for f in ISA_FLAGS) if flags else ()
+
+
+def isa() -> dict[str, bool]:
+    """{flag: present} for ISA_FLAGS on this host's processor; {} where unknown (no
+    /proc/cpuinfo, e.g. macOS). Read once: the processor does not change within a process."""
+    return dict(_isa())
+
+
+# XLA's --xla_cpu_max_isa levels, in order, and the first one each ISA flag needs.
+_MAX_ISA_LEVELS = ("SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX")
+_FLAG_LEVEL = {"sse4_2": "SSE4_2", "avx": "AVX", "fma": "AVX2", "avx2": "AVX2",
+               "avx512f": "AVX512", "avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX"}
+
+
+def xla_isa(xla_flags: str | None = None) -> dict[str, bool]:
+    """`isa()` less the flags above `--xla_cpu_max_isa` in XLA_FLAGS (or `xla_flags`): the
+    instruction set XLA compiles for, so that an AVX-512 machine run with
+    `--xla_cpu_max_isa=AVX2` stands in for an AVX2 processor."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    found = re.findall(r"--xla_cpu_max_isa=(\w+)", flags)
+    cap = found[-1].upper() if found else ""
+    if cap not in _MAX_ISA_LEVELS:
+        return isa()
+    top = _MAX_ISA_LEVELS.index(cap)
+    return {f: on and _MAX_ISA_LEVELS.index(_FLAG_LEVEL[f]) <= top for f, on in isa().items()}
+
+
 def describe() -> dict:
     """{platform, device_kind, device_count, cpu, cores, isa: {flag: bool}, os, versions,
     xla_flags} of this process's machine and JAX backend."""
     import jax
 
     device = jax.devices()[0]
-    cpu, flags = _cpuinfo()
+    cpu, _ = _cpuinfo()
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -45,7 +77,7 @@ def describe() -> dict:
             versions[name] = "not installed"
     return {"platform": device.platform, "device_kind": device.device_kind,
             "device_count": jax.device_count(), "cpu": cpu, "cores": os.cpu_count(),
-            "isa": {f: f in flags for f in ISA_FLAGS} if flags else {},
+            "isa": isa(),
             "os": platform.platform(), "versions": versions,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

@@ -14,6 +14,8 @@ mode: against the same torch model in float64, |flax - torch64| <= 1e-5 * max(1,
 max|torch64|) + 2 * |torch32 - torch64| (see assert_close_to_float64: batch-statistics
 normalisation of a batch of 2 amplifies fp32 rounding in torch as much as in kd_jax).
 
+Every test runs twice, with cpu_conv='xla' and 'im2col' (the CPU convolution formulations).
+
 Input sizes are the smallest that exercise each topology: 32x32 for the CIFAR models (VGG
 also at 64, where it adds a max-pool), 224 for one ImageNet ResNet and smaller multiples of
 32 for the others (their AvgPool(7) head becomes AvgPool(size / 32): still the global pool),
@@ -34,8 +36,18 @@ torch = pytest.importorskip("torch", reason="the parity oracle is a PyTorch mode
 
 import kd_jax.convert as kc  # noqa: E402
 import torch_models  # noqa: E402  (tests/torch_models.py)
+from kd_jax.models import layers  # noqa: E402
 
 TOL = torch_models.PARITY_TOL
+
+
+
+@pytest.fixture(autouse=True, params=["xla", "im2col"])
+def cpu_conv(request):
+    """Every parity test on both CPU convolution formulations (kd_jax.models.layers)."""
+    with layers.cpu_conv(request.param):
+        yield request.param
+
 
 # (kd_jax name, input size, num_classes) checked in eval mode: every family, and within a
 # family the variants whose code paths differ (projection at stride 1, Bottleneck, ...).

@@ -63,6 +63,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.seed = 0              # student init, data order and augmentation.
     c.seeds = ""            # "0,1,2": one run per seed in <workdir>/seed_<s>, then mean ± std.
     c.compute_dtype = "float32"   # float32 | bfloat16 (student and teacher compute).
+    # CPU backend only: auto | xla | im2col, how convolutions run (README, "CPU speed").
+    c.cpu_conv = "auto"
     c.log_every_steps = 50
     c.eval_every_epochs = 1
     c.keep_checkpoints = 3

@@ -152,6 +152,8 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     parse_seeds(config.get("seeds", ""))
     _require(config.get("compute_dtype", "float32") in COMPUTE_DTYPES,
              f"compute_dtype={config.get('compute_dtype')!r}; allowed: {', '.join(COMPUTE_DTYPES)}")
+    _require(config.get("cpu_conv", "auto") in models.CPU_CONV_CHOICES,
+             f"cpu_conv={config.get('cpu_conv')!r}; allowed: {', '.join(models.CPU_CONV_CHOICES)}")
 
     names = models.names()
     _require(config.student.arch in names,

@@ -320,6 +320,9 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     Used by the trainer and by benchmarks/, so that both time the same step. `devices`: the
     mesh's devices (default: all of them; benchmarks time subsets).
     """
+    # How convolutions are traced on the CPU backend (GPU/TPU: always XLA's): process-wide,
+    # read when the steps are traced, so set before anything is compiled.
+    models.set_cpu_conv(config.get("cpu_conv", "auto"))
     mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     teacher = teacher_graphdef = teacher_state = None
