@@ -1,4 +1,4 @@
-"""Command line: python -m kd_jax.main --config configs/cifar_sdd.py[:pair] --workdir DIR
+"""Command line: python -m kd_jax.main --config cifar_sdd.py[:pair] --workdir DIR
 
 Any config key can be overridden, e.g. --config.num_epochs=10 --config.teacher.checkpoint=t.pth;
 unknown keys are rejected (the config is locked). Running again with the same --workdir

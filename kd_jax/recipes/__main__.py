@@ -24,7 +24,7 @@ NOTES = {
     ("msdcrd", catalog.CIFAR100): "no paper text or code: a reconstruction of the abstract's idea",
     ("sd_nkd", catalog.CUB): "launch lines exist, no published number",
 }
-# The method keys each dataset's config files offer (configs/<dataset>_<method>.py).
+# The method keys each dataset's config files offer (kd_jax/configs/<dataset>_<method>.py).
 OFFERED = {catalog.CIFAR100: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd", "clkd", "msdcrd"),
            catalog.CUB: ("kd", "dkd", "sd_kd", "sd_dkd", "sd_nkd"),
            catalog.IMAGENET: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd")}
