@@ -10,8 +10,8 @@ saying how to get the data: no download attempt, no retries, no progress bars, n
 A download that starts and fails removes the temporary files and the empty folders it created.
 Set KD_JAX_OFFLINE=1 to never download.
 
-tensorflow_datasets is imported lazily: the fashion_mnist (IDX files) and synthetic datasets
-work without it.
+tensorflow_datasets is imported lazily: the cifar10/cifar100 (archives), fashion_mnist (IDX
+files) and synthetic datasets work without it (and without TensorFlow).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class Source:
 
 
 SOURCES = {
-    "cifar100": Source("www.cs.toronto.edu", ("cifar-100-binary.tar.gz",)),
     "caltech_birds2011": Source("data.caltech.edu", ("CUB_200_2011.tgz", "segmentations.tgz")),
     "fashion_mnist": Source("fashion-mnist.s3-website.eu-central-1.amazonaws.com",
                             ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
