@@ -138,3 +138,16 @@ def test_network_probe(monkeypatch):
     monkeypatch.delenv(tfds_io.OFFLINE_ENV)
     monkeypatch.delenv("https_proxy")
     assert not tfds_io.network_reachable("127.0.0.1", port, timeout=2)   # closed port
+
+
+@pytest.mark.parametrize("name", ["imagenet2012", "caltech_birds2011"])
+def test_tf_datasets_without_tensorflow_name_the_extra(tmp_path, monkeypatch, name):
+    """The core install has no TensorFlow: its datasets fail with one error naming [tf]."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda mod, *a: None if mod == "tensorflow" else find_spec(mod, *a))
+    with pytest.raises(data.DataNotFoundError, match=r"needs TensorFlow, which the core kd_jax "
+                                                     r"install leaves out: pip install "
+                                                     r"'kd_jax\[tf\]'"):
+        data.get_dataset({"name": name, "data_dir": str(tmp_path)})

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from kd_jax.data.base import DataNotFoundError
+from kd_jax.data.base import DataNotFoundError, require_tensorflow
 
 # tfds retries a failing download 10 times with exponential backoff (about 200 s offline);
 # 3 retries keep real transient errors recoverable and fail in ~1.5 s without a network.
@@ -209,6 +209,7 @@ def prepared_builder(name: str, data_dir: str | None, *, allow_download: bool, h
                                     f"{'is' if len(source.files) == 1 else 'are'} not in "
                                     f"{manual}. {how_to}")
 
+    require_tensorflow(f"preparing or reading tfds dataset {name!r}")
     import tensorflow_datasets as tfds
     hide_accelerators_from_tensorflow()
     with _removed_on_failure(root, name), _quiet_tfds():

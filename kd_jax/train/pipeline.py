@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -300,8 +301,12 @@ def run_pipeline(q, workdir: str) -> dict:
                "verdict": verdict, "machine": machine}
     summary_lib.write_json(os.path.join(workdir, "quickstart_summary.json"), summary)
     plot_path = os.path.join(workdir, "quickstart_accuracy.png")
-    _plot(result, verdict, plot_path)
-    print("\n" + format_table(teacher, result, verdict, machine) + f"\n\nplot: {plot_path}",
+    if importlib.util.find_spec("matplotlib") is not None:
+        _plot(result, verdict, plot_path)
+        plot_note = f"plot: {plot_path}"
+    else:   # an optional extra: the table above says it all
+        plot_note = "plot: skipped (matplotlib is not installed: pip install 'kd_jax[plots]')"
+    print("\n" + format_table(teacher, result, verdict, machine) + f"\n\n{plot_note}",
           flush=True)
     return summary
 
