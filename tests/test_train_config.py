@@ -93,7 +93,7 @@ def _kd_config():
 
 @pytest.mark.parametrize("key,value,match", [
     ("method.name", "fitnet", r"method.name='fitnet'; allowed: ce, kd"),
-    ("dataset.name", "mnist", r"dataset.name='mnist'; allowed: cifar100"),
+    ("dataset.name", "mnist", r"dataset.name='mnist'; allowed: cifar10, cifar100"),
     ("student.arch", "resnet9", r"student.arch='resnet9'; allowed: .*resnet8"),
     ("teacher.arch", "nope", r"teacher.arch='nope'"),
     ("teacher.checkpoint", None, r"needs teacher.checkpoint"),
