@@ -25,8 +25,8 @@ import json, sys
 import kd_jax.train.testing  # registers tiny_cnn / tiny_cnn_wide
 from kd_jax import main
 main.main(["kd_jax.main"] + sys.argv[1:])
-print(json.dumps({"tensorflow": sorted(m for m in sys.modules
-                                       if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))}))
+tf = ("tensorflow", "tensorflow_datasets")
+print(json.dumps({"tensorflow": sorted(m for m in sys.modules if m.split(".")[0] in tf)}))
 """
 
 COMMON = ["--config=cifar_kd.py:resnet32x4-resnet8x4", "--config.student.arch=tiny_cnn",

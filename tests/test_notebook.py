@@ -97,7 +97,8 @@ def test_notebook_runs_on_cpu(tmp_path, kernel_env):
     # The latest checkpoint of each run is in persist/ (Drive's stand-in), and after a
     # "disconnect" (a new VM: runs/ gone) it comes back from there, finished, not retrained.
     persist = tmp_path / "persist" / "runs" / "sd_dkd_small"
-    assert (persist / "student" / "run.tar").is_file() and (persist / "teacher" / "run.tar").is_file()
+    assert (persist / "student" / "run.tar").is_file()
+    assert (persist / "teacher" / "run.tar").is_file()
     shutil.rmtree(tmp_path / "runs")
     after = run(nbformat.read(NOTEBOOK, as_version=4), tmp_path)
     after_text = "\n".join(outputs_text(c) for c in code_cells(after))

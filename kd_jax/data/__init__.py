@@ -6,8 +6,8 @@ host batches into global arrays sharded along the batch axis.
 
 Config keys (the trainer's ``config.dataset`` subtree):
 
-- ``name``: ``cifar10`` | ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` | ``fashion_mnist`` |
-  ``synthetic``.
+- ``name``: ``cifar10`` | ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` |
+  ``fashion_mnist`` | ``synthetic``.
 - ``data_dir`` (str or None):
     - cifar10, cifar100: a directory holding the original archive, python format
       (``cifar-{10,100}-python.tar.gz``, torchvision's and Keras's) or binary
@@ -38,8 +38,8 @@ Dataset contract:
 - ``eval_batches(G)``: the full test set once, in order, last batch zero-padded;
   ``{"image", "label", "mask": float32 (b,)}`` with mask 1 for real examples, 0 for padding.
 
-Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8 batches in
-numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
+Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8
+batches in numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
 imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet).
 """
 
@@ -49,14 +49,14 @@ import os
 from typing import Any
 
 from kd_jax.data import augment
-from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET, SYNTHETIC,
-                                 facts)
+from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET,
+                                 SYNTHETIC, facts)
 from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
 from kd_jax.data.in_memory import InMemoryDataset
 from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
 
-__all__ = ["CIFAR10", "CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC", "facts",
-           "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
+__all__ = ["CIFAR10", "CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC",
+           "facts", "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
            "get_dataset", "prefetch_to_mesh", "to_global_array"]
 
 def _how_to(name: str) -> str:
