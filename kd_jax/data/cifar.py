@@ -187,19 +187,17 @@ def _to_nhwc(flat: np.ndarray) -> np.ndarray:
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles dicts, lists, strings and numpy arrays only: a crafted file cannot run code."""
 
+    # The published files (Python 2, numpy 1) name numpy.core; numpy 2 pickles numpy._core.
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
                                                               "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("copy_reg", "_reconstructor"),
-                ("copyreg", "_reconstructor"), ("__builtin__", "object"),
-                ("builtins", "object"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
                 ("_codecs", "encode")}   # bytes in protocol-2 pickles written by Python 3
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        module = {"numpy.core.multiarray": "numpy._core.multiarray", "copy_reg": "copyreg",
-                  "__builtin__": "builtins"}.get(module, module)
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray"
         return super().find_class(module, name)
 
 
