@@ -96,7 +96,11 @@ import jax
 BACKEND = jax.default_backend()
 DEVICE_KINDS = sorted({{d.device_kind for d in jax.devices()}})
 print("JAX", jax.__version__, "backend:", BACKEND, "devices:", jax.device_count(), DEVICE_KINDS)
-print(jax.devices())"""),
+print(jax.devices())
+if BACKEND == "cpu" and device_files() != "cpu":
+    print(f"warning: this machine shows {{device_files()}} devices but JAX found none: "
+          "Runtime -> Restart session and run this cell again (a JAX imported before the "
+          "install keeps its old build)")"""),
     ("md", """\
 ## Parameters
 
