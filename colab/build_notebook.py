@@ -22,117 +22,177 @@ CELLS = [
 
 [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{REPO}/blob/main/colab/kd_jax_tpu.ipynb)
 
-This notebook installs [kd_jax](https://github.com/{REPO}), gets a teacher (converts a PyTorch
-checkpoint, or trains one), distils it into a student with **SD-DKD** (scale-decoupled DKD)
-on CIFAR-100, data-parallel over every TPU core in bfloat16, and plots the test accuracy of
-every epoch. Choose *Runtime -> Change runtime type -> TPU* (a GPU works too).
+This notebook installs [kd_jax](https://github.com/{REPO}), fetches the published resnet32x4
+CIFAR-100 teacher (or converts a `.pth` you upload), distils it into a resnet8x4 student with
+**SD-DKD** (scale-decoupled DKD) on CIFAR-100, data-parallel over every accelerator core in
+bfloat16, and plots the test accuracy of every epoch.
 
-Without an accelerator (e.g. a CPU runtime, or CI) the parameters cell picks a small setting
-by itself (a few hundred Fashion-MNIST or synthetic images, small models, 2 epochs), so the
-unchanged notebook finishes in a few minutes on a 2-core CPU.
+Choose *Runtime -> Change runtime type -> v5e-1 TPU* (or v6e-1 TPU, or a GPU), then
+*Runtime -> Run all*. On a CPU runtime the notebook stops with a message, unless you set
+`CPU_DEMO = True` (a small Fashion-MNIST or synthetic setting that finishes in minutes: what
+CI runs).
 
-Runs keep their checkpoints in a work directory; with it on Google Drive, a run that a
-disconnect interrupted resumes where it stopped (see *Resuming* below)."""),
-    ("md", """\
+Google Drive keeps what must survive a disconnect, and only that: the CIFAR-100 archive
+(downloaded once), the latest checkpoint of each run and the final models. Checkpoints are
+written to the VM's disk."""),
+    ("md", f"""\
 ## Install
 
-In Colab: kd_jax from the repository, and the TPU (or CUDA) build of the JAX version it
-resolves to. Colab TPU runtimes ship JAX but not TensorFlow, which kd_jax reads datasets
-with; kd_jax's requirements bring `tensorflow-cpu`, `tensorflow-datasets` and
-`importlib_resources`. Elsewhere (a checkout with `pip install -e .`, CI) nothing is installed."""),
+Set `REPO_URL` once, to the kd_jax repository (your fork or `https://github.com/{REPO}`).
+The runtime's preinstalled JAX says which accelerator this is (`jax.default_backend()`), so
+kd_jax comes with the matching extra: `[tpu]` (libtpu for v5e/v6e), `[cuda12]` on a GPU. The
+core install has no TensorFlow (CIFAR-100 is read from its archive with numpy). In a checkout
+with kd_jax installed (CI), nothing is installed."""),
     ("code", f"""\
-import importlib.metadata
+import glob
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+# The one place to set: the repository kd_jax is installed from.
+REPO_URL = "https://github.com/{REPO}"
 IN_COLAB = "google.colab" in sys.modules
-REPO = "https://github.com/{REPO}"   # placeholder: the repository's address
 
 
-def pip(*args):
+def pip_install(*args):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
 
 
+def ask_jax():
+    \"\"\"(backend, device kinds) of the installed JAX, asked in a fresh interpreter so that
+    this kernel imports JAX only once its accelerator build is installed.\"\"\"
+    probe = ("import json, jax; print(json.dumps([jax.default_backend(), "
+             "sorted({{d.device_kind for d in jax.devices()}})]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else (None, [])
+
+
+def device_files():
+    \"\"\"The accelerator the machine's device files suggest (when no JAX is preinstalled):
+    TPU chips appear as /dev/accel* or, on v5e/v6e, as /dev/vfio/<n>.\"\"\"
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.environ.get(
+            "TPU_ACCELERATOR_TYPE"):
+        return "tpu"
+    return "gpu" if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") else "cpu"
+
+
 if importlib.util.find_spec("kd_jax") is None:
-    if not IN_COLAB:
-        raise RuntimeError("kd_jax is not installed: run `pip install -e .` in a checkout")
-    pip(f"kd_jax @ git+{{REPO}}")
-    tpu = os.path.exists("/dev/accel0") or bool(os.environ.get("TPU_ACCELERATOR_TYPE"))
-    gpu = os.path.exists("/dev/nvidia0")
-    if tpu or gpu:
-        jax_version = importlib.metadata.version("jax")
-        pip(f"jax[{{'tpu' if tpu else 'cuda12'}}]=={{jax_version}}")
+    if "OWNER/" in REPO_URL:
+        raise RuntimeError("REPO_URL is still the placeholder " + repr(REPO_URL) + ": set it "
+                           "in this cell to the kd_jax repository (https://github.com/<owner>/"
+                           "kd_jax) and run the cell again")
+    backend = ask_jax()[0] if importlib.util.find_spec("jax") else None
+    if backend in (None, "cpu"):
+        backend = device_files()
+    extra = {{"tpu": "tpu", "gpu": "cuda12"}}.get(backend)
+    print(f"installing kd_jax[{{extra or 'core'}}] from {{REPO_URL}} ({{backend}} runtime)")
+    pip_install(f"kd_jax[{{','.join(filter(None, [extra, 'plots']))}}] @ git+{{REPO_URL}}")
 
 import jax
-print("JAX", jax.__version__, "backend:", jax.default_backend())
-print(jax.devices())"""),
+
+BACKEND = jax.default_backend()
+DEVICE_KINDS = sorted({{d.device_kind for d in jax.devices()}})
+print("JAX", jax.__version__, "backend:", BACKEND, "devices:", jax.device_count(), DEVICE_KINDS)
+print(jax.devices())
+if BACKEND == "cpu" and device_files() != "cpu":
+    print(f"warning: this machine shows {{device_files()}} devices but JAX found none: "
+          "Runtime -> Restart session and run this cell again (a JAX imported before the "
+          "install keeps its old build)")"""),
     ("md", """\
 ## Parameters
 
-`ACCELERATOR` is True on a TPU or GPU runtime: the CIFAR-100 recipe of resnet32x4 ->
-resnet8x4 (240 epochs, the recipe's global batch 64 sharded over all devices; raise
-`BATCH` with the learning rate to use big TPU slices well). On a CPU: a small setting that
-runs in minutes. bfloat16 is the compute dtype of both models (parameters, BatchNorm
-statistics, optimizer state and losses stay float32); `COMPUTE_DTYPE = "float32"` gives
-exact parity with the PyTorch reference."""),
+On a TPU or GPU: the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (240 epochs, the recipe's
+global batch 64 sharded over all devices; raise `BATCH` with the learning rate to use big TPU
+slices well). bfloat16 is the compute dtype (parameters, BatchNorm statistics, optimizer state
+and losses stay float32); `COMPUTE_DTYPE = "float32"` gives exact parity with the PyTorch
+reference. `TEACHER_PTH`: a `.pth` you uploaded (Files pane) to use instead of the published
+teacher. On a CPU runtime nothing runs unless `CPU_DEMO` is set."""),
     ("code", """\
 from kd_jax.data import fashion_mnist
 
-ACCELERATOR = jax.default_backend() != "cpu"
-TEACHER_PTH = ""        # a PyTorch teacher to convert (see below); "" trains one here
-USE_DRIVE = True        # Colab: keep the work directory on Google Drive
+CPU_DEMO = False        # True: let a CPU runtime run a small demo (minutes, not the recipe)
+CPU_DEMO = CPU_DEMO or os.environ.get("KD_JAX_CPU_DEMO") == "1"   # CI sets KD_JAX_CPU_DEMO=1
+ACCELERATOR = BACKEND in ("tpu", "gpu")
+if not ACCELERATOR and not CPU_DEMO:
+    raise RuntimeError(
+        f"JAX found no accelerator (backend {BACKEND!r}): this is a CPU runtime, where the "
+        "240-epoch run would take weeks. Choose Runtime -> Change runtime type -> v5e-1 TPU "
+        "(or v6e-1 TPU, or a GPU) and run all cells again, or set CPU_DEMO = True in this "
+        "cell for the small demo.")
+
+TEACHER_PTH = ""        # an uploaded PyTorch teacher; "" fetches the published one
+USE_DRIVE = True        # Colab: keep the archive, the latest checkpoint and the models on Drive
+SYNC_MINUTES = 10       # how often the latest checkpoint is copied to Drive
 RUN_NAME = "sd_dkd_cifar100" if ACCELERATOR else "sd_dkd_small"
 COMPUTE_DTYPE = "bfloat16"
 
 if ACCELERATOR:
     DATASET, LIMIT_TRAIN, LIMIT_TEST = "cifar100", 0, 0   # 0: all images
     TEACHER, STUDENT = "resnet32x4", "resnet8x4"
-    TEACHER_EPOCHS, STUDENT_EPOCHS, WARMUP_EPOCHS = 240, 240, 20
+    TEACHER_EPOCHS, STUDENT_EPOCHS, WARMUP_EPOCHS = 0, 240, 20   # the teacher is fetched
     BATCH, LOG_EVERY = 64, 100
-else:   # a 2-core CPU: a few minutes in all
+else:   # the CPU demo: a few minutes on 2 cores
     DATASET = "fashion_mnist" if os.path.isdir(fashion_mnist.DEBIAN_DIR) else "synthetic"
     LIMIT_TRAIN, LIMIT_TEST = 768, 256
     TEACHER, STUDENT = "resnet14", "resnet8"
     TEACHER_EPOCHS, STUDENT_EPOCHS, WARMUP_EPOCHS = 2, 2, 1
     BATCH, LOG_EVERY = 64, 4
 
-print(f"{'accelerator' if ACCELERATOR else 'CPU'} setting: {DATASET}, {TEACHER} -> {STUDENT}, "
-      f"batch {BATCH} over {jax.device_count()} device(s), {COMPUTE_DTYPE}")"""),
+print(f"{'accelerator' if ACCELERATOR else 'CPU demo'} setting: {DATASET}, {TEACHER} -> "
+      f"{STUDENT}, batch {BATCH} over {jax.device_count()} device(s), {COMPUTE_DTYPE}")"""),
     ("md", """\
-## Work directory (Google Drive)
+## Where things go
 
-Every run writes its checkpoints (each epoch, and when the runtime is shut down), logs and
-summary to `WORKDIR/<run>`. In Colab, with `USE_DRIVE`, that directory is on your Google
-Drive, so it survives a disconnect."""),
+`WORKDIR` (the VM's disk) gets every checkpoint, log and summary. `PERSIST` (Google Drive in
+Colab) gets the CIFAR-100 archive once, and for each run one file, `run.tar`, holding its
+latest checkpoint, logs and final model, rewritten in place every `SYNC_MINUTES` (files
+deleted on Drive stay in its trash and count against the quota, so nothing is deleted there).
+After a disconnect, this cell unpacks the runs' `run.tar` into the new VM's disk, and training
+resumes from there. Outside Colab, `persist/` stands in for Drive."""),
     ("code", """\
+from kd_jax.train import mirror
+
 if IN_COLAB and USE_DRIVE:
     from google.colab import drive
     drive.mount("/content/drive")
-    WORKDIR = os.path.join("/content/drive/MyDrive/kd_jax", RUN_NAME)
+    PERSIST, LOCAL = "/content/drive/MyDrive/kd_jax", "/content/kd_jax_runs"
 else:
-    WORKDIR = os.path.abspath(os.path.join("runs", RUN_NAME))
-os.makedirs(WORKDIR, exist_ok=True)
-print("work directory:", WORKDIR)"""),
+    PERSIST, LOCAL = os.path.abspath("persist"), os.path.abspath("runs")
+DATA_DIR = os.path.join(PERSIST, "data")            # cifar-100-python.tar.gz, once
+WORKDIR = os.path.join(LOCAL, RUN_NAME)             # the VM's disk
+MIRROR = os.path.join(PERSIST, "runs", RUN_NAME)    # one run.tar per run
+os.makedirs(DATA_DIR, exist_ok=True)
+for part in ("teacher", "student"):
+    step = mirror.restore(os.path.join(MIRROR, part), os.path.join(WORKDIR, part))
+    if step is not None:
+        print(f"{part}: restored the checkpoint of step {step} from {MIRROR}/{part}")
+print("work directory:", WORKDIR, "| kept on Drive:", PERSIST)"""),
     ("md", """\
 ## Configs
 
-The same configs as `python -m kd_jax.main --config configs/cifar_sdd.py:resnet32x4-resnet8x4`
+The same configs as `python -m kd_jax.main --config cifar_sdd.py:resnet32x4-resnet8x4`
 (`kd_jax.recipes.build_config` resolves every hyperparameter of the recipe), with the
-parameters above."""),
+parameters above. The Drive space the run will use is printed before it starts."""),
     ("code", """\
-from kd_jax import recipes
+from flax import nnx
+
+from kd_jax import models, recipes
 from kd_jax.train import trainer
 
 
 def with_parameters(c, epochs):
     c.dataset.name = DATASET
+    if DATASET == "cifar100":
+        c.dataset.data_dir = DATA_DIR   # the archive is downloaded there once, then reused
     c.dataset.limit_train, c.dataset.limit_test = LIMIT_TRAIN, LIMIT_TEST
     if DATASET == "synthetic":
         c.dataset.update(num_train=LIMIT_TRAIN, num_test=LIMIT_TEST, num_classes=10)
     c.num_epochs, c.batch_size, c.compute_dtype = epochs, BATCH, COMPUTE_DTYPE
     c.log_every_steps, c.tensorboard = LOG_EVERY, ACCELERATOR
+    c.keep_checkpoints = 1   # the VM's disk holds the latest; Drive gets it through run.tar
     return c
 
 
@@ -143,34 +203,95 @@ student_config = with_parameters(
                          default_pair="resnet32x4-resnet8x4"), STUDENT_EPOCHS)
 student_config.teacher.arch, student_config.student.arch = TEACHER, STUDENT
 student_config.method.warmup_epochs = WARMUP_EPOCHS
-print(student_config.method)"""),
-    ("md", """\
-## Teacher: convert a PyTorch checkpoint, or train one
+print(student_config.method)
 
-The published CIFAR-100 teachers (mdistiller's `cifar_teachers.tar`, e.g.
-`resnet32x4_vanilla/ckpt_epoch_240.pth`) convert exactly; set `TEACHER_PTH` to one (after
-uploading it, or downloading it into the runtime). Without one, the teacher is trained here
-with cross-entropy alone (the `configs/cifar_teacher.py` recipe)."""),
+
+def state_bytes(arch):
+    num_classes = 100 if DATASET == "cifar100" else 10
+    return sum(x.nbytes for x in jax.tree.leaves(nnx.state(models.create(arch, num_classes))))
+
+
+# run.tar (and its .part while it is written): student state + momentum + teacher, the final
+# model; the archive once.
+student_b, teacher_b = state_bytes(STUDENT), state_bytes(TEACHER)
+per_run = 2 * (3 * student_b + teacher_b)
+archive = (0 if DATASET != "cifar100" or glob.glob(os.path.join(DATA_DIR, "cifar-100-*"))
+           else 169_001_437)
+runs = 1 + (not ACCELERATOR)   # the teacher's run too when it is trained here
+print(f"Drive: about {(archive + runs * per_run) / 2**20:.0f} MiB in {PERSIST} "
+      f"(archive {archive / 2**20:.0f} MiB, {runs} run.tar of about {per_run / 2 / 2**20:.0f} "
+      f"MiB, each written twice in place)")"""),
+    ("md", """\
+## Teacher
+
+On an accelerator: the published CIFAR-100 teacher (mdistiller's `resnet32x4`), downloaded
+and converted once by `python -m kd_jax.teachers fetch` (torch, CPU build, is installed for
+the conversion if missing); or the `.pth` in `TEACHER_PTH`, converted by
+`python -m kd_jax.convert`. Both convert exactly (same logits as PyTorch). In the CPU demo a
+small teacher is trained here."""),
     ("code", """\
+def ensure_torch():
+    if importlib.util.find_spec("torch") is None:
+        pip_install("torch", "--index-url", "https://download.pytorch.org/whl/cpu")
+
+
 teacher_run = None
-if TEACHER_PTH:
-    TEACHER_DIR = os.path.join(WORKDIR, "teacher_converted")
+if ACCELERATOR and TEACHER_PTH:
+    ensure_torch()
+    TEACHER_DIR = os.path.join(PERSIST, "teachers", TEACHER)
     if not os.path.isdir(TEACHER_DIR):
         subprocess.run([sys.executable, "-m", "kd_jax.convert", "--arch", TEACHER,
                         "--num-classes", "100", TEACHER_PTH, TEACHER_DIR], check=True)
+    student_config.teacher.checkpoint = TEACHER_DIR
+elif ACCELERATOR:
+    ensure_torch()
+    subprocess.run([sys.executable, "-m", "kd_jax.teachers", "fetch", TEACHER], check=True)
+    student_config.teacher.checkpoint = "published"
 else:
-    teacher_run = trainer.train_and_evaluate(teacher_config, os.path.join(WORKDIR, "teacher"))
-    TEACHER_DIR = os.path.join(WORKDIR, "teacher", trainer.FINAL_MODEL_DIR)
-student_config.teacher.checkpoint = TEACHER_DIR"""),
+    teacher_dir = os.path.join(WORKDIR, "teacher")
+    with mirror.Mirror(teacher_dir, os.path.join(MIRROR, "teacher"), SYNC_MINUTES * 60):
+        teacher_run = trainer.train_and_evaluate(teacher_config, teacher_dir)
+    student_config.teacher.checkpoint = os.path.join(teacher_dir, trainer.FINAL_MODEL_DIR)"""),
     ("md", """\
 ## SD-DKD student, sharded over every device
 
 `trainer.train_and_evaluate` jits one step over a mesh of all devices (batch sharded,
-parameters replicated): on a TPU v2-8 each of its 8 cores gets 8 images of the global
-batch of 64 (a v5e-1 chip gets all 64). The progress bar shows the loss and images/s;
-each epoch ends with the test accuracy."""),
+parameters replicated): a v5e-1 or v6e-1 chip gets the whole global batch of 64. The progress
+bar shows the loss and images/s; each epoch ends with the test accuracy. After the first
+epoch, the expected wall time of the whole run is printed from the measured images/s."""),
     ("code", """\
-student_run = trainer.train_and_evaluate(student_config, os.path.join(WORKDIR, "student"))"""),
+import statistics
+import threading
+
+
+def forecast(workdir, epochs, num_train, stop):
+    \"\"\"Prints the expected wall time once epoch 1 is evaluated: the median images/s of
+    its logged intervals (the first, which includes compilation, left out).\"\"\"
+    path = os.path.join(workdir, "metrics.jsonl")
+    while not stop.wait(5):
+        if not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+        train = [r["images_per_s"] for r in records if r["kind"] == "train"][1:]
+        if train and any(r["kind"] == "eval" for r in records):
+            img_s = statistics.median(train)
+            hours = epochs * num_train / img_s / 3600
+            print(f"measured {img_s:.0f} images/s: {epochs} epochs of {num_train} images take "
+                  f"about {hours:.1f} h (plus evaluation)", flush=True)
+            return
+
+
+student_dir = os.path.join(WORKDIR, "student")
+num_train = LIMIT_TRAIN or 50_000
+stop = threading.Event()
+threading.Thread(target=forecast, args=(student_dir, STUDENT_EPOCHS, num_train, stop),
+                 daemon=True).start()
+try:
+    with mirror.Mirror(student_dir, os.path.join(MIRROR, "student"), SYNC_MINUTES * 60):
+        student_run = trainer.train_and_evaluate(student_config, student_dir)
+finally:
+    stop.set()"""),
     ("md", "## Accuracy curves"),
     ("code", """\
 %matplotlib inline
@@ -193,20 +314,17 @@ print(f"student: best top-1 {student_run['best_top1']:.2f}, last {student_run['l
     ("md", """\
 ## Resuming after a disconnect
 
-Colab runtimes disconnect (idle time, usage limits). Nothing is lost with the work directory
-on Drive:
+Colab runtimes disconnect (idle time, usage limits). Reconnect (a TPU runtime again), then
+*Runtime -> Run all*: the install cell reinstalls kd_jax, the Drive cell mounts the same Drive
+and unpacks each run's `run.tar` (its latest checkpoint) onto the new VM's disk, the CIFAR-100
+archive is read from Drive (no new download), and each `train_and_evaluate` continues from
+that checkpoint with the same data order. A finished run is not trained again: its summary is
+printed and the next cell goes on.
 
-1. Reconnect (a TPU runtime again), then *Runtime -> Run all*.
-2. The install cell reinstalls kd_jax; the Drive cell mounts the same `WORKDIR`.
-3. Each `train_and_evaluate` finds the latest checkpoint of its run directory and continues
-   from that step, with the same data order: the run ends with the parameters an
-   uninterrupted run would have. A finished run (the teacher, typically) is not trained
-   again: its summary is printed and the student starts, or resumes, right away.
-
-Checkpoints are written at every epoch end, at the end, and when the runtime stops the
-process (SIGTERM) or you press *Interrupt* (the run saves its step and raises `RunStopped`;
-run the cell again to go on); a disconnect loses at most the current epoch. The trained student is in
-`WORKDIR/student/final_model`, loadable as a teacher by kd_jax (`teacher.checkpoint`).
+What a disconnect can lose: the steps since the last copy to Drive (at most `SYNC_MINUTES`,
+plus the epoch in progress). The trained student is in `WORKDIR/student/final_model` and in
+Drive's `run.tar`, loadable as a teacher by kd_jax (`teacher.checkpoint`). The trainer keeps
+no separate best model: `summary.json` records the best top-1 and its epoch.
 
 For more than one TPU host (a pod slice), run `python -m kd_jax.main ...
 --config.multihost=True` on every host instead: see the README."""),

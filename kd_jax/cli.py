@@ -26,7 +26,9 @@ from typing import Iterator, Optional, Sequence
 from absl import flags
 
 PROG = "python -m kd_jax.main"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The shipped config files (package data: in the wheel too). `--config NAME.py[:ARG]` picks one
+# by name; `--config path/to/file.py` loads the user's own.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 HELP_FLAGS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
 # --config.KEY=VALUE, --config.KEY VALUE, --noconfig.KEY (booleans), as config_flags reads them.
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
@@ -36,10 +38,11 @@ _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "
 
 EXAMPLES = f"""\
 examples:
-  {PROG} --config configs/quickstart.py --workdir runs/quickstart
-  {PROG} --config configs/cifar_kd.py:resnet32x4-resnet8x4 --workdir runs/kd \\
+  {PROG} --config quickstart.py --workdir runs/quickstart
+  {PROG} --config cifar_kd.py:resnet32x4-resnet8x4 --workdir runs/kd \\
       --config.teacher.checkpoint=teachers/resnet32x4 --config.num_epochs=240
-  {PROG} --help --config configs/cifar_kd.py     # that config's keys and values"""
+  {PROG} --config my_configs/mine.py --workdir runs/mine   # your own config file
+  {PROG} --help --config cifar_kd.py     # that config's keys and values"""
 
 
 class UsageError(Exception):
@@ -50,7 +53,7 @@ class UsageError(Exception):
 class Args:
     config: object        # the ConfigDict, overrides applied, locked
     workdir: str
-    config_arg: str       # the --config value, e.g. "configs/cifar_kd.py:vgg13-vgg8"
+    config_arg: str       # the --config value, e.g. "cifar_kd.py:vgg13-vgg8"
 
 
 def one_line(text: str) -> str:
@@ -74,7 +77,7 @@ def parse(argv: Sequence[str]) -> Args:
             _check_misspelled(args, name)
     if not config_arg:
         raise UsageError(f"missing --config: give a config file, e.g. --config "
-                         f"configs/quickstart.py (see {PROG} --help)")
+                         f"quickstart.py (see {PROG} --help)")
     if not workdir:
         raise UsageError("missing --workdir: the directory for checkpoints, logs and the "
                          "summary (running again with the same one resumes)")
@@ -148,34 +151,43 @@ def _parse_absl_flags(argv: list[str]) -> None:
 # --- the config file -----------------------------------------------------------------------
 
 def config_files() -> list[str]:
-    """configs/*.py as the user would type them: relative if ./configs exists, else absolute."""
-    if os.path.isdir("configs"):
-        return sorted(os.path.join("configs", f) for f in os.listdir("configs")
-                      if f.endswith(".py") and not f.startswith("_"))
-    if os.path.isdir(CONFIG_DIR):
-        return sorted(os.path.join(CONFIG_DIR, f) for f in os.listdir(CONFIG_DIR)
-                      if f.endswith(".py") and not f.startswith("_"))
-    return []
+    """The shipped config files (absolute paths in kd_jax/configs), sorted."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(os.path.join(CONFIG_DIR, f) for f in os.listdir(CONFIG_DIR)
+                  if f.endswith(".py") and not f.startswith("_"))
+
+
+def resolve_config_path(path: str) -> str:
+    """A --config file: an existing path as given (the user's own file), else a shipped config
+    by name: `cifar_kd.py` or `cifar_kd` (also `configs/cifar_kd.py`, the pre-package path).
+    Raises UsageError, naming the closest shipped config, when neither exists."""
+    if os.path.isdir(path):
+        raise UsageError(f"--config {path} is a directory; give one of its .py files")
+    if os.path.isfile(path):
+        return path
+    files = config_files()
+    names = {os.path.basename(f): f for f in files}
+    name = os.path.basename(path)
+    if os.path.dirname(path) in ("", "configs"):
+        for candidate in (name, name + ".py"):
+            if candidate in names:
+                return names[candidate]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UsageError(f"config file {path!r} not found (neither a file nor a shipped config); "
+                     f"{hint}shipped configs: " + ", ".join(names))
 
 
 def load_config(config_arg: str):
-    """configs/x.py[:arg] -> get_config([arg]), as config_flags would call it."""
+    """NAME.py[:arg] or path/to/file.py[:arg] -> get_config([arg]), as config_flags would
+    call it (see resolve_config_path)."""
     from ml_collections import ConfigDict
 
     path, sep, arg = config_arg.partition(":")
-    if os.path.isdir(path):
-        raise UsageError(f"--config {path} is a directory; give one of its .py files")
-    if not os.path.isfile(path):
-        files = config_files()
-        names = {os.path.basename(f): f for f in files}
-        close = [names[n] for n in difflib.get_close_matches(os.path.basename(path), names,
-                                                             n=1, cutoff=0.75)]
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        where = os.path.dirname(files[0]) if files else "configs"
-        raise UsageError(f"config file {path!r} not found; {hint}config files in {where}/: "
-                         + ", ".join(os.path.basename(f) for f in files))
+    path = resolve_config_path(path)
     if not path.endswith(".py"):
-        raise UsageError(f"--config {path}: expected a Python config file (configs/*.py)")
+        raise UsageError(f"--config {path}: expected a Python config file (*.py)")
     spec = importlib.util.spec_from_file_location("kd_jax_cli_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)   # an error inside the file is a bug: keep its traceback
@@ -278,14 +290,15 @@ def help_text(config_arg: Optional[str] = None) -> str:
         "  -h, --help           this help; with --config, also that config's keys and values",
         "  (absl's logging flags, e.g. --verbosity=1, are accepted as well)",
         "",
-        "config files:",
+        "config files (shipped with kd_jax; give one by name, e.g. --config cifar_sdd.py:PAIR,",
+        "or the path of your own file):",
     ]
     files = config_files()
     width = max((len(os.path.basename(f)) for f in files), default=0)
     for f in files:
         lines.append(f"  {os.path.basename(f):<{width}}  {_summary(f)}")
     if files:
-        lines.append(f"  (in {os.path.dirname(files[0]) or '.'}/)")
+        lines.append(f"  (in {os.path.dirname(files[0])}/)")
     lines += ["", EXAMPLES]
     if config_arg:
         try:

@@ -1,4 +1,4 @@
-"""Command line: python -m kd_jax.main --config configs/cifar_sdd.py[:pair] --workdir DIR
+"""Command line: python -m kd_jax.main --config cifar_sdd.py[:pair] --workdir DIR
 
 Any config key can be overridden, e.g. --config.num_epochs=10 --config.teacher.checkpoint=t.pth;
 unknown keys are rejected (the config is locked). Running again with the same --workdir
@@ -15,10 +15,10 @@ import sys
 from absl import flags, logging
 
 from kd_jax import cli   # importing kd_jax first sets the C++ logging environment
+from kd_jax.cache import cache_dir
 
 # Compiled steps persist across runs (a resumed run, the next seed, a rerun): no recompile.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.expanduser("~"), ".cache", "kd_jax", "jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir("jax_cache"))
 
 
 # JAX, TensorFlow and the trainer are imported inside the functions: `--help` and every

@@ -32,7 +32,7 @@ def cli(config_arg, workdir, *overrides):
 
     kd_jax.cli.parse works on a private FlagValues per call: no global flag state is
     defined, reset or shared between tests."""
-    argv = ["kd_jax.main", f"--config={os.path.join(ROOT, 'configs', config_arg)}",
+    argv = ["kd_jax.main", f"--config={os.path.join(ROOT, 'kd_jax', 'configs', config_arg)}",
             f"--workdir={workdir}", *overrides]
     args = kd_cli.parse(argv)
     return kd_main.run(args.config, args.workdir)
@@ -115,7 +115,7 @@ def test_unknown_key_is_rejected(tmp_path):
 
 def test_parses_are_independent(tmp_path):
     """Overrides of one parse do not leak into the next (no shared flag state)."""
-    config = os.path.join(ROOT, "configs", "cifar_kd.py")
+    config = os.path.join(ROOT, "kd_jax", "configs", "cifar_kd.py")
     first = kd_cli.parse(["p", f"--config={config}", f"--workdir={tmp_path}",
                           "--config.num_epochs=3", "--config.optimizer.lr=0.5"])
     second = kd_cli.parse(["p", f"--config={config}", f"--workdir={tmp_path}"])
@@ -129,7 +129,8 @@ def test_command_line_reports_config_errors_without_traceback(tmp_path):
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "kd_jax.main", f"--config={os.path.join(ROOT, 'configs', 'cifar_kd.py')}",
+        [sys.executable, "-m", "kd_jax.main",
+         f"--config={os.path.join(ROOT, 'kd_jax', 'configs', 'cifar_kd.py')}",
          f"--workdir={tmp_path}", "--config.dataset.name=synthetic"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KD = "configs/cifar_kd.py"
+KD = "cifar_kd.py"
 # What the CLI must set by itself (the test process has some of them from conftest.py).
 _LOGGING_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY",
                 "GLOG_minloglevel", "TFDS_DATA_DIR")
@@ -55,14 +55,14 @@ CASES = {
                                "unknown config key 'lr'; did you mean 'optimizer.lr'?"),
     "bad int": ([KD, "--config.num_epochs=abc"],
                 "kd_jax: error: --config.num_epochs=abc: expected an integer (num_epochs is "
-                "240 in configs/cifar_kd.py)"),
+                "240 in cifar_kd.py)"),
     "bad bool": ([KD, "--config.tensorboard=maybe"],
                  "--config.tensorboard=maybe: expected true or false"),
-    "unknown pair": (["configs/cifar_kd.py:resnet32x4-foo"],
+    "unknown pair": (["cifar_kd.py:resnet32x4-foo"],
                      "unknown cifar100 pair 'resnet32x4-foo' for KD; known pairs: "),
-    "no such config file": (["configs/cifar_kdd.py"],
-                            "kd_jax: error: config file 'configs/cifar_kdd.py' not found; "
-                            "did you mean 'configs/cifar_kd.py'?"),
+    "no such config file": (["cifar_kdd.py"],
+                            "kd_jax: error: config file 'cifar_kdd.py' not found (neither a "
+                            "file nor a shipped config); did you mean 'cifar_kd.py'?"),
     "missing teacher checkpoint": ([KD, "--config.teacher.checkpoint=/no/such.pth"],
                                    "kd_jax: error: teacher.checkpoint='/no/such.pth': no "
                                    "such file or directory"),
@@ -70,10 +70,10 @@ CASES = {
                           "--config.dataset.data_dir=/no/such/dir"],
                          "kd_jax: error: dataset.data_dir='/no/such/dir': no such directory"),
     "positional argument": ([KD, "extra"], "kd_jax: error: unexpected argument 'extra'"),
-    "quickstart: unknown student": (["configs/quickstart.py", "--config.students=ce,foo"],
+    "quickstart: unknown student": (["quickstart.py", "--config.students=ce,foo"],
                                     "kd_jax: error: students='ce,foo': unknown student 'foo'"),
     # Checked against the pair's models (ShuffleV1's 4x4 pre-pool map) before any data is read.
-    "MSDCRD window too big": (["configs/cifar_msdcrd.py:resnet32x4-ShuffleV1",
+    "MSDCRD window too big": (["cifar_msdcrd.py:resnet32x4-ShuffleV1",
                                "--config.teacher.checkpoint=random",
                                "--config.method.windows=(1,2,8)"],
                               "kd_jax: error: method.windows=(1, 2, 8): the student's 4x4 and "
@@ -90,7 +90,7 @@ def test_mistake_is_one_error_line(tmp_path, case):
 
 def test_quickstart_checks_its_students_before_the_teacher(tmp_path):
     """A bad student setting fails before the teacher is retrained (teacher_dir="")."""
-    proc = run_cli(tmp_path, "--config", "configs/quickstart.py", "--config.teacher_dir=",
+    proc = run_cli(tmp_path, "--config", "quickstart.py", "--config.teacher_dir=",
                    "--config.teacher_epochs=1", "--config.teacher_limit_train=64",
                    "--config.student_arch=resnet7", *workdir(tmp_path))
     assert "kd_jax: error: student.arch='resnet7'; allowed: " in error_line(proc)
@@ -118,14 +118,15 @@ def test_help_lists_configs_and_exits_0(tmp_path):
     assert proc.stderr.strip() == ""
     out = proc.stdout
     assert "usage: python -m kd_jax.main --config FILE[:ARG] --workdir DIR" in out
-    for name in sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")):
+    shipped = os.listdir(os.path.join(ROOT, "kd_jax", "configs"))
+    for name in sorted(f for f in shipped if f.endswith(".py") and not f.startswith("_")):
         assert name in out
     assert "cifar_kd.py" in out and "KD (Hinton et al.) on CIFAR-100" in out
-    assert "python -m kd_jax.main --config configs/quickstart.py --workdir runs/quickstart" in out
+    assert "python -m kd_jax.main --config quickstart.py --workdir runs/quickstart" in out
 
 
 def test_help_with_a_config_shows_its_keys(tmp_path):
-    proc = run_cli(tmp_path, "-h", "--config", "configs/cifar_kd.py:vgg13-vgg8")
+    proc = run_cli(tmp_path, "-h", "--config", "cifar_kd.py:vgg13-vgg8")
     assert proc.returncode == 0, proc.stderr
     assert "optimizer.lr = 0.05" in proc.stdout and "student.arch = 'vgg8'" in proc.stdout
 
@@ -173,3 +174,23 @@ def test_benchmark_help_describes_every_flag(script):
             continue
         assert "(default:" in " ".join(entry.split()), entry
         assert len(entry.split()) > 3, entry
+
+
+@pytest.mark.parametrize("config_arg", ["cifar_kd.py:vgg13-vgg8", "cifar_kd:vgg13-vgg8",
+                                        "configs/cifar_kd.py:vgg13-vgg8"])
+def test_shipped_config_by_name(tmp_path, config_arg):
+    """A shipped config by name (with or without .py; configs/NAME.py as before the move)."""
+    proc = run_cli(tmp_path, "-h", "--config", config_arg)
+    assert proc.returncode == 0, proc.stderr
+    assert "student.arch = 'vgg8'" in proc.stdout
+
+
+def test_own_config_file_by_path(tmp_path):
+    """A config file of the user's own, anywhere, is loaded by its path; one whose name is
+    also a shipped config's wins over it (a path that exists is always the user's)."""
+    mine = tmp_path / "cifar_kd.py"
+    mine.write_text("from kd_jax.configs import cifar_kd\n\n\ndef get_config(arg=None):\n"
+                    "    c = cifar_kd.get_config(arg)\n    c.num_epochs = 7\n    return c\n")
+    proc = run_cli(tmp_path, "-h", "--config", f"{mine}:vgg13-vgg8")
+    assert proc.returncode == 0, proc.stderr
+    assert "num_epochs = 7" in proc.stdout and "student.arch = 'vgg8'" in proc.stdout

@@ -186,7 +186,7 @@ def test_limits_keep_the_first_examples(tmp_path):
 
 
 def test_unknown_name_lists_allowed():
-    with pytest.raises(ValueError, match="cifar100, imagenet2012, caltech_birds2011, "
+    with pytest.raises(ValueError, match="cifar10, cifar100, imagenet2012, caltech_birds2011, "
                                          "fashion_mnist, synthetic"):
         data.get_dataset({"name": "mnist"})
 

@@ -40,16 +40,16 @@ def offline(tmp_path, monkeypatch):
     return home, connects
 
 
-def test_cifar100_offline_raises_without_download(offline):
+def test_cub_offline_raises_without_download(offline, tmp_path):
     home, connects = offline
     with pytest.raises(data.DataNotFoundError) as error:
-        data.get_dataset({"name": "cifar100", "data_dir": None})
+        data.get_dataset({"name": "caltech_birds2011", "data_dir": None})
     message = str(error.value)
-    assert connects == [("www.cs.toronto.edu", 443)]   # one probe, no download
+    assert connects == [("data.caltech.edu", 443)]   # one probe, no download
     assert f"not prepared in {home}/tensorflow_datasets" in message
-    assert "www.cs.toronto.edu cannot be reached (no network?)" in message
-    assert "cifar-100-binary.tar.gz" in message and "--config.dataset.data_dir" in message
-    assert os.listdir(home) == []   # no ~/tensorflow_datasets/cifar100, no downloads/
+    assert "data.caltech.edu cannot be reached (no network?)" in message
+    assert "CUB_200_2011.tgz" in message
+    assert os.listdir(home) == []   # no ~/tensorflow_datasets/caltech_birds2011, no downloads/
 
 
 def test_kd_jax_offline_skips_even_the_probe(offline, monkeypatch, tmp_path):
@@ -71,7 +71,7 @@ def test_imagenet_needs_its_manual_files_and_no_network(offline, tmp_path):
 
 
 def test_data_dir_must_exist(tmp_path):
-    for name in ("cifar100", "imagenet2012", "caltech_birds2011", "fashion_mnist"):
+    for name in ("cifar10", "cifar100", "imagenet2012", "caltech_birds2011", "fashion_mnist"):
         with pytest.raises(data.DataNotFoundError, match="dataset.data_dir=.*: no such directory"):
             data.get_dataset({"name": name, "data_dir": str(tmp_path / "missing")})
 
@@ -87,14 +87,15 @@ def test_prepared_or_placed_data_goes_to_tfds(tmp_path):
     (version / "dataset_info.json").write_text("{}")
     assert tfds_io.prepared_on_disk(root, "cifar100")
 
-    source, manual = tfds_io.SOURCES["cifar100"], tmp_path / "manual"
+    source, manual = tfds_io.SOURCES["caltech_birds2011"], tmp_path / "manual"
     manual.mkdir()
+    (manual / "segmentations.tgz").write_text("")
     assert not tfds_io._has_local_files(source, root, str(manual))
-    downloads = tmp_path / "downloads" / "cifar100"
+    downloads = tmp_path / "downloads" / "caltech_birds2011"
     downloads.mkdir(parents=True)
-    (downloads / "cs.toronto.edu_kriz_cifar-100-binaryzK0.tar.gz.tmp.0a1b").write_text("")
+    (downloads / "data.caltech.edu_CUB_200_2011zK0.tgz.tmp.0a1b").write_text("")
     assert not tfds_io._has_local_files(source, root, str(manual))
-    (manual / "cifar-100-binary.tar.gz").write_text("")
+    (manual / "CUB_200_2011.tgz").write_text("")
     assert tfds_io._has_local_files(source, root, str(manual))
 
 
@@ -137,3 +138,16 @@ def test_network_probe(monkeypatch):
     monkeypatch.delenv(tfds_io.OFFLINE_ENV)
     monkeypatch.delenv("https_proxy")
     assert not tfds_io.network_reachable("127.0.0.1", port, timeout=2)   # closed port
+
+
+@pytest.mark.parametrize("name", ["imagenet2012", "caltech_birds2011"])
+def test_tf_datasets_without_tensorflow_name_the_extra(tmp_path, monkeypatch, name):
+    """The core install has no TensorFlow: its datasets fail with one error naming [tf]."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda mod, *a: None if mod == "tensorflow" else find_spec(mod, *a))
+    with pytest.raises(data.DataNotFoundError, match=r"needs TensorFlow, which the core kd_jax "
+                                                     r"install leaves out: pip install "
+                                                     r"'kd_jax\[tf\]'"):
+        data.get_dataset({"name": name, "data_dir": str(tmp_path)})

@@ -1,6 +1,6 @@
-"""kd_jax.data paths through TensorFlow: CIFAR-100 under tfds.testing.mock_data (never a real
-download) and the tf.data pipeline of imagenet2012 / caltech_birds2011 on fake builders (small
-smooth images, and photo-sized textured ones that the pipelines shrink, as on the real data).
+"""kd_jax.data paths through TensorFlow (the [tf] extra): the tf.data pipeline of imagenet2012
+and caltech_birds2011 on fake builders (small smooth images, and photo-sized textured ones that
+the pipelines shrink, as on the real data).
 
 Expected images come from PIL, what torchvision's Resize uses on PIL images (BILINEAR, whose
 filter widens with the scale factor when shrinking: antialiasing), never from the code under
@@ -25,20 +25,6 @@ from kd_jax.data import imagenet, tfds_io
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def test_cifar100_under_mock_data(tmp_path, monkeypatch):
-    # mock_data fakes the download; without this the offline check would refuse first.
-    monkeypatch.setattr(tfds_io, "network_reachable", lambda *args, **kwargs: True)
-    with tfds.testing.mock_data(num_examples=24):
-        dataset = data.get_dataset({"name": "cifar100", "data_dir": str(tmp_path),
-                                    "limit_test": 10})
-    assert dataset.info == data.DatasetInfo("cifar100", 100, (32, 32, 3), 24, 10)
-    batches = list(dataset.train_batches(1, 8, seed=0))
-    assert len(batches) == 3
-    assert batches[0]["image"].shape == (8, 32, 32, 3) and batches[0]["image"].dtype == np.float32
-    assert batches[0]["label"].dtype == np.int32
-    assert sum(b["mask"].sum() for b in dataset.eval_batches(8)) == 10
 
 
 def smooth_image(height, width, index):

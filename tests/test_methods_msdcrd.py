@@ -1,4 +1,4 @@
-"""MSDCRD as a method of the trainer (kd_jax.methods.msdcrd, configs/cifar_msdcrd.py).
+"""MSDCRD as a method of the trainer (kd_jax.methods.msdcrd, kd_jax/configs/cifar_msdcrd.py).
 
 Expected values are written out here, not read back from kd_jax: the pre-pool map of every
 CIFAR model (from the reference dumps in tests/data/torch_state_dicts/*.txt: the map the
@@ -404,7 +404,7 @@ def test_cli_smoke_resnet32x4_shufflev1(tmp_path, extra):
     env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")   # compile speed, not numerics
     proc = subprocess.run(
         [sys.executable, "-m", "kd_jax.main",
-         "--config=configs/cifar_msdcrd.py:resnet32x4-ShuffleV1", f"--workdir={workdir}",
+         "--config=cifar_msdcrd.py:resnet32x4-ShuffleV1", f"--workdir={workdir}",
          *SMOKE, "--config.progress_bar=False", *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,9 +1,11 @@
 """MetricLog's progress output: a tqdm bar on a terminal, plain lines in a log file."""
 
+import os
 import re
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from kd_jax.train import metric_log
@@ -69,3 +71,28 @@ def test_no_progress_output_when_disabled(tmp_path, capsys):
     log.message("only this")
     log.close()
     assert capsys.readouterr().err == "only this\n"
+
+
+def test_crc32c_known_value():
+    # The CRC-32C check value of the Castagnoli polynomial (RFC 3720, B.4).
+    from kd_jax.train import tb_events
+    assert tb_events.crc32c(b"123456789") == 0xE3069283
+    assert tb_events.crc32c(bytes(32)) == 0x8A9136AA
+
+
+def test_tensorboard_events_read_back_by_tensorflow(tmp_path):
+    """The event file, written without TensorFlow, read by TensorFlow's own record reader
+    (checks every CRC) and parsed as Event protos: the scalars TensorBoard shows."""
+    tf = pytest.importorskip("tensorflow", reason="reading the events back needs the [tf] extra")
+    log = MetricLog(str(tmp_path), tensorboard=True, progress_bar=False)
+    log.write(5, "train", {"loss": 2.5, "lr": np.float32(0.05), "name": "x", "ok": True})
+    log.write(7, "eval", {"top1": 61.25, "step_count": -3})
+    log.close()
+    (path,) = [os.path.join(tmp_path, "tb", f) for f in os.listdir(tmp_path / "tb")]
+    events = [tf.compat.v1.Event.FromString(r.numpy())
+              for r in tf.data.TFRecordDataset(path)]
+    assert events[0].file_version == "brain.Event:2"
+    scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
+    assert scalars == [(5, "train/loss", 2.5), (5, "train/lr", np.float32(0.05)),
+                       (7, "eval/top1", 61.25), (7, "eval/step_count", -3.0)]
+    assert all(e.wall_time > 1.7e9 for e in events)

@@ -147,7 +147,7 @@ CASES = cases()
 
 
 def load_config(name, arg=None):
-    path = os.path.join(ROOT, "configs", f"{name}.py")
+    path = os.path.join(ROOT, "kd_jax", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -188,7 +188,8 @@ def test_every_config_file_and_pair_is_covered():
             offered |= {(file, f"{t}-{s},{base}") for t, s in recipes.pairs(dataset, "sdd", base)}
     tested = {(c[0], c[1]) for c in CASES if not (c[0].endswith("_sdd") and "," not in c[1])}
     assert offered == tested
-    files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
+    files = {os.path.basename(p)[:-3]
+             for p in glob.glob(os.path.join(ROOT, "kd_jax", "configs", "[!_]*.py"))}
     assert {c[0] for c in CASES} | {"cifar_teacher", "quickstart"} <= files
 
 
@@ -197,7 +198,7 @@ def test_every_config_file_and_pair_is_covered():
                                       ("ShuffleV1", 0.01), ("ShuffleV2", 0.01),
                                       ("MobileNetV2", 0.01)])
 def test_teacher_config(model, lr):
-    """configs/cifar_teacher.py: CE alone with the student recipe's solver."""
+    """cifar_teacher.py: CE alone with the student recipe's solver."""
     c = load_config("cifar_teacher", model)
     assert c.method.to_dict() == {"name": "ce"}
     assert (c.student.arch, c.teacher.arch, c.optimizer.lr, c.num_epochs) == (model, "", lr, 240)
@@ -210,7 +211,7 @@ def test_overriding_the_sdd_base_is_refused():
     c.teacher.checkpoint = "random"
     c.method.base = "kd"
     with pytest.raises(ConfigError, match=r"unexpected method.alpha, method.beta, method.stable.*"
-                                          r"configs/cifar_sdd.py:<pair>,<base>"):
+                                          r"cifar_sdd.py:<pair>,<base>"):
         config_validation.validate(c, num_devices=1)
     c = load_config("cifar_sdd", "resnet32x4-ShuffleV1,kd")
     c.teacher.checkpoint = "random"

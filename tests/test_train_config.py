@@ -12,11 +12,11 @@ from kd_jax.train import config_validation, schedules
 from kd_jax.train.config_validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "kd_jax", "configs", "[!_]*.py")))
 
 
 def load_config_module(name):
-    path = os.path.join(ROOT, "configs", f"{name}.py")
+    path = os.path.join(ROOT, "kd_jax", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -99,7 +99,7 @@ def _kd_config():
 
 @pytest.mark.parametrize("key,value,match", [
     ("method.name", "fitnet", r"method.name='fitnet'; allowed: ce, kd"),
-    ("dataset.name", "mnist", r"dataset.name='mnist'; allowed: cifar100"),
+    ("dataset.name", "mnist", r"dataset.name='mnist'; allowed: cifar10, cifar100"),
     ("student.arch", "resnet9", r"student.arch='resnet9'; allowed: .*resnet8"),
     ("teacher.arch", "nope", r"teacher.arch='nope'"),
     ("teacher.checkpoint", None, r"needs teacher.checkpoint"),

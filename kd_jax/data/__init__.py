@@ -6,11 +6,15 @@ host batches into global arrays sharded along the batch axis.
 
 Config keys (the trainer's ``config.dataset`` subtree):
 
-- ``name``: ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` | ``fashion_mnist`` |
-  ``synthetic``.
+- ``name``: ``cifar10`` | ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` |
+  ``fashion_mnist`` | ``synthetic``.
 - ``data_dir`` (str or None):
-    - cifar100, caltech_birds2011: tfds data directory (default ~/tensorflow_datasets); a
-      ``cifar-100-binary.tar.gz`` placed there is used instead of a download.
+    - cifar10, cifar100: a directory holding the original archive, python format
+      (``cifar-{10,100}-python.tar.gz``, torchvision's and Keras's) or binary
+      (``cifar-{10,100}-binary.tar.gz``), or its extracted folder. None: the cache
+      (kd_jax.cache.cache_dir("cifar")). Not found: downloaded there (md5 checked); read with
+      numpy, no TensorFlow (see kd_jax.data.cifar).
+    - caltech_birds2011: tfds data directory (default ~/tensorflow_datasets).
     - imagenet2012: the manual download directory holding ILSVRC2012_img_{train,val}.tar;
       tfds prepares its records there on the first run.
     - fashion_mnist: a directory with the four original IDX files
@@ -34,8 +38,8 @@ Dataset contract:
 - ``eval_batches(G)``: the full test set once, in order, last batch zero-padded;
   ``{"image", "label", "mask": float32 (b,)}`` with mask 1 for real examples, 0 for padding.
 
-Augmentation: cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8 batches in
-numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
+Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8
+batches in numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
 imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet).
 """
 
@@ -45,21 +49,21 @@ import os
 from typing import Any
 
 from kd_jax.data import augment
-from kd_jax.data.catalog import (CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET, SYNTHETIC,
-                                 facts)
+from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET,
+                                 SYNTHETIC, facts)
 from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
 from kd_jax.data.in_memory import InMemoryDataset
 from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
 
-__all__ = ["CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC", "facts",
-           "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
+__all__ = ["CIFAR10", "CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC",
+           "facts", "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
            "get_dataset", "prefetch_to_mesh", "to_global_array"]
 
 def _how_to(name: str) -> str:
     """How to provide dataset `name` (each loader's own sentence)."""
-    if name == "cifar100":
+    if name in ("cifar10", "cifar100"):
         from kd_jax.data import cifar
-        return cifar.HOW_TO
+        return cifar.how_to(name)
     if name == "fashion_mnist":
         from kd_jax.data import fashion_mnist
         return fashion_mnist.HOW_TO
@@ -69,6 +73,7 @@ def _how_to(name: str) -> str:
 
 # name -> (num_classes, mean, std) of the in-memory datasets.
 _IN_MEMORY = {
+    "cifar10": (10, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
     "cifar100": (100, augment.CIFAR100_MEAN, augment.CIFAR100_STD),
     "fashion_mnist": (10, augment.FASHION_MNIST_MEAN, augment.FASHION_MNIST_STD),
     # Random pixels have no statistics of their own; CIFAR's keep the path identical.
@@ -90,8 +95,9 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
     data_dir = _get(config, "data_dir") or None  # "" means unset, as on the command line
     if data_dir is not None and name != "synthetic" and not os.path.isdir(
             os.path.expanduser(data_dir)):
-        create = (" (create it first to let tfds download into it)"
-                  if name in ("cifar100", "caltech_birds2011") else "")
+        create = {"caltech_birds2011": " (create it first to let tfds download into it)",
+                  "cifar10": " (create it first to let kd_jax download into it)",
+                  "cifar100": " (create it first to let kd_jax download into it)"}.get(name, "")
         raise DataNotFoundError(f"dataset.data_dir={data_dir!r}: no such directory{create}. "
                                 f"{_how_to(name)}")
     limit_train = int(_get(config, "limit_train", 0))
@@ -106,9 +112,9 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
                              limit_test=limit_test)
 
     num_classes, mean, std = _IN_MEMORY[name]
-    if name == "cifar100":
+    if name in ("cifar10", "cifar100"):
         from kd_jax.data import cifar
-        train, test = cifar.load(data_dir, limit_train, limit_test)
+        train, test = cifar.load(name, data_dir, limit_train, limit_test)
     elif name == "fashion_mnist":
         from kd_jax.data import fashion_mnist
         train, test = fashion_mnist.load(data_dir, limit_train, limit_test)

@@ -13,6 +13,9 @@ import dataclasses
 import numpy as np
 
 # Per-channel statistics on [0, 1] (RGB).
+# CIFAR-10: the per-channel mean and std of its 50000 training images (torchvision's examples).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -12,6 +12,21 @@ class DataNotFoundError(FileNotFoundError):
     """The dataset's files are absent and cannot (or may not) be downloaded."""
 
 
+class MissingExtraError(DataNotFoundError):
+    """The dataset needs a package of an optional extra (e.g. TensorFlow: kd_jax[tf])."""
+
+
+def require_tensorflow(what: str) -> None:
+    """Raises MissingExtraError naming the [tf] extra if TensorFlow is not installed (checked
+    without importing it)."""
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MissingExtraError(f"{what} needs TensorFlow, which the core kd_jax install leaves "
+                                "out: pip install 'kd_jax[tf]' (tensorflow-cpu; on a machine "
+                                "with a preinstalled tensorflow, as Colab's GPU runtimes, "
+                                "nothing more is needed)")
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """Static facts about a dataset after preprocessing.

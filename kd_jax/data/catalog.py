@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+CIFAR10 = "cifar10"
 CIFAR100 = "cifar100"
 IMAGENET = "imagenet2012"
 CUB = "caltech_birds2011"
@@ -23,6 +24,7 @@ class Facts:
 
 
 FACTS = {
+    CIFAR10: Facts(10, 32, "cifar"),
     CIFAR100: Facts(100, 32, "cifar"),
     IMAGENET: Facts(1000, 224, "imagenet"),
     CUB: Facts(200, 224, "cub"),

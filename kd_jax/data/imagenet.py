@@ -25,7 +25,8 @@ import math
 from typing import Callable, Iterator
 
 from kd_jax.data import augment, tfds_io
-from kd_jax.data.base import (DatasetInfo, check_epoch_args, local_batch_size, stateless_seed)
+from kd_jax.data.base import (DatasetInfo, check_epoch_args, local_batch_size, require_tensorflow,
+                              stateless_seed)
 
 CROP = 224
 RESIZE = 256
@@ -166,6 +167,7 @@ _PREPROCESS: dict[str, tuple[Callable, Callable]] = {
 
 def load(name: str, data_dir: str | None, **kwargs) -> "TFDSImageDataset":
     """Prepares (if needed) and opens tfds dataset `name`; kwargs go to TFDSImageDataset."""
+    require_tensorflow(f"dataset {name!r} (its tf.data pipeline)")
     builder = tfds_io.prepared_builder(name, data_dir, allow_download=True,
                                        how_to=SPECS[name].how_to, manual_dir=data_dir)
     return TFDSImageDataset(name, builder, **kwargs)

@@ -10,8 +10,8 @@ saying how to get the data: no download attempt, no retries, no progress bars, n
 A download that starts and fails removes the temporary files and the empty folders it created.
 Set KD_JAX_OFFLINE=1 to never download.
 
-tensorflow_datasets is imported lazily: the fashion_mnist (IDX files) and synthetic datasets
-work without it.
+tensorflow_datasets is imported lazily: the cifar10/cifar100 (archives), fashion_mnist (IDX
+files) and synthetic datasets work without it (and without TensorFlow).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from kd_jax.data.base import DataNotFoundError
+from kd_jax.data.base import DataNotFoundError, require_tensorflow
 
 # tfds retries a failing download 10 times with exponential backoff (about 200 s offline);
 # 3 retries keep real transient errors recoverable and fail in ~1.5 s without a network.
@@ -50,7 +50,6 @@ class Source:
 
 
 SOURCES = {
-    "cifar100": Source("www.cs.toronto.edu", ("cifar-100-binary.tar.gz",)),
     "caltech_birds2011": Source("data.caltech.edu", ("CUB_200_2011.tgz", "segmentations.tgz")),
     "fashion_mnist": Source("fashion-mnist.s3-website.eu-central-1.amazonaws.com",
                             ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -210,6 +209,7 @@ def prepared_builder(name: str, data_dir: str | None, *, allow_download: bool, h
                                     f"{'is' if len(source.files) == 1 else 'are'} not in "
                                     f"{manual}. {how_to}")
 
+    require_tensorflow(f"preparing or reading tfds dataset {name!r}")
     import tensorflow_datasets as tfds
     hide_accelerators_from_tensorflow()
     with _removed_on_failure(root, name), _quiet_tfds():

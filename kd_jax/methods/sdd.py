@@ -59,7 +59,7 @@ def build(hp):
     base = hp["base"]
     check_keys(f"sdd (base {base})", hp, KEYS[base],
                hint=". The recipe of a base is resolved when the config is built: choose it "
-                    "in the config argument (configs/cifar_sdd.py:<pair>,<base>) rather than "
+                    "in the config argument (cifar_sdd.py:<pair>,<base>) rather than "
                     "by overriding method.base")
     try:
         scales = losses.parse_scales(hp["scales"])

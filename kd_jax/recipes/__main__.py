@@ -27,7 +27,7 @@ NOTES = {
                                   "configs/imagenet/r34_r18/sdd_dkd.yaml has BATCH_SIZE 4, "
                                   "evidently a debug leftover; the solver's 512 is assumed",
 }
-# The method keys each dataset's config files offer (configs/<dataset>_<method>.py).
+# The method keys each dataset's config files offer (kd_jax/configs/<dataset>_<method>.py).
 OFFERED = {catalog.CIFAR100: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd", "clkd", "msdcrd"),
            catalog.CUB: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd"),
            catalog.IMAGENET: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd")}

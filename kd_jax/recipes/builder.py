@@ -1,6 +1,6 @@
 """The config builder: (method, dataset, pair) -> a complete ml_collections config.
 
-Every config file in configs/ is a thin `get_config(arg)` over `build_config`. The method
+Every config file in kd_jax/configs/ is a thin `get_config(arg)` over `build_config`. The method
 block holds every hyperparameter its objective uses, resolved here from the method's
 reference recipe (kd_jax.methods.<name>.hparams over kd_jax.recipes.table), so the config a
 run prints and saves is the objective it trains; the trainer never falls back on a library

@@ -1,6 +1,6 @@
 """The quickstart's two configs: its teacher (a plain run) and the pipeline of students.
 
-configs/quickstart_teacher.py and configs/quickstart.py are thin wrappers of these; the
+kd_jax/configs/quickstart_teacher.py and quickstart.py are thin wrappers of these; the
 pipeline (kd_jax.train.pipeline) retrains the teacher from `teacher_config()` when the
 shipped one is missing.
 """
@@ -42,7 +42,7 @@ def config() -> ml_collections.ConfigDict:
     c.dataset.limit_test = 0        # the full 10k test set
     c.teacher_dir = ASSET_DIR       # the shipped teacher; "" or a bad sha256: retrain it
     c.teacher_arch = "resnet14"
-    c.teacher_epochs = 3            # if retrained (configs/quickstart_teacher.py)
+    c.teacher_epochs = 3            # if retrained (quickstart_teacher.py)
     c.teacher_limit_train = 0
     c.student_arch = "resnet8"
     # Students by method key; "ce" (the student alone) is the verdict's baseline. KD and DKD

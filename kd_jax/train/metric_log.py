@@ -18,6 +18,8 @@ import time
 import jax
 import numpy as np
 
+from kd_jax.train import tb_events
+
 
 def _to_python(value):
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):
@@ -64,15 +66,8 @@ class MetricLog:
             # Append: a resumed run continues the same file.
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
-            import tensorflow as tf  # lazy: TF is slow to import and only needed here.
-            from tensorflow.core.framework import summary_pb2
-            self._tf = tf
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
-            # tf.summary.scalar lives in the `tensorboard` package, which tensorflow-cpu does
-            # not install; the core tf.summary.write with the scalars plugin's metadata
-            # writes the same event records.
-            self._scalar_meta = summary_pb2.SummaryMetadata()
-            self._scalar_meta.plugin_data.plugin_name = "scalars"
+            # Event files written without TensorFlow (importing it costs seconds per run).
+            self._tb = tb_events.EventWriter(os.path.join(workdir, "tb"))
         if progress_bar and (interactive if interactive is not None else
                              _interactive(sys.stderr)):
             from tqdm.auto import tqdm
@@ -93,13 +88,9 @@ class MetricLog:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
         if self._tb is not None:
-            with self._tb.as_default():
-                for k, v in values.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        self._tf.summary.write(f"{kind}/{k}",
-                                               self._tf.constant(v, self._tf.float32),
-                                               step=int(step), metadata=self._scalar_meta)
-            self._tb.flush()
+            self._tb.scalars(int(step), {f"{kind}/{k}": v for k, v in values.items()
+                                         if isinstance(v, (int, float))
+                                         and not isinstance(v, bool)})
 
     def progress(self, steps: int, **postfix) -> None:
         """`steps` more steps done; postfix: loss, img_s, epoch, ... of the last interval."""

@@ -1,9 +1,9 @@
 """The quickstart: one teacher, students in lockstep, several seeds, a computed verdict.
 
-    python -m kd_jax.main --config configs/quickstart.py --workdir DIR
+    python -m kd_jax.main --config quickstart.py --workdir DIR
 
 1. Teacher: the resnet14 shipped in kd_jax/assets/quickstart_teacher (trained on the full
-   Fashion-MNIST train set by configs/quickstart_teacher.py; RECORD.json holds the command,
+   Fashion-MNIST train set by kd_jax/configs/quickstart_teacher.py; RECORD.json holds the command,
    the sha256 of its files and its accuracy). If it is missing or its files do not match the
    recorded sha256, it is retrained into DIR/teacher with that config.
 2. Students (`students`, by method key; default resnet8 alone (CE), SD-KD and SD-DKD),
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -259,7 +260,7 @@ def _teacher(q, workdir: str) -> dict:
         record = summary_lib.read_json(os.path.join(q.teacher_dir, RECORD_FILE))
         return {"checkpoint": path, "student": record["arch"], "top1": record["top1"],
                 "source": f"shipped, {_shown(q.teacher_dir)}"}
-    print(f"=== quickstart: teacher ({why}; training it with configs/quickstart_teacher.py) ===",
+    print(f"=== quickstart: teacher ({why}; training it with quickstart_teacher.py) ===",
           flush=True)
     c = quickstart.teacher_config()
     c.student.arch = q.teacher_arch
@@ -301,14 +302,18 @@ def run_pipeline(q, workdir: str) -> dict:
                "verdict": verdict, "machine": machine}
     summary_lib.write_json(os.path.join(workdir, "quickstart_summary.json"), summary)
     plot_path = os.path.join(workdir, "quickstart_accuracy.png")
-    _plot(result, verdict, plot_path)
-    print("\n" + format_table(teacher, result, verdict, machine) + f"\n\nplot: {plot_path}",
+    if importlib.util.find_spec("matplotlib") is not None:
+        _plot(result, verdict, plot_path)
+        plot_note = f"plot: {plot_path}"
+    else:   # an optional extra: the table above says it all
+        plot_note = "plot: skipped (matplotlib is not installed: pip install 'kd_jax[plots]')"
+    print("\n" + format_table(teacher, result, verdict, machine) + f"\n\n{plot_note}",
           flush=True)
     return summary
 
 
 def ship_teacher(run_dir: str, asset_dir: str = quickstart.ASSET_DIR) -> dict:
-    """Copies a finished configs/quickstart_teacher.py run's final model into the package and
+    """Copies a finished quickstart_teacher.py run's final model into the package and
     records the command, its sha256 and its accuracy beside it (RECORD.json)."""
     summary = summary_lib.read_json(os.path.join(run_dir, summary_lib.SUMMARY_FILE))
     if summary is None or not summary.get("finished"):
@@ -319,7 +324,7 @@ def ship_teacher(run_dir: str, asset_dir: str = quickstart.ASSET_DIR) -> dict:
     os.makedirs(asset_dir, exist_ok=True)
     shutil.copytree(os.path.join(run_dir, trainer.FINAL_MODEL_DIR), model_dir)
     record = {
-        "command": "python -m kd_jax.main --config configs/quickstart_teacher.py "
+        "command": "python -m kd_jax.main --config quickstart_teacher.py "
                    "--workdir runs/quickstart_teacher && python -m kd_jax.train.pipeline "
                    "--ship runs/quickstart_teacher",
         "arch": summary["student"], "dataset": summary["dataset"],
@@ -340,7 +345,7 @@ def main(argv: list[str]) -> int:
                     "against the one README.md shows.")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--ship", metavar="RUN_DIR",
-                       help="copy a finished configs/quickstart_teacher.py run into "
+                       help="copy a finished quickstart_teacher.py run into "
                             f"{quickstart.ASSET_DIR} with its RECORD.json")
     group.add_argument("--check-verdict", metavar="WORKDIR",
                        help="compare WORKDIR/quickstart_summary.json's verdict with the "

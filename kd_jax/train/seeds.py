@@ -1,6 +1,6 @@
 """One config over several seeds: <workdir>/seed_<s> per seed, then mean ± std.
 
-    python -m kd_jax.main --config configs/cifar_kd.py --workdir DIR --config.seeds=0,1,2
+    python -m kd_jax.main --config cifar_kd.py --workdir DIR --config.seeds=0,1,2
 
 Each seed is an ordinary run (resumable; a finished one is skipped) with config.seed = s, so
 the student's initialisation, the data order and the augmentation all change with the seed.

@@ -6,7 +6,7 @@ feature) over sliding windows (1, 2, 4) clipped to the pair's common pre-pool ma
 complementary samples weighted 2, parameter-free embedding through each network's own
 classifier; KD's solver and the pair's lr.
 
-Usage: python -m kd_jax.main --config configs/cifar_msdcrd.py:resnet32x4-ShuffleV1 --workdir DIR
+Usage: python -m kd_jax.main --config cifar_msdcrd.py:resnet32x4-ShuffleV1 --workdir DIR
 Options: --config.method.embedding=projection (trainable 128-d heads, CRD-style),
 --config.method.chunk_size=256 (stream the sample-wise similarity), --config.method.kd_weight=1
 (add KD at T=4), --config.method.complementary_weight=1 (no categorisation),

@@ -1,6 +1,6 @@
 """A model trained alone with CE on CIFAR-100 (teachers, and students from scratch).
 
-Usage: python -m kd_jax.main --config configs/cifar_teacher.py:resnet32x4 --workdir DIR
+Usage: python -m kd_jax.main --config cifar_teacher.py:resnet32x4 --workdir DIR
 The argument after ':' names the model; `python -m kd_jax.main --help` lists the config
 files, and an unknown model lists the known ones. The printed config holds every value used.
 """

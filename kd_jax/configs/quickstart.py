@@ -1,7 +1,7 @@
 """Quickstart: a resnet14 teacher, then resnet8 students alone and with SD-KD and SD-DKD in
 lockstep over 3 seeds on Fashion-MNIST; prints mean ± std and a computed verdict.
 
-    python -m kd_jax.main --config configs/quickstart.py --workdir DIR
+    python -m kd_jax.main --config quickstart.py --workdir DIR
 
 Sized for a 2-core CPU in under 10 minutes: the shipped teacher (kd_jax/assets/
 quickstart_teacher, retrained if missing), students on the first 4096 training images for

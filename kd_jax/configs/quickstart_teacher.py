@@ -3,7 +3,7 @@
 Its weights ship in kd_jax/assets/quickstart_teacher (RECORD.json: this command, the sha256
 of the files, the accuracy); the quickstart retrains it with this config when they are missing:
 
-    python -m kd_jax.main --config configs/quickstart_teacher.py --workdir runs/quickstart_teacher
+    python -m kd_jax.main --config quickstart_teacher.py --workdir runs/quickstart_teacher
     python -m kd_jax.train.pipeline --ship runs/quickstart_teacher   # copy it into the package
 """
 

@@ -5,8 +5,8 @@ The base loss is the second part of the argument: `:<pair>,kd`, `:<pair>,dkd` or
 resolved when the config is built; overriding method.base afterwards is refused, because the
 other values would still be those of the first base.
 
-Usage: python -m kd_jax.main --config configs/imagenet_sdd.py:ResNet34-ResNet18 --workdir DIR     # SD-DKD
-       python -m kd_jax.main --config configs/imagenet_sdd.py:ResNet34-ResNet18,kd --workdir DIR  # SD-KD
+Usage: python -m kd_jax.main --config imagenet_sdd.py:ResNet34-ResNet18 --workdir DIR     # SD-DKD
+       python -m kd_jax.main --config imagenet_sdd.py:ResNet34-ResNet18,kd --workdir DIR  # SD-KD
 """
 
 from kd_jax import data, recipes

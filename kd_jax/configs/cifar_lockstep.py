@@ -6,7 +6,7 @@ seed + k. Each student has its method's reference recipe for the pair and its ow
 in <workdir>/<name> (summary.json, metrics.jsonl, final_model); one checkpoint holds all.
 
 Usage:
-    python -m kd_jax.main --config configs/cifar_lockstep.py:resnet32x4-resnet8x4,kd,dkd,sd_dkd \
+    python -m kd_jax.main --config cifar_lockstep.py:resnet32x4-resnet8x4,kd,dkd,sd_dkd \
         --workdir DIR --config.teacher.checkpoint=teachers/resnet32x4
 Override one student's value with --config.students.<name>.method.<key>=VALUE.
 """
