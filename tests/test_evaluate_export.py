@@ -20,8 +20,6 @@ torch = pytest.importorskip("torch", reason="the export oracle is the PyTorch re
 
 import torch_models  # noqa: E402  (tests/torch_models.py)
 from kd_jax import convert, data, evaluate, export, models  # noqa: E402
-from kd_jax import evaluate as evaluate_cli  # noqa: E402
-from kd_jax import export as export_cli  # noqa: E402
 
 # One model per family (and the variants whose keys differ), with the input sizes of
 # test_model_parity.py: ImageNet/CUB models at a multiple of 32 smaller than 224.
@@ -84,15 +82,15 @@ def test_export_command_on_a_final_model(tmp_path, capsys):
     final = str(tmp_path / "run" / "final_model")
     convert.save_converted(model, final, {"arch": "resnet8", "num_classes": 10})
     out = str(tmp_path / "resnet8.pth")
-    assert export_cli.main([final, "--to", "torch", out]) == 0
+    assert export.main([final, "--to", "torch", out]) == 0
     assert "wrote" in capsys.readouterr().out
     tmodel = torch_models.create("resnet8", 10)
     tmodel.load_state_dict(torch.load(out, weights_only=True), strict=True)
-    assert export_cli.main([final, "--to", "torch", out]) == 1
+    assert export.main([final, "--to", "torch", out]) == 1
     assert "exists (pass --overwrite" in capsys.readouterr().err
-    assert export_cli.main([str(tmp_path / "run"), "--to", "npz", str(tmp_path / "x.npz")]) == 1
+    assert export.main([str(tmp_path / "run"), "--to", "npz", str(tmp_path / "x.npz")]) == 1
     assert (f"it is a run directory: pass {final}") in capsys.readouterr().err
-    assert export_cli.main([final, "--to", "onnx", str(tmp_path / "x.onnx")]) == 2
+    assert export.main([final, "--to", "onnx", str(tmp_path / "x.onnx")]) == 2
 
 
 # --- evaluate ------------------------------------------------------------------------------------
@@ -123,7 +121,7 @@ def test_evaluate_matches_torch(tmp_path, capsys, source):
     else:
         argv = [pth, "--arch", "resnet8"]
     # The 512 synthetic test images in batches of 100: the last batch is padded, masked out.
-    assert evaluate_cli.main([*argv, "--dataset", "synthetic", "--batch-size", "100",
+    assert evaluate.main([*argv, "--dataset", "synthetic", "--batch-size", "100",
                               "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     want = torch_metrics(tmodel, data.get_dataset(evaluate.dataset_config("synthetic", 10)))
@@ -140,14 +138,14 @@ def test_evaluate_on_fashion_mnist_and_errors(tmp_path, capsys):
     path = str(tmp_path / "teacher")
     convert.save_converted(random_flax_model("resnet8", 10), path,
                            {"arch": "resnet8", "num_classes": 10})
-    assert evaluate_cli.main([path, "--dataset", "fashion_mnist", "--limit", "200"]) == 0
+    assert evaluate.main([path, "--dataset", "fashion_mnist", "--limit", "200"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"resnet8 (converted directory {path}) on the fashion_mnist test split "
                           "(200 images): top-1 ")
-    assert evaluate_cli.main([path, "--dataset", "cifar100x"]) == 2
+    assert evaluate.main([path, "--dataset", "cifar100x"]) == 2
     assert "--dataset 'cifar100x'; allowed:" in capsys.readouterr().err
-    assert evaluate_cli.main([path + ".pth", "--dataset", "synthetic"]) == 1
+    assert evaluate.main([path + ".pth", "--dataset", "synthetic"]) == 1
     assert "no such file or directory" in capsys.readouterr().err
     # No --dataset and none recorded in teacher.json.
-    assert evaluate_cli.main([path]) == 2
+    assert evaluate.main([path]) == 2
     assert "pass --dataset" in capsys.readouterr().err

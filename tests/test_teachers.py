@@ -150,7 +150,7 @@ def test_fetch_from_file_converts_verifies_and_records_the_sha256(tmp_path, caps
     tar = make_tar(tmp_path / "cifar_teachers.tar")
     rc, out, err = run(capsys, "fetch", ARCH, "--from", tar)
     assert rc == 0, err
-    assert f"recorded top-1 72.30%" in out and "installed" in out
+    assert "recorded top-1 72.30%" in out and "installed" in out
     meta = json.load(open(os.path.join(installed(), "teacher.json")))
     assert meta["archive_sha256"] == sha(tar)
     assert meta["member"] == f"cifar_teachers/{ARCH}_vanilla/ckpt_epoch_240.pth"
