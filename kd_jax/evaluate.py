@@ -121,13 +121,16 @@ def evaluate(model: nnx.Module, ds: data.Dataset, batch_size: int = 256,
 
 
 def dataset_config(name: str, num_classes: int, data_dir: Optional[str] = None,
-                   limit: int = 0, num_test: int = 512) -> dict:
-    """The kd_jax.data config of `name`'s test split (synthetic: num_test random images)."""
-    facts = data.facts(name)
-    cfg = {"name": name, "data_dir": data_dir, "limit_test": limit, "limit_train": 1}
-    if name == data.SYNTHETIC:
-        cfg.update(num_train=1, num_test=num_test, image_size=facts.image_size,
-                   num_classes=num_classes)
+                   limit: int = 0, num_test: Optional[int] = None) -> dict:
+    """The kd_jax.data config of `name` as a run's config has it by default (so synthetic
+    gives the same test images as a default synthetic run), test split only where possible."""
+    from kd_jax.recipes import base_config
+    cfg = base_config(name).dataset.to_dict()
+    cfg.update(data_dir=data_dir, limit_test=limit, num_classes=num_classes)
+    if name != data.SYNTHETIC:
+        cfg["limit_train"] = 1   # only the test split is used (synthetic: it sets the images)
+    if num_test is not None:
+        cfg["num_test"] = num_test
     return cfg
 
 
@@ -138,7 +141,8 @@ def parse_args(argv):
     p.add_argument("model", help="converted directory (teacher, final_model, best_model), "
                                  ".pth file (with --arch) or published teacher name")
     p.add_argument("--dataset", help=f"one of {', '.join(data.DATASETS)} (default: the one "
-                                     "recorded in teacher.json, if any)")
+                                     "recorded in teacher.json, if any); synthetic: the test "
+                                     "images of a default synthetic run")
     p.add_argument("--data-dir", help="the dataset's directory (see kd_jax.data)")
     p.add_argument("--arch", help="kd_jax model name (required for a .pth)")
     p.add_argument("--batch-size", type=int, default=256)
