@@ -301,3 +301,17 @@ def test_measured_accuracy_is_checked_and_recorded(tmp_path, capsys, monkeypatch
     rc, out, err = run(capsys, "fetch", ARCH, "--from", tar, "--tolerance", "100")
     assert rc == 0, err
     assert convert.read_meta(installed())["measured"]["top1"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_same_pth_from_another_file_is_not_a_change(tmp_path, capsys):
+    """RepDistiller's per-model file after mdistiller's archive: the .pth's own sha256 agrees."""
+    tar = make_tar(tmp_path / "cifar_teachers.tar")
+    assert run(capsys, "fetch", ARCH, "--from", tar)[0] == 0
+    with tarfile.open(tar) as t:
+        t.extract(f"cifar_teachers/{ARCH}_vanilla/ckpt_epoch_240.pth", tmp_path / "x",
+                  filter="data")
+    pth = str(tmp_path / "x" / "cifar_teachers" / f"{ARCH}_vanilla" / "ckpt_epoch_240.pth")
+    rc, out, err = run(capsys, "fetch", ARCH, "--from", pth)
+    assert rc == 0, err
+    assert "from an identical .pth (another archive)" in out
+    assert convert.read_meta(installed())["archive_sha256"] == sha(tar)

@@ -44,6 +44,10 @@ class FetchError(RuntimeError):
     """A teacher could not be fetched, converted or verified (nothing was installed)."""
 
 
+class ChangedBytesError(FetchError):
+    """The file differs from the one the installed teacher was fetched from."""
+
+
 def downloads_dir() -> str:
     return os.path.join(cache_dir(), "downloads")
 
@@ -171,6 +175,29 @@ def verify(teacher: catalog.Teacher, recorded: Optional[float], measured: Option
     return failures
 
 
+def _same_as_installed(teacher: catalog.Teacher, installed: Optional[dict], digest: str,
+                       pth_digest: str, force: bool, target: str, log: Callable) -> bool:
+    """True if the installed teacher came from the same bytes (nothing to do). Different bytes
+    raise FetchError, or with `force` are reported and replaced."""
+    if installed is None:
+        return False
+    first, first_pth = installed.get("archive_sha256"), installed.get("source_sha256")
+    if first == digest or first_pth == pth_digest:
+        if force:
+            return False
+        same = "identical bytes" if first == digest else "an identical .pth (another archive)"
+        log(f"{teacher.name}: already in {target}, from {same} (sha256 {digest[:12]}...); "
+            "--force converts it again")
+        return True
+    msg = (f"{teacher.name}: the file has sha256 {digest}, but the first download of this "
+           f"teacher (recorded in {os.path.join(target, META_FILE)}) had {first}: the "
+           "published bytes changed, or this is another file")
+    if not force:
+        raise ChangedBytesError(msg + "; pass --force to replace the installed teacher")
+    log("warning: " + msg + "; replacing it (--force)")
+    return False
+
+
 def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
               from_file: Optional[str] = None, url: Optional[str] = None, force: bool = False,
               tolerance: float = TOLERANCE, evaluate_test_set: bool = True,
@@ -195,25 +222,16 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
                          f"hash in the published name {teacher.urls[0].rsplit('/', 1)[1]}: "
                          "a corrupt or different file" + (" (removed from the cache)" if cached
                                                           else ""))
-    first = (installed or {}).get("archive_sha256")
-    if first and first != digest:
-        msg = (f"{teacher.name}: {path} has sha256 {digest}, but the first download of this "
-               f"teacher (recorded in {os.path.join(target, META_FILE)}) had {first}: the "
-               "published bytes changed, or this is another file")
-        if not force:
-            raise FetchError(msg + "; pass --force to replace the installed teacher")
-        log("warning: " + msg + "; replacing it (--force)")
-    elif installed is not None and not force:
-        log(f"{teacher.name}: already in {target}, from identical bytes (sha256 "
-            f"{digest[:12]}...); --force converts it again")
-        return installed
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             pth, member = extract_checkpoint(teacher, path, tmp)
             pth_digest = sha256(pth)
+            if _same_as_installed(teacher, installed, digest, pth_digest, force, target, log):
+                return installed
             ckpt = convert.read_checkpoint(pth)
             model = convert.torch_to_flax(ckpt.state_dict, teacher.name, teacher.num_classes)
+        except ChangedBytesError:
+            raise
         except FetchError as e:
             if cached:   # a broken download must not be reused by the next fetch
                 os.remove(path)
@@ -257,6 +275,7 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
               "published_top1": teacher.published_top1, "tolerance": tolerance,
               "measured": measured,
               "fetched": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    first = (installed or {}).get("archive_sha256")
     if first and first != digest:
         record["replaced_archive_sha256"] = first
     os.makedirs(root, exist_ok=True)
