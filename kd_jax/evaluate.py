@@ -111,7 +111,7 @@ def evaluate(model: nnx.Module, ds: data.Dataset, batch_size: int = 256,
     batches = ds.eval_batches(batch_size)
     total = math.ceil(ds.info.num_test / batch_size)
     for batch in tqdm(batches, total=total, desc=desc, unit="batch", file=sys.stderr,
-                      disable=not progress, leave=False):
+                      disable=None if progress else True, leave=False):  # None: a TTY only
         sums.append(step(state, batch["image"].astype(np.float32), batch["label"], batch["mask"]))
     host = jax.device_get(sums)
     total_sums = {k: float(np.sum([s[k] for s in host], dtype=np.float64)) for k in host[0]}

@@ -170,6 +170,12 @@ def test_fetch_from_a_single_pth(tmp_path, capsys):
     rc, out, err = run(capsys, "--dir", str(tmp_path / "mine"), "fetch", ARCH, "--from", pth)
     assert rc == 0, err
     assert_same_logits(str(tmp_path / "mine" / ARCH))
+    # --dir also after the sub-command; a missing teacher names the command with that --dir.
+    assert run(capsys, "path", ARCH, "--dir", str(tmp_path / "mine"))[1].strip() == str(
+        tmp_path / "mine" / ARCH)
+    rc, _, err = run(capsys, "path", ARCH, "--dir", str(tmp_path / "other"))
+    assert rc == 1 and (f"fetch it with `python -m kd_jax.teachers --dir {tmp_path / 'other'} "
+                        f"fetch {ARCH}`") in err
     rc, _, err = run(capsys, "fetch", ARCH, "resnet110", "--from", pth)
     assert rc == 2 and "single checkpoint: name exactly one teacher" in err
 

@@ -25,8 +25,10 @@ def teachers_dir(override: str | None = None) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def fetch_command(name: str) -> str:
-    return f"python -m kd_jax.teachers fetch {name}"
+def fetch_command(name: str, directory: str | None = None) -> str:
+    """The command that installs teacher `name` (into `directory` if given)."""
+    where = f" --dir {directory}" if directory else ""
+    return f"python -m kd_jax.teachers{where} fetch {name}"
 
 
 def published_path(arch: str, directory: str | None = None) -> str:
@@ -40,5 +42,5 @@ def published_path(arch: str, directory: str | None = None) -> str:
     path = os.path.join(teachers_dir(directory), arch)
     if not os.path.isfile(os.path.join(path, "teacher.json")):
         raise FileNotFoundError(f"the published teacher {arch} is not in {teachers_dir(directory)};"
-                                f" fetch it with `{fetch_command(arch)}`")
+                                f" fetch it with `{fetch_command(arch, directory)}`")
     return path

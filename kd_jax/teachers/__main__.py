@@ -22,20 +22,26 @@ from kd_jax.teachers import catalog
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m kd_jax.teachers",
+    # --dir before or after the sub-command (SUPPRESS: a sub-parser without it keeps the value).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS,
+                        help="teachers directory (default $KD_JAX_TEACHERS, else teachers/ in "
+                             "the cache directory $KD_JAX_CACHE or ~/.cache/kd_jax)")
+    p = argparse.ArgumentParser(prog="python -m kd_jax.teachers", parents=[common],
                                 description="Fetch, convert and verify the published teachers.")
-    p.add_argument("--dir", help="teachers directory (default $KD_JAX_TEACHERS, else "
-                                 "teachers/ in the cache directory $KD_JAX_CACHE or ~/.cache/kd_jax)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="published teachers and whether they are installed")
-    f = sub.add_parser("fetch", help="download (or take --from), convert, verify and install")
+    sub.add_parser("list", parents=[common],
+                   help="published teachers and whether they are installed")
+    f = sub.add_parser("fetch", parents=[common],
+                       help="download (or take --from), convert, verify and install")
     f.add_argument("names", nargs="+", help=f"teacher names or 'all' ({', '.join(catalog.TEACHERS)})")
     f.add_argument("--from", dest="from_file", metavar="FILE",
                    help="a local cifar_teachers.tar or .pth instead of a download")
     f.add_argument("--url", help="download from this URL instead of the published one (a mirror)")
     f.add_argument("--force", action="store_true",
-                   help="fetch and convert again, replacing an installed teacher even if its "
-                        "bytes differ from the first download")
+                   help="fetch and convert again (the cached archive is reused: delete it from "
+                        "$KD_JAX_CACHE/downloads to download again), replacing an installed "
+                        "teacher even if its bytes differ from the first download")
     f.add_argument("--tolerance", type=float, default=None,
                    help="allowed difference in top-1 points between the recorded/measured and "
                         "the published accuracy (default 0.5)")
@@ -43,10 +49,8 @@ def parse_args(argv):
                                       "split (default: the dataset's default location, if present)")
     f.add_argument("--no-evaluate", action="store_true", help="skip the test-split measurement")
     f.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    pa = sub.add_parser("path", help="print the installed teacher's directory")
+    pa = sub.add_parser("path", parents=[common], help="print the installed teacher's directory")
     pa.add_argument("name")
-    for name, parser in (("dir", f), ("dir", pa)):   # also accepted after the sub-command
-        parser.add_argument(f"--{name}", dest=f"{name}_sub", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -65,7 +69,7 @@ def _list(directory) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    directory = getattr(args, "dir_sub", None) or args.dir
+    directory = getattr(args, "dir", None)
     if args.command == "list":
         return _list(directory)
     if args.command == "path":

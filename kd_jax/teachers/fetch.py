@@ -52,14 +52,15 @@ def downloads_dir() -> str:
     return os.path.join(cache_dir(), "downloads")
 
 
-def _offline_hint(teacher: catalog.Teacher, urls: list[str]) -> str:
+def _offline_hint(teacher: catalog.Teacher, urls: list[str], directory: Optional[str]) -> str:
     return (f"download {urls[0]} on a machine with network access and run "
-            f"`{fetch_command(teacher.name)} --from FILE` (FILE: that {teacher.archive}"
+            f"`{fetch_command(teacher.name, directory)} --from FILE` (FILE: that {teacher.archive}"
             + (" or the teacher's .pth" if teacher.member else "") + ")")
 
 
 def source_file(teacher: catalog.Teacher, from_file: Optional[str] = None,
-                url: Optional[str] = None, log: Callable = print) -> tuple[str, str, bool]:
+                url: Optional[str] = None, log: Callable = print,
+                directory: Optional[str] = None) -> tuple[str, str, bool]:
     """(local path, where it came from, is_cached_download) of `teacher`'s source file."""
     if from_file:
         if not os.path.isfile(from_file):
@@ -87,7 +88,7 @@ def source_file(teacher: catalog.Teacher, from_file: Optional[str] = None,
         except DownloadError as e:
             errors.append(str(e))
     raise FetchError(f"{teacher.name}: could not download ({'; '.join(errors)}). Without a "
-                     f"network: {_offline_hint(teacher, urls)}")
+                     f"network: {_offline_hint(teacher, urls, directory)}")
 
 
 def is_archive(path: str) -> bool:
@@ -212,7 +213,7 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
             f"{str(installed.get('archive_sha256'))[:12]}...); --force fetches it again")
         return installed
 
-    path, origin, cached = source_file(teacher, from_file, url, log)
+    path, origin, cached = source_file(teacher, from_file, url, log, directory)
     digest = sha256(path)
     prefix = _hash_prefix(teacher.urls[0]) if teacher.member is None else None
     if prefix and not digest.startswith(prefix):
