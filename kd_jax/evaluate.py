@@ -57,7 +57,8 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, META_FILE)):
             inside = [d for d in RUN_MODEL_DIRS if os.path.isdir(os.path.join(path, d))]
-            hint = (f"; it is a run directory: pass {' or '.join(os.path.join(path, d) for d in inside)}"
+            runs = " or ".join(os.path.join(path, d) for d in inside)
+            hint = (f"; it is a run directory: pass {runs}"
                     if inside else " (write one with python -m kd_jax.convert)")
             raise ModelError(f"{path} holds no {META_FILE}: not a converted model{hint}")
         meta = convert.read_meta(path)
@@ -68,7 +69,8 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
         return model, dict(meta, path=os.path.abspath(path), kind="converted directory")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file or directory (expected a converted directory, "
-                         f"a .pth file or a published teacher name: {', '.join(_published_names())})")
+                         "a .pth file or a published teacher name: "
+                         f"{', '.join(_published_names())})")
     if not arch or not num_classes:
         raise ModelError(f"{path} is a PyTorch file: pass --arch (its kd_jax model name)")
     try:
@@ -150,7 +152,8 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (parameters stay float32)")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="load a .pth that torch.load(weights_only=True) refuses (trusted files only)")
+                   help="load a .pth that torch.load(weights_only=True) refuses "
+                        "(trusted files only)")
     p.add_argument("--json", action="store_true", help="print one JSON object only")
     return p.parse_args(argv)
 

@@ -74,7 +74,7 @@ def test_init_from_errors_before_any_work(tmp_path, case):
         saved_model(str(tmp_path / "m"), arch="tiny_cnn_wide")
         c.student.init_from, match = str(tmp_path / "m"), (
             r"student.init_from='.*m' holds a tiny_cnn_wide with 10 classes, but "
-            r"student.arch='tiny_cnn' with 10 classes: the architectures must match")
+            r"student.arch='tiny_cnn' with 10 classes: architecture and classes must match")
     elif case == "classes":
         saved_model(str(tmp_path / "m"), num_classes=7)
         c.student.init_from, match = str(tmp_path / "m"), "holds a tiny_cnn with 7 classes"

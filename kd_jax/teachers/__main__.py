@@ -34,7 +34,8 @@ def parse_args(argv):
                    help="published teachers and whether they are installed")
     f = sub.add_parser("fetch", parents=[common],
                        help="download (or take --from), convert, verify and install")
-    f.add_argument("names", nargs="+", help=f"teacher names or 'all' ({', '.join(catalog.TEACHERS)})")
+    f.add_argument("names", nargs="+",
+                   help=f"teacher names or 'all' ({', '.join(catalog.TEACHERS)})")
     f.add_argument("--from", dest="from_file", metavar="FILE",
                    help="a local cifar_teachers.tar or .pth instead of a download")
     f.add_argument("--url", help="download from this URL instead of the published one (a mirror)")

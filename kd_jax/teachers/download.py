@@ -99,7 +99,8 @@ def download(url: str, dest: str, *, timeout: float = TIMEOUT_S, retries: int = 
             if not (os.path.exists(part) and os.path.getsize(part)):
                 raise DownloadError(f"{url}: {reason}") from e
             last_error = str(reason)    # dropped mid-way: retry from the partial file
-        except (OSError, EOFError, http.client.HTTPException) as e:  # timeouts, resets, IncompleteRead
+        except (OSError, EOFError, http.client.HTTPException) as e:
+            # timeouts, connection resets, http.client.IncompleteRead
             last_error = f"{type(e).__name__}: {e}"
         part_size = os.path.getsize(part) if os.path.exists(part) else 0
         log(f"  interrupted at {part_size} bytes ({last_error}); resuming")

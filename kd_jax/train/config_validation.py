@@ -159,7 +159,8 @@ def _check_init_from(config, num_classes: int) -> None:
         meta = json.load(f)
     _require(meta.get("arch") == arch and meta.get("num_classes") == num_classes,
              f"{key} holds a {meta.get('arch')} with {meta.get('num_classes')} classes, but "
-             f"student.arch={arch!r} with {num_classes} classes: the architectures must match")
+             f"student.arch={arch!r} with {num_classes} classes: architecture and classes "
+             "must match")
 
 
 def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
