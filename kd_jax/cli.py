@@ -39,8 +39,9 @@ _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "
 EXAMPLES = f"""\
 examples:
   {PROG} --config quickstart.py --workdir runs/quickstart
+  python -m kd_jax.teachers fetch resnet32x4      # teacher.checkpoint=published
   {PROG} --config cifar_kd.py:resnet32x4-resnet8x4 --workdir runs/kd \\
-      --config.teacher.checkpoint=teachers/resnet32x4 --config.num_epochs=240
+      --config.num_epochs=240
   {PROG} --config my_configs/mine.py --workdir runs/mine   # your own config file
   {PROG} --help --config cifar_kd.py     # that config's keys and values"""
 

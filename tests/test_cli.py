@@ -91,9 +91,16 @@ def test_real_models_and_outputs(tmp_path):
     assert model.head.kernel[...].shape == (64, 10)
 
 
-def test_missing_teacher_checkpoint_fails_early(tmp_path):
-    with pytest.raises(ConfigError, match="needs teacher.checkpoint"):
+def test_missing_teacher_checkpoint_fails_early(tmp_path, monkeypatch):
+    # The CIFAR-100 configs default to teacher.checkpoint=published: with no teachers
+    # fetched, one line names the command that fetches the pair's teacher.
+    monkeypatch.setenv("KD_JAX_TEACHERS", str(tmp_path / "teachers"))
+    with pytest.raises(ConfigError, match=(
+            r"^teacher.checkpoint='published': the published teacher resnet32x4 is not in "
+            r".*teachers; fetch it with `python -m kd_jax.teachers fetch resnet32x4`$")):
         cli("cifar_kd.py", str(tmp_path), *TINY)
+    with pytest.raises(ConfigError, match="needs teacher.checkpoint"):
+        cli("cifar_kd.py", str(tmp_path), *TINY, "--config.teacher.checkpoint=")
     with pytest.raises(ConfigError, match="teacher.checkpoint='/no/such.pth': no such file"):
         cli("cifar_kd.py", str(tmp_path), *TINY, "--config.teacher.checkpoint=/no/such.pth")
     assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
@@ -131,7 +138,8 @@ def test_command_line_reports_config_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "kd_jax.main",
          f"--config={os.path.join(ROOT, 'kd_jax', 'configs', 'cifar_kd.py')}",
-         f"--workdir={tmp_path}", "--config.dataset.name=synthetic"],
+         f"--workdir={tmp_path}", "--config.dataset.name=synthetic",
+         "--config.teacher.checkpoint="],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "kd_jax: error: method.name='kd' needs teacher.checkpoint" in proc.stderr

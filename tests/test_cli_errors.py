@@ -25,6 +25,8 @@ NOISE = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "Traceback", "Ret
 def run_cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k not in _LOGGING_ENV}
     env.update(HOME=str(tmp_path / "home"), KD_JAX_OFFLINE="1")
+    for key in ("KD_JAX_CACHE", "KD_JAX_TEACHERS"):   # teachers: none, under the empty HOME
+        env.pop(key, None)
     os.makedirs(env["HOME"], exist_ok=True)
     return subprocess.run([sys.executable, "-m", "kd_jax.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
@@ -66,6 +68,11 @@ CASES = {
     "missing teacher checkpoint": ([KD, "--config.teacher.checkpoint=/no/such.pth"],
                                    "kd_jax: error: teacher.checkpoint='/no/such.pth': no "
                                    "such file or directory"),
+    # CI machines have no teachers: the default teacher.checkpoint=published names the fetch.
+    "published teacher not fetched": ([KD], "kd_jax: error: teacher.checkpoint='published': "
+                                      "the published teacher resnet32x4 is not in "),
+    "published teacher: the fetch command": (
+        [KD], "; fetch it with `python -m kd_jax.teachers fetch resnet32x4`"),
     "missing data_dir": ([KD, "--config.teacher.checkpoint=random",
                           "--config.dataset.data_dir=/no/such/dir"],
                          "kd_jax: error: dataset.data_dir='/no/such/dir': no such directory"),

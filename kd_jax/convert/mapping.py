@@ -9,7 +9,8 @@ every leaf of `nnx.state(model)` at path (..., name) corresponds to the torch ke
   BN scale / bias / mean / var             <- weight / bias / running_mean / running_var
   conv / linear bias                       <- bias
 
-`num_batches_tracked` has no Flax counterpart: it is consumed (dropped) with its BatchNorm.
+`num_batches_tracked` has no Flax counterpart: it is consumed (dropped) with its BatchNorm, and
+written as 0 by `flax_to_torch`, the inverse mapping (kd_jax.export).
 torch need not be installed for this module: values may be numpy arrays or anything with
 `.numpy()` (torch tensors).
 """
@@ -67,6 +68,34 @@ def to_flax_layout(value: np.ndarray, path: Path) -> np.ndarray:
     if value.ndim == 2:  # (out, in) -> (in, out)
         return value.T
     raise ConversionError(f"{torch_key(path)}: expected a 2-d or 4-d weight, got {value.shape}")
+
+
+def to_torch_layout(value: np.ndarray, path: Path) -> np.ndarray:
+    """A Flax leaf's value in the layout of its torch tensor (to_flax_layout^-1)."""
+    if str(path[-1]) != "kernel":
+        return value
+    if value.ndim == 4:  # HWIO -> OIHW
+        return np.transpose(value, (3, 2, 0, 1))
+    if value.ndim == 2:  # (in, out) -> (out, in)
+        return value.T
+    raise ConversionError(f"{torch_key(path)}: expected a 2-d or 4-d kernel, got {value.shape}")
+
+
+def flax_to_torch(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The reference model's state_dict (numpy values) of a kd_jax.models model: torch_to_flax^-1.
+
+    Keys and shapes are the reference's (`torch_key`, `torch_shape`), each BatchNorm with its
+    `num_batches_tracked` (int64 0: kd_jax does not count batches, and the reference BNs use a
+    fixed momentum, so the counter changes nothing). Values are float32 copies.
+    """
+    out: dict[str, np.ndarray] = {}
+    for path, var in _leaves(model).items():
+        value = np.array(var.get_value(), dtype=np.float32, copy=True)
+        key = torch_key(path)
+        out[key] = np.ascontiguousarray(to_torch_layout(value, path))
+        if key.endswith(".running_var"):
+            out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    return out
 
 
 def torch_shape(path: Path, flax_shape: tuple[int, ...]) -> tuple[int, ...]:

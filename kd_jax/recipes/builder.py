@@ -40,10 +40,13 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         limit_test=0,               # >0: use only the first N test images.
     ))
     # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
-    # <workdir>/final_model of a kd_jax run), or 'random' (smoke tests and benchmarks only).
+    # <workdir>/final_model of a kd_jax run), 'published' (the teacher fetched by
+    # `python -m kd_jax.teachers fetch <arch>`), or 'random' (smoke tests and benchmarks only).
     c.teacher = ml_collections.ConfigDict(dict(arch="", checkpoint=_optional_str(),
                                                allow_pickle=False))
-    c.student = ml_collections.ConfigDict(dict(arch=""))
+    # student.init_from: "" (random init) or a final_model / best_model / converted directory
+    # (or .pth) of the same arch whose weights and BatchNorm statistics start the student.
+    c.student = ml_collections.ConfigDict(dict(arch="", init_from=""))
     c.recipe = ""                   # the config argument the config was built from.
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=solver.lr,
@@ -74,6 +77,13 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.export_model = True   # write the final student to <workdir>/final_model (teacher-loadable).
     c.multihost = False     # True: jax.distributed.initialize() before anything else.
     return c
+
+
+def _published_teacher(c: ml_collections.ConfigDict, dataset: str) -> None:
+    """teacher.checkpoint='published' where kd_jax.teachers fetches the pair's teacher."""
+    from kd_jax.teachers import PUBLISHED, catalog
+    if c.teacher.arch in catalog.TEACHERS and catalog.TEACHERS[c.teacher.arch].dataset == dataset:
+        c.teacher.checkpoint = PUBLISHED
 
 
 def reference_hparams(method: str, dataset: str, teacher: str, student: str,
@@ -157,6 +167,7 @@ def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair:
     c.optimizer.lr = table.pair(dataset, teacher, student).lr
     c.optimizer.clip_grad_norm = table.clip_grad_norm(dataset, method)
     c.method = method_block(method, reference_hparams(method, dataset, teacher, student, variant))
+    _published_teacher(c, dataset)
     return c
 
 
@@ -217,4 +228,5 @@ def build_lockstep_config(dataset: str, arg: Optional[str], *, default: str
     c.students = ml_collections.ConfigDict({
         name: student_entry(key, dataset, teacher, student, offset)
         for name, key, offset in parse_students(entries)})
+    _published_teacher(c, dataset)
     return c

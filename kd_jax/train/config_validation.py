@@ -11,13 +11,15 @@ name -> {method: {...}, init_seed_offset}); see kd_jax.recipes.lockstep.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Mapping
 
 import jax
 
-from kd_jax import methods, models
+from kd_jax import methods, models, teachers
+from kd_jax.convert.converted import META_FILE
 from kd_jax.data import catalog
 
 RANDOM_TEACHER = "random"   # teacher.checkpoint value for smoke tests and benchmarks only.
@@ -137,6 +139,44 @@ def _students(config) -> tuple[StudentPlan, ...]:
     return tuple(plans)
 
 
+def teacher_checkpoint(config) -> str:
+    """config.teacher.checkpoint with 'published' resolved to the installed teacher's directory.
+
+    Raises ConfigError naming the fetch command if the published teacher is not installed."""
+    ckpt = config.teacher.checkpoint
+    if ckpt != teachers.PUBLISHED:
+        return ckpt
+    try:
+        return teachers.published_path(config.teacher.arch)
+    except FileNotFoundError as e:
+        raise ConfigError(f"teacher.checkpoint={ckpt!r}: {e}") from None
+
+
+def _check_init_from(config, num_classes: int) -> None:
+    """student.init_from: a converted directory of student.arch with num_classes, or a .pth."""
+    path = config.student.get("init_from") or ""
+    if not path:
+        return
+    key, arch = f"student.init_from={path!r}", config.student.arch
+    _require(os.path.exists(path), f"{key}: no such file or directory")
+    if not os.path.isdir(path):
+        _require(path.endswith((".pth", ".pt", ".tar")),
+                 f"{key}: expected a final_model / best_model / converted directory or a .pth")
+        return
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isfile(meta_path):
+        inside = [d for d in ("final_model", "best_model") if os.path.isdir(os.path.join(path, d))]
+        _require(False, f"{key}: no {META_FILE} in it" + (
+            f"; it is a run directory: use {os.path.join(path, inside[0])}" if inside else
+            " (expected a final_model / best_model / converted directory)"))
+    with open(meta_path) as f:
+        meta = json.load(f)
+    _require(meta.get("arch") == arch and meta.get("num_classes") == num_classes,
+             f"{key} holds a {meta.get('arch')} with {meta.get('num_classes')} classes, but "
+             f"student.arch={arch!r} with {num_classes} classes: architecture and classes "
+             "must match")
+
+
 def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
     """Raises ConfigError on unknown or contradictory settings; returns the run's plan."""
     d = config.dataset
@@ -168,9 +208,11 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
         _require(config.teacher.arch in names,
                  f"teacher.arch={config.teacher.arch!r}; allowed: {', '.join(names)}")
         _require(bool(ckpt),
-                 f"{needing} needs teacher.checkpoint (a .pth file or a converted orbax "
-                 f"directory; {RANDOM_TEACHER!r} for smoke tests only)")
-        if check_files and ckpt != RANDOM_TEACHER:
+                 f"{needing} needs teacher.checkpoint (a .pth file, a converted orbax "
+                 f"directory or {teachers.PUBLISHED!r}; {RANDOM_TEACHER!r} for smoke tests only)")
+        if check_files and ckpt == teachers.PUBLISHED:
+            teacher_checkpoint(config)
+        elif check_files and ckpt != RANDOM_TEACHER:
             _require(os.path.exists(ckpt),
                      f"teacher.checkpoint={ckpt!r}: no such file or directory")
             _require(os.path.isdir(ckpt) or ckpt.endswith((".pth", ".pt", ".tar")),
@@ -202,6 +244,9 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
             except ValueError as e:
                 raise ConfigError(f"students.{s.name}.method: {e}" if s.name != SOLO
                                   else str(e)) from None
+
+    if check_files:
+        _check_init_from(config, d.num_classes)
 
     o = config.optimizer
     _require(o.schedule in ("multistep", "cosine"),

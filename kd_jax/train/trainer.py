@@ -82,7 +82,7 @@ def compute_dtype(config) -> Any:
 
 def load_teacher(config, num_classes: int) -> nnx.Module:
     """The teacher in eval mode: 'random' init, a .pth file or a converted directory."""
-    path = config.teacher.checkpoint
+    path = config_validation.teacher_checkpoint(config)   # 'published' -> its directory
     dtype = compute_dtype(config)
     if path == config_validation.RANDOM_TEACHER:
         teacher = models.create(config.teacher.arch, num_classes, dtype=dtype,
@@ -97,6 +97,17 @@ def load_teacher(config, num_classes: int) -> nnx.Module:
                 f"with {num_classes} classes: {e}") from e
     teacher.eval()
     return teacher
+
+
+def init_from(config, num_classes: int) -> nnx.Module:
+    """The student built from config.student.init_from (a converted directory or a .pth)."""
+    path = config.student.init_from
+    try:
+        return convert.load_teacher(path, config.student.arch, num_classes,
+                                    dtype=compute_dtype(config))
+    except Exception as e:   # name the config key whatever the converter raised
+        raise ConfigError(f"student.init_from={path!r} could not be loaded as a "
+                          f"{config.student.arch} with {num_classes} classes: {e}") from e
 
 
 class _StopSignal:
@@ -267,8 +278,11 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict,
     students, states = {}, {}
     teacher_head = None if teacher is None else tuple(teacher.head.kernel.shape)
     for p in plan.students:
-        model = models.create(config.student.arch, num_classes, dtype=compute_dtype(config),
-                              rngs=nnx.Rngs(p.init_seed))
+        if config.student.get("init_from"):   # weights and BN statistics of another run
+            model = init_from(config, num_classes)
+        else:
+            model = models.create(config.student.arch, num_classes, dtype=compute_dtype(config),
+                                  rngs=nnx.Rngs(p.init_seed))
         graphdef, eval_graphdef, params, model_state = split_student(model)
         extra = None
         if p.spec.init_extra is not None:

@@ -1,0 +1,119 @@
+"""python -m kd_jax.teachers {list, fetch NAME...|all, path NAME} [--dir DIR]
+
+    python -m kd_jax.teachers list                  # names, published top-1, installed or not
+    python -m kd_jax.teachers fetch resnet32x4      # download, convert, verify, install
+    python -m kd_jax.teachers fetch all --from cifar_teachers.tar    # offline
+    python -m kd_jax.teachers path resnet32x4       # the directory teacher.checkpoint takes
+
+--dir: the teachers directory (default $KD_JAX_TEACHERS, else <$KD_JAX_CACHE or
+~/.cache/kd_jax>/teachers). A config's teacher.checkpoint=published means
+<that directory>/<teacher.arch>. Exit status: 0 ok, 1 a teacher failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kd_jax import teachers
+from kd_jax.convert.converted import META_FILE
+from kd_jax.teachers import catalog
+
+
+def parse_args(argv):
+    # --dir before or after the sub-command (SUPPRESS: a sub-parser without it keeps the value).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS,
+                        help="teachers directory (default $KD_JAX_TEACHERS, else teachers/ in "
+                             "the cache directory $KD_JAX_CACHE or ~/.cache/kd_jax)")
+    p = argparse.ArgumentParser(prog="python -m kd_jax.teachers", parents=[common],
+                                description="Fetch, convert and verify the published teachers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", parents=[common],
+                   help="published teachers and whether they are installed")
+    f = sub.add_parser("fetch", parents=[common],
+                       help="download (or take --from), convert, verify and install")
+    f.add_argument("names", nargs="+",
+                   help=f"teacher names or 'all' ({', '.join(catalog.TEACHERS)})")
+    f.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="a local cifar_teachers.tar or .pth instead of a download")
+    f.add_argument("--url", help="download from this URL instead of the published one (a mirror)")
+    f.add_argument("--force", action="store_true",
+                   help="fetch and convert again (the cached archive is reused: delete it from "
+                        "$KD_JAX_CACHE/downloads to download again), replacing an installed "
+                        "teacher even if its bytes differ from the first download")
+    f.add_argument("--tolerance", type=float, default=None,
+                   help="allowed difference in top-1 points between the recorded/measured and "
+                        "the published accuracy (default 0.5)")
+    f.add_argument("--data-dir", help="dataset directory to measure the accuracy on the test "
+                                      "split (default: the dataset's default location, if present)")
+    f.add_argument("--no-evaluate", action="store_true", help="skip the test-split measurement")
+    f.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    pa = sub.add_parser("path", parents=[common], help="print the installed teacher's directory")
+    pa.add_argument("name")
+    return p.parse_args(argv)
+
+
+def _list(directory) -> int:
+    root = teachers.teachers_dir(directory)
+    print(f"teachers directory: {root}")
+    print(f"{'name':<20} {'dataset':<13} {'published':>9}  installed")
+    for t in catalog.TEACHERS.values():
+        installed = os.path.isfile(os.path.join(root, t.name, META_FILE))
+        print(f"{t.name:<20} {t.dataset:<13} {t.published_top1:>8.2f}%  "
+              f"{'yes' if installed else 'no'}")
+    print(f"sources: {catalog.MDISTILLER_CIFAR_TEACHERS_URL} (CIFAR-100; fallback "
+          f"{catalog.REPDISTILLER_TEACHER_URL}), torchvision (ImageNet)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    directory = getattr(args, "dir", None)
+    if args.command == "list":
+        return _list(directory)
+    if args.command == "path":
+        try:
+            print(teachers.published_path(args.name, directory))
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    from kd_jax.teachers import fetch   # jax, torch: only when fetching
+    kwargs = dict(directory=directory, from_file=args.from_file, url=args.url, force=args.force,
+                  evaluate_test_set=not args.no_evaluate, data_dir=args.data_dir,
+                  batch_size=args.batch_size)
+    if args.tolerance is not None:
+        if args.tolerance < 0:
+            print("error: --tolerance must be >= 0", file=sys.stderr)
+            return 2
+        kwargs["tolerance"] = args.tolerance
+    names = list(catalog.TEACHERS) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in catalog.TEACHERS]
+    if unknown:
+        print(f"error: unknown teacher(s) {', '.join(unknown)}; published teachers: "
+              f"{', '.join(catalog.TEACHERS)} (or 'all')", file=sys.stderr)
+        return 2
+    if args.from_file and len(names) > 1 and not fetch.is_archive(args.from_file):
+        print(f"error: --from {args.from_file} is a single checkpoint: name exactly one teacher",
+              file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        try:
+            fetch.fetch_one(catalog.TEACHERS[name], **kwargs)
+        except fetch.FetchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(name)
+    if failed:
+        print(f"{len(failed)} of {len(names)} teacher(s) not installed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    print(f"{len(names)} teacher(s) ready in {teachers.teachers_dir(directory)}; use them with "
+          "--config.teacher.checkpoint=published")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
