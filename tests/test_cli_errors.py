@@ -142,28 +142,42 @@ def test_missing_cifar100_offline_fails_fast_and_leaves_nothing(tmp_path):
     proc = run_cli(tmp_path, "--config", KD, *workdir(tmp_path),
                    "--config.teacher.checkpoint=random")
     line = error_line(proc)
-    assert "tfds dataset 'cifar100' is not prepared in" in line
-    assert "downloads are off (KD_JAX_OFFLINE is set)" in line
-    assert "cifar-100-binary.tar.gz" in line and "--config.dataset.data_dir" in line
+    cache = tmp_path / "home" / ".cache" / "kd_jax" / "cifar"
+    assert f"cifar100 not found in {cache} and downloads are off (KD_JAX_OFFLINE is set)" in line
+    assert "cifar-100-python.tar.gz" in line and "--config.dataset.data_dir" in line
     for noise in NOISE:   # no download was attempted: no retries, no progress bars
         assert noise not in proc.stderr + proc.stdout
     assert not os.path.exists(tmp_path / "run")
-    assert not os.path.exists(tmp_path / "home" / "tensorflow_datasets")
+    assert not os.path.exists(cache) and not os.path.exists(tmp_path / "home" /
+                                                            "tensorflow_datasets")
 
 
 def test_tensorflow_path_is_quiet_and_cleans_up(tmp_path):
-    """A corrupt cifar-100-binary.tar.gz: tfds (and TensorFlow) load, tfds fails to prepare;
-    no C++ start-up noise, one error line, and tfds's temporary folders are removed."""
+    """Corrupt CUB-200 archives: tfds (and TensorFlow, the [tf] extra) load, tfds fails to
+    prepare; no C++ start-up noise, one error line, and tfds's temporary folders are removed."""
+    pytest.importorskip("tensorflow", reason="the tfds path needs the [tf] extra")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    (data_dir / "cifar-100-binary.tar.gz").write_bytes(b"not a tar file")
-    proc = run_cli(tmp_path, "--config", KD, *workdir(tmp_path),
+    for name in ("CUB_200_2011.tgz", "segmentations.tgz"):
+        (data_dir / name).write_bytes(b"not a tar file")
+    proc = run_cli(tmp_path, "--config", "cub_kd.py", *workdir(tmp_path),
                    "--config.teacher.checkpoint=random", f"--config.dataset.data_dir={data_dir}")
     line = error_line(proc)
     assert "preparing it failed (NonMatchingChecksumError" in line
     for noise in NOISE:
         assert noise not in proc.stderr
-    assert sorted(os.listdir(data_dir)) == ["cifar-100-binary.tar.gz"]
+    assert sorted(os.listdir(data_dir)) == ["CUB_200_2011.tgz", "segmentations.tgz"]
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_cifar_archive_corrupt_is_one_error_line_without_tensorflow(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "cifar-100-python.tar.gz").write_bytes(b"not a tar file")
+    proc = run_cli(tmp_path, "--config", KD, *workdir(tmp_path),
+                   "--config.teacher.checkpoint=random", f"--config.dataset.data_dir={data_dir}")
+    assert (f"kd_jax: error: {data_dir}/cifar-100-python.tar.gz: not a readable cifar100 "
+            "archive (ReadError") in error_line(proc)
     assert not os.path.exists(tmp_path / "run")
 
 
