@@ -127,3 +127,14 @@ def test_best_model_survives_a_stop_and_resume(run, tmp_path):
     for a, b in zip(leaves(os.path.join(wd, "best_model")),
                     leaves(os.path.join(wd_ref, "best_model"))):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_train_records_hold_the_pre_clip_gradient_norm(run):
+    """metrics.jsonl train records (4 steps each here): grad_norm, the mean pre-clip norm of
+    the record's steps, and grad_norm_max, the largest, which is >= the mean."""
+    wd, _, _ = run
+    with open(os.path.join(wd, "metrics.jsonl")) as fh:
+        train = [r for r in map(json.loads, fh) if r["kind"] == "train"]
+    assert len(train) == EPOCHS * STEPS_PER_EPOCH // 4
+    assert all(0 < r["grad_norm"] <= r["grad_norm_max"] for r in train)
+    assert any(r["grad_norm"] < r["grad_norm_max"] for r in train)

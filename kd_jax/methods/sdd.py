@@ -15,7 +15,11 @@ Reference values (SDD, shicaiwei123/SDD-CVPR2024):
   warmup from `train_origin.py --warmup` (20); ImageNet `train.py` sets warmup 1, T 1.
 - SD-NKD, `mdistiller/distillers/SDD_nkd.py`: gamma = DKD.BETA, T = DKD.T, CE 1, warmup
   DKD.WARMUP (20; ImageNet 1).
-- The scale set of each pair and base from the launch scripts (kd_jax.recipes.table).
+- The scale set of each pair and base from the launch scripts (kd_jax.recipes.table);
+  resnet32x4-resnet8x4 SD-DKD's [1,2] is inferred (starred there: no SDD_DKD launch line
+  for that pair, and no SD-DKD number published), and ImageNet ResNet34-ResNet18 SD-DKD
+  assumes batch 512 (the released sdd_dkd.yaml's BATCH_SIZE 4 is a debug leftover).
+- Every SDD run clips its gradient at 40 (SDD's BaseTrainer; optimizer.clip_grad_norm).
 `zero_nonfinite` is the reference's guard that sets a NaN/inf SD loss to 0.
 """
 

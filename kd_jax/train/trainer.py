@@ -410,9 +410,10 @@ def _header(run: _Run) -> str:
     for s in run.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(s.plan.hparams.items()))
         who = "" if s.plan.name == config_validation.SOLO else f"{s.plan.name}: "
-        clip = (f" clip_grad_norm={s.plan.clip_grad_norm:g}" if s.plan.clip_grad_norm
-                else " clip_grad_norm=0 (off)")
-        lines.append(f"  {who}method {s.plan.spec.name} {hp}{clip}".rstrip())
+        clip = (f"clip_grad_norm={s.plan.clip_grad_norm:g}" if s.plan.clip_grad_norm
+                else "clip_grad_norm=0 (off)")
+        lines.append(" ".join(part for part in (f"  {who}method {s.plan.spec.name}", hp, clip)
+                              if part))
     o = c.optimizer
     lines.append(f"  optimizer lr={o.lr} momentum={o.momentum} weight_decay={o.weight_decay} "
                  f"schedule={o.schedule} milestones={tuple(o.milestones)} epochs={c.num_epochs}"
@@ -455,6 +456,8 @@ def _flush_metrics(run: _Run) -> None:
     losses = {}
     for name, s in run.students.items():
         mean = {k: float(np.mean([m[name][k] for m in host])) for k in host[0][name]}
+        # The largest pre-clip norm of the window: > optimizer.clip_grad_norm where it bound.
+        mean["grad_norm_max"] = float(np.max([m[name]["grad_norm"] for m in host]))
         s.log.write(run.step, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
         losses[name] = mean["loss"]
     loss = (next(iter(losses.values())) if len(losses) == 1
