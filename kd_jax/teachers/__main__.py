@@ -45,7 +45,7 @@ def parse_args(argv):
                         "teacher even if its bytes differ from the first download")
     f.add_argument("--tolerance", type=float, default=None,
                    help="allowed difference in top-1 points between the recorded/measured and "
-                        "the published accuracy (default 0.5)")
+                        f"the published accuracy (default {catalog.TOLERANCE})")
     f.add_argument("--data-dir", help="dataset directory to measure the accuracy on the test "
                                       "split (default: the dataset's default location, if present)")
     f.add_argument("--no-evaluate", action="store_true", help="skip the test-split measurement")

@@ -37,7 +37,7 @@ from kd_jax.convert.torch_files import sha256
 from kd_jax.teachers import catalog, fetch_command, teachers_dir
 from kd_jax.teachers.download import DownloadError, download
 
-TOLERANCE = 0.5   # points of top-1 between a teacher's recorded/measured and published accuracy
+TOLERANCE = catalog.TOLERANCE
 
 
 class FetchError(RuntimeError):
