@@ -253,7 +253,11 @@ def main(argv=None) -> None:
               f"{os.getloadavg()[0]:.1f}: "
               + ", ".join(f"{'cpu_conv=' + n if n != 'torch' else 'PyTorch'} {_ms(v)} ms"
                           for n, v in r.items())
-              + (f"; auto/PyTorch {r['auto'] / r['torch']:.2f}" if "torch" in r else ""))
+              + (f"; auto/xla {r['auto'] / r['xla']:.2f}")
+              + (f", auto/PyTorch {r['auto'] / r['torch']:.2f}" if "torch" in r and
+                 args.clock == "wall" else "")
+              + ("; PyTorch's CPU time counts its threads' spin-waits: compare it in wall time"
+                 if "torch" in r and args.clock == "cpu" else ""))
         return
     shapes = zoo_shapes(archs)
     print(f"{len(shapes)} distinct convolutions in {len(archs)} model(s); batch {args.batch}, "
