@@ -45,7 +45,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
-from kd_jax.train import config_validation, schedules
+from kd_jax.train import config_validation, finite, schedules
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
@@ -57,7 +57,7 @@ from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train
 FINAL_MODEL_DIR = "final_model"   # the trained student, loadable as a teacher.
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(finite.NonFiniteError):
     """The loss became NaN or inf."""
 
 
@@ -256,6 +256,11 @@ def _train_steps(config, ds) -> tuple[int, int]:
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {ds.info.num_train} "
                           "training images")
+    n, eval_batch = jax.device_count(), config.eval_batch_size
+    most = -(-ds.info.num_test // n) * n   # the test set in one batch, padded to the devices
+    if eval_batch > most:
+        raise ConfigError(f"eval_batch_size={eval_batch} exceeds the {ds.info.num_test} test "
+                          f"images; use at most {most} (0: batch_size)")
     total = config.num_epochs * steps_per_epoch
     return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
 
@@ -426,8 +431,8 @@ def _flush_metrics(run: _Run) -> None:
                 who = f" of student {name!r}" if run.plan.lockstep else ""
                 raise NonFiniteLossError(
                     f"non-finite loss{who} at step {first_step + i} (epoch {run.epoch}): "
-                    f"{terms}. Stopped; the last good checkpoint is step "
-                    f"{run.ckpt.latest_step()} in {run.ckpt.directory}")
+                    f"{terms}. Stopped; "
+                    + finite.last_good(run.ckpt.latest_step(), run.ckpt.directory))
     elapsed = time.perf_counter() - run.pending_t0
     images_per_s = len(host) * run.batch_size / max(elapsed, 1e-9)
     losses = {}
@@ -464,7 +469,14 @@ def _segments(run: _Run) -> list:
     return run.segments + [run.clock.wall()]
 
 
+def _check_finite(run: _Run) -> None:
+    """Before every save and export: no NaN or inf anywhere in the state."""
+    finite.check_state(run.state, step=run.step, epoch=run.epoch, lockstep=run.plan.lockstep,
+                       latest_step=run.ckpt.latest_step(), directory=run.ckpt.directory)
+
+
 def _save(run: _Run) -> None:
+    _check_finite(run)
     run.ckpt.save(run.step, run.state, {
         "step": run.step, "epoch": run.epoch, "students": sorted(run.students),
         "history": {n: s.history for n, s in run.students.items()},
@@ -572,6 +584,7 @@ def _finish(run: _Run) -> dict:
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
     if run.step >= run.total_steps and run.config.export_model:
+        _check_finite(run)
         # Every process: the orbax save synchronises them all (process 0 writes).
         for name, s in run.students.items():
             _export(run, s, summaries[name]["best_top1"])

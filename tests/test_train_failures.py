@@ -1,0 +1,102 @@
+"""When things go wrong: non-finite weights, out-of-range config numbers, unfinished exports,
+stops between seeds, the workdir lock, damaged checkpoints and failed saves.
+
+Tiny KD runs (tiny_cnn <- random tiny_cnn_wide, batch 8) on synthetic data, as in
+tests/test_train_resume.py (whose tiny_config they share).
+"""
+
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+from kd_jax.train import config_validation, finite, schedules, trainer
+from kd_jax.train.checkpoint import Checkpointer
+from kd_jax.train.config_validation import ConfigError
+from test_train_resume import tiny_config
+
+
+def all_finite(state) -> bool:
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)
+               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+# --- (1) weights checked, not only losses ---------------------------------------------------
+
+def one_step_epochs(total_steps):
+    """One step per epoch (8 images, batch 8): the lr changes at every step."""
+    c = tiny_config(total_steps)
+    c.dataset.num_train = 8
+    c.num_epochs, c.log_every_steps = total_steps, 100
+    return c
+
+
+def test_weights_made_non_finite_by_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
+    """The lr turns inf at epoch 2: step 2's loss is finite but its update makes the weights
+    NaN. The run stops before saving step 2, naming checkpoint 1; resuming with a sane lr
+    from it finishes with finite weights."""
+    real_lr = schedules.learning_rate
+    monkeypatch.setattr(schedules, "learning_rate",
+                        lambda o, n, epoch: math.inf if epoch >= 2 else real_lr(o, n, epoch))
+    wd = str(tmp_path)
+    with pytest.raises(finite.NonFiniteError,
+                       match=r"non-finite weights at step 2 \(epoch 2\): [\d,]+ of [\d,]+ values"
+                             r".*Stopped without saving; the last good checkpoint is step 1"):
+        trainer.train(one_step_epochs(3), wd)
+    assert Checkpointer(wd).latest_step() == 1
+    monkeypatch.undo()
+    summary, state = trainer.train(one_step_epochs(3), wd)
+    assert summary["finished"] and int(state.step) == 3 and all_finite(state)
+
+
+def test_non_finite_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedules, "learning_rate", lambda o, n, epoch: math.inf)
+    with pytest.raises(finite.NonFiniteError, match=r"at step 1 .*no checkpoint was saved yet"):
+        trainer.train(one_step_epochs(2), str(tmp_path))
+    assert Checkpointer(str(tmp_path)).latest_step() is None
+
+
+def test_check_state_counts_every_non_finite_value():
+    c = tiny_config(1)
+    state = trainer.build(c, config_validation.validate(c), 10).state
+    finite.check_state(state, step=0, epoch=1, lockstep=False, latest_step=None, directory="d")
+    leaves, treedef = jax.tree.flatten(state)
+    poisoned = [np.where(np.arange(x.size).reshape(x.shape) < 3, np.nan, x)
+                if np.issubdtype(x.dtype, np.floating) and x.size > 5 and i == 3 else x
+                for i, x in enumerate(map(np.asarray, leaves))]
+    with pytest.raises(finite.NonFiniteError, match=r"weights at step 7 \(epoch 2\): 3 of "):
+        finite.check_state(jax.tree.unflatten(treedef, poisoned), step=7, epoch=2,
+                           lockstep=False, latest_step=None, directory="d")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optimizer.lr", math.inf, r"optimizer.lr=inf: expected a finite number"),
+    ("optimizer.lr", math.nan, r"optimizer.lr=nan: expected a finite number"),
+    ("method.temperature", math.inf, r"method.temperature=inf: expected a finite number"),
+    ("method.ce_weight", math.inf, r"method.ce_weight=inf: expected a finite number"),
+    ("optimizer.decay_rate", math.nan, r"optimizer.decay_rate=nan: expected a finite"),
+    ("optimizer.decay_rate", -1.0, r"optimizer.decay_rate=-1.0: expected in \(0, 1\]"),
+    ("optimizer.weight_decay", math.inf, r"optimizer.weight_decay=inf: expected a finite"),
+    ("dataset.num_classes", 0, r"dataset.num_classes=0: expected an integer > 0"),
+    ("dataset.num_classes", 1, r"dataset.num_classes=1: expected >= 2"),
+    ("dataset.image_size", 1, r"dataset.image_size=1: smaller than the 2x downsampling of "
+                              r"student.arch='tiny_cnn'; use at least 2"),
+])
+def test_validation_rejects_non_finite_and_out_of_range_numbers(key, value, message):
+    c = tiny_config(1)
+    group, name = key.rsplit(".", 1)
+    c[group][name] = value
+    with pytest.raises(ConfigError, match=message):
+        config_validation.validate(c, num_devices=1)
+
+
+def test_eval_batch_larger_than_the_test_set_is_refused(tmp_path):
+    c = tiny_config(1)
+    c.eval_batch_size = 10 ** 8
+    with pytest.raises(ConfigError, match=r"eval_batch_size=100000000 exceeds the 8 test "
+                                          r"images; use at most 8"):
+        trainer.train(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
