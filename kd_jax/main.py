@@ -60,13 +60,14 @@ def _main(argv=None) -> None:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from kd_jax.data.base import DataNotFoundError
     from kd_jax.train.config_validation import ConfigError
+    from kd_jax.train.checkpoint import StorageError
     from kd_jax.train.finite import NonFiniteError
     from kd_jax.train.trainer import RunStopped
 
     try:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
-    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteError) as e:
+    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteError, StorageError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:

@@ -100,3 +100,64 @@ def test_eval_batch_larger_than_the_test_set_is_refused(tmp_path):
                                           r"images; use at most 8"):
         trainer.train(c, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+# --- (2) export is part of finishing --------------------------------------------------------
+
+def exporting_config(total_steps=2):
+    c = tiny_config(total_steps)
+    c.export_model = True
+    return c
+
+
+def test_export_cut_short_by_a_full_disk_is_redone_by_the_rerun(tmp_path, monkeypatch, capsys):
+    """A full disk during the export: one StorageError naming the directory and the cause,
+    the last checkpoint kept, no finished summary; the rerun exports from that checkpoint,
+    says so, and the model loads."""
+    import errno
+
+    from kd_jax import convert
+    from kd_jax.train import summary as summary_lib
+    from kd_jax.train.checkpoint import StorageError
+
+    real_export = trainer._export
+
+    def full_disk(run, student, top1):
+        os.makedirs(os.path.join(student.out_dir, trainer.FINAL_MODEL_DIR, "state"
+                                 ".orbax-checkpoint-tmp-1"), exist_ok=True)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(trainer, "_export", full_disk)
+    wd = str(tmp_path)
+    with pytest.raises(StorageError, match=rf"could not export the model to {wd}/final_model: No space "
+                                           r"left on device; checkpoint step 2 in .* is kept"):
+        trainer.train(exporting_config(), wd)
+    saved = summary_lib.read_json(os.path.join(wd, summary_lib.SUMMARY_FILE))
+    assert saved is None or not saved["finished"]
+    monkeypatch.setattr(trainer, "_export", real_export)
+    capsys.readouterr()
+    summary, _ = trainer.train(exporting_config(), wd)
+    out = capsys.readouterr().out
+    assert "whose export is missing or partial" in out and "exporting it again from " \
+        "checkpoint step 2" in out
+    assert summary["finished"] and summary["steps"] == 2
+    convert.load_teacher(os.path.join(wd, trainer.FINAL_MODEL_DIR), "tiny_cnn", 10)
+    capsys.readouterr()
+    trainer.train(exporting_config(), wd)     # now complete: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_rerun_redoes_a_deleted_or_partial_export(tmp_path, capsys):
+    """Killed after the last checkpoint: final_model missing, or teacher.json not written."""
+    import shutil
+
+    wd = str(tmp_path)
+    trainer.train(exporting_config(), wd)
+    final = os.path.join(wd, trainer.FINAL_MODEL_DIR)
+    for damage in (lambda: shutil.rmtree(final),
+                   lambda: os.remove(os.path.join(final, "teacher.json"))):
+        damage()
+        capsys.readouterr()
+        trainer.train(exporting_config(), wd)
+        assert "exporting it again" in capsys.readouterr().out
+        assert os.path.isfile(os.path.join(final, "teacher.json"))

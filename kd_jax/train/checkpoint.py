@@ -8,12 +8,52 @@ device count.
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import orbax.checkpoint as ocp
 
 from kd_jax.train.state import abstract_like
+
+
+# The storage failures a user can fix (free space, permissions), by their strerror: orbax
+# writes in other threads and sometimes re-raises them as a plain message.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+_STORAGE_TEXTS = tuple(os.strerror(n) for n in _STORAGE_ERRNOS)
+
+
+class StorageError(OSError):
+    """A checkpoint or an export could not be written (disk full, permission, ...)."""
+
+
+def storage_cause(error: BaseException) -> Optional[str]:
+    """The fixable storage cause somewhere in `error`'s chain, e.g. 'No space left on
+    device', or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return os.strerror(error.errno)
+        text = str(error)
+        for cause in _STORAGE_TEXTS:
+            if cause in text:
+                return cause
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
+                     directory: str) -> None:
+    """Raises StorageError (one line: what failed, the cause, what is kept) if `error` came
+    from the storage; returns otherwise (the caller re-raises)."""
+    cause = storage_cause(error)
+    if cause is None:
+        return
+    kept = (f"checkpoint step {kept_step} in {directory} is kept" if kept_step is not None
+            else "no checkpoint was saved yet")
+    raise StorageError(f"{what}: {cause}; {kept}. Free space (or fix the permissions) and run "
+                       "the same command to go on from there") from error
 
 
 class Checkpointer:
@@ -31,8 +71,18 @@ class Checkpointer:
         """Starts an async save of (state, meta) under `step` (replacing one of that step)."""
         if step in self._manager.all_steps():
             return  # already saved (e.g. the final step coincides with an epoch end)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        try:   # an earlier async save's failure surfaces here too
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001  storage causes become one line
+            self._raise_save_error(e, step)
+            raise
+
+    def _raise_save_error(self, error: BaseException, step: Optional[int]) -> None:
+        kept = [s for s in self._manager.all_steps() if step is None or s < step]
+        what = (f"could not save checkpoint step {step}" if step is not None
+                else "could not save a checkpoint") + f" in {self.directory}"
+        raise_if_storage(error, what, max(kept) if kept else None, self.directory)
 
     def read_meta(self, step: Optional[int] = None) -> dict:
         """The JSON metadata of `step` (default: the latest), without reading the state."""
@@ -48,8 +98,14 @@ class Checkpointer:
         return restored.state, dict(restored.meta)
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001  the async save's failure, as one line
+            self._raise_save_error(e, None)
+            raise
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()

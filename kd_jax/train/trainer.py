@@ -45,9 +45,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
-from kd_jax.train import config_validation, finite, schedules
+from kd_jax.train import config_validation, exports, finite, schedules
 from kd_jax.train import summary as summary_lib
-from kd_jax.train.checkpoint import Checkpointer
+from kd_jax.train.checkpoint import Checkpointer, raise_if_storage
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
 from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
@@ -55,6 +55,7 @@ from kd_jax.train.state import (init_state, init_student, make_optimizer, param_
 from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
 
 FINAL_MODEL_DIR = "final_model"   # the trained student, loadable as a teacher.
+EXPORT_DIRS = (FINAL_MODEL_DIR,)  # what each student of a finished run exports
 
 
 class NonFiniteLossError(finite.NonFiniteError):
@@ -552,6 +553,32 @@ def _export(run: _Run, student: _Student, top1: Optional[float]) -> None:
                             "source": "kd_jax.train"}, overwrite=True)
 
 
+def _export_dirs(run: _Run) -> list[str]:
+    """Every export directory a finished run must hold (all students)."""
+    if not run.config.export_model:
+        return []
+    return [os.path.join(s.out_dir, d) for s in run.students.values() for d in EXPORT_DIRS]
+
+
+def _export_all(run: _Run, summaries: dict) -> None:
+    """Exports every student; a failed write (disk full, permission) is one StorageError line."""
+    _check_finite(run)
+    if not run.config.export_model:
+        return
+    if jax.process_index() == 0:
+        for path in _export_dirs(run):
+            exports.clear_partial(path)
+    for name, s in run.students.items():
+        try:
+            # Every process: the orbax save synchronises them all (process 0 writes).
+            _export(run, s, summaries[name]["best_top1"])
+        except Exception as e:  # noqa: BLE001  an OS cause becomes one line, others re-raise
+            where = os.path.normpath(os.path.join(s.out_dir, FINAL_MODEL_DIR))
+            raise_if_storage(e, f"could not export the model to {where}", run.step,
+                             run.ckpt.directory)
+            raise
+
+
 def _summaries(run: _Run, segments: list, images_seen: int) -> dict:
     finished = run.step >= run.total_steps
     return {name: summary_lib.make_summary(run.config, s.plan, s.history, steps=run.step,
@@ -583,17 +610,23 @@ def _finish(run: _Run) -> dict:
     segments = _segments(run)
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
-    if run.step >= run.total_steps and run.config.export_model:
-        _check_finite(run)
-        # Every process: the orbax save synchronises them all (process 0 writes).
-        for name, s in run.students.items():
-            _export(run, s, summaries[name]["best_top1"])
+    if run.step >= run.total_steps:
+        _export_all(run, summaries)
     return _report(run, summaries)
 
 
 def _report_finished(run: _Run) -> dict:
     """A finished run: nothing to train; prints (and returns) its saved summary."""
     saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    missing = exports.missing(_export_dirs(run))
+    if missing:
+        # Killed (or out of disk) after the last checkpoint: the export is part of finishing.
+        print(f"{run.workdir} holds a finished run (step {run.step} of {run.total_steps}) "
+              f"whose export is missing or partial ({', '.join(missing)}); exporting it again "
+              f"from checkpoint step {run.step}", flush=True)
+        summaries = _summaries(run, run.segments, run.images_seen)
+        _export_all(run, summaries)
+        return _report(run, summaries)
     print(f"{run.workdir} holds a finished run (step {run.step} of {run.total_steps}); "
           "nothing to do. Its summary:", flush=True)
     if saved is None or not saved.get("finished"):
