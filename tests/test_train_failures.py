@@ -161,3 +161,37 @@ def test_rerun_redoes_a_deleted_or_partial_export(tmp_path, capsys):
         trainer.train(exporting_config(), wd)
         assert "exporting it again" in capsys.readouterr().out
         assert os.path.isfile(os.path.join(final, "teacher.json"))
+
+
+# --- (3) stops respected after the last step and between seeds ------------------------------
+
+@pytest.mark.parametrize("where", ["last_evaluation", "final_checkpoint"])
+def test_sigterm_after_the_last_step_of_a_seed_stops_before_the_next(tmp_path, monkeypatch,
+                                                                     where):
+    """SIGTERM during seed 0's last evaluation or final checkpoint: seed 0 finishes (its step
+    is the last), then the run stops with RunStopped instead of training seed 1; the same
+    command then skips seed 0 and trains seed 1."""
+    import signal
+
+    from kd_jax.train import seeds
+
+    c = tiny_config(3)
+    c.seeds = "0,1"
+    hooked = trainer._evaluate if where == "last_evaluation" else trainer._save
+    name = hooked.__name__
+
+    def signalling(run):
+        if run.step == run.total_steps and run.config.seed == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return hooked(run)
+
+    monkeypatch.setattr(trainer, name, signalling)
+    with pytest.raises(trainer.RunStopped, match=r"SIGTERM: seed 0 finished; stopped before "
+                                                 r"seed 1; run the same command") as e:
+        seeds.run_seeds(c, str(tmp_path))
+    assert e.value.signum == signal.SIGTERM
+    assert os.path.isdir(tmp_path / "seed_0") and not os.path.exists(tmp_path / "seed_1")
+    assert Checkpointer(str(tmp_path / "seed_0")).latest_step() == 3
+    monkeypatch.undo()
+    result = seeds.run_seeds(c, str(tmp_path))
+    assert result["finished"] and result["seeds"] == [0, 1]

@@ -28,13 +28,9 @@ before each save, so a checkpoint never holds a state reached through a non-fini
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
-import sys
-import threading
 import time
 from typing import Any, Optional
 
@@ -45,7 +41,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
-from kd_jax.train import config_validation, exports, finite, schedules
+from kd_jax.train import config_validation, exports, finite, schedules, stops
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer, raise_if_storage
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
@@ -53,6 +49,7 @@ from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
                                 split_student)
 from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
+from kd_jax.train.stops import RunStopped  # noqa: F401  (raised by train; the CLI's name)
 
 FINAL_MODEL_DIR = "final_model"   # the trained student, loadable as a teacher.
 EXPORT_DIRS = (FINAL_MODEL_DIR,)  # what each student of a finished run exports
@@ -60,18 +57,6 @@ EXPORT_DIRS = (FINAL_MODEL_DIR,)  # what each student of a finished run exports
 
 class NonFiniteLossError(finite.NonFiniteError):
     """The loss became NaN or inf."""
-
-
-class RunStopped(Exception):
-    """A run stopped by SIGTERM or SIGINT after saving its step; the same command resumes.
-
-    signum: the signal; summary: the run's (unfinished) summary, as written to the workdir.
-    """
-
-    def __init__(self, signum: int, step: int, total_steps: int, workdir: str, summary: dict):
-        super().__init__(f"{signal.Signals(signum).name}: saved step {step} of {total_steps} "
-                         f"in {workdir}; run the same command (same --workdir) to resume")
-        self.signum, self.summary = signum, summary
 
 
 def compute_dtype(config) -> Any:
@@ -96,60 +81,6 @@ def load_teacher(config, num_classes: int) -> nnx.Module:
                 f"with {num_classes} classes: {e}") from e
     teacher.eval()
     return teacher
-
-
-class _StopSignal:
-    """SIGTERM and SIGINT during a run (handlers are installed from the main thread only).
-
-    In the training loop (`immediate` False) the first one is recorded and the loop saves and
-    stops at the next step; a second SIGINT raises KeyboardInterrupt at once. Outside it
-    (setup, compilation, export) SIGINT raises KeyboardInterrupt at once, and `check()` raises
-    it again should a library have swallowed it (a bare `except:` in an import, say).
-    """
-
-    def __init__(self):
-        self.signum = 0
-        self.immediate = True
-
-    def is_set(self) -> bool:
-        return self.signum != 0
-
-    def check(self) -> None:
-        if self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-
-    def _handle(self, signum, frame):
-        first = not self.signum
-        self.signum = self.signum or signum
-        if signum == signal.SIGINT and (self.immediate or not first):
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    stop = _StopSignal()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    # A SIGINT the parent set to be ignored (a background job, nohup) stays ignored.
-    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT)
-                                  is not signal.SIG_IGN else [])
-    previous = {sig: signal.signal(sig, stop._handle) for sig in signals}
-    unraisable = sys.unraisablehook
-
-    def quiet_interrupt(info):
-        # A Ctrl-C that lands in a garbage-collection callback (jax has one) cannot propagate;
-        # Python would print it as "Exception ignored". It is recorded, and check() raises it.
-        if not issubclass(info.exc_type, KeyboardInterrupt):
-            unraisable(info)
-
-    sys.unraisablehook = quiet_interrupt
-    try:
-        yield stop
-    finally:
-        sys.unraisablehook = unraisable
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class _Clock:
@@ -419,6 +350,13 @@ def _actions_due(run: _Run, stop_requested: bool) -> _Due:
         stop=stop)
 
 
+def _sync_point(run: _Run) -> bool:
+    """Steps at which every process takes part in agreeing on a stop (kd_jax.train.stops):
+    the logging points and epoch ends, the same in every process."""
+    return (run.step % run.config.log_every_steps == 0
+            or run.step % run.steps_per_epoch == 0)
+
+
 def _flush_metrics(run: _Run) -> None:
     """Fetches, checks and logs the step metrics kept since the last logging point."""
     if not run.pending:
@@ -500,7 +438,7 @@ def _run_actions(run: _Run, due: _Due) -> None:
 
 # --- epochs ----------------------------------------------------------------------------------
 
-def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
+def _train_epoch(run: _Run, stop: stops.StopSignal) -> bool:
     """Runs the steps of run.epoch from run.step on; True when the run should stop."""
     c = run.config
     epoch = run.step // run.steps_per_epoch + 1
@@ -516,7 +454,7 @@ def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
             run.step += 1
             run.pending.append(metrics)
             run.clock.after_step(metrics, run.batch_size, run.step)
-            due = _actions_due(run, stop.is_set())
+            due = _actions_due(run, stops.requested(stop, _sync_point(run)))
             _run_actions(run, due)
             if due.stop:
                 return True
@@ -525,7 +463,7 @@ def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
     return False
 
 
-def _train_loop(run: _Run, stop: _StopSignal) -> int:
+def _train_loop(run: _Run, stop: stops.StopSignal) -> int:
     """Trains until the end or a stop signal; the signal's number if stopped by one, else 0."""
     run.pending_t0 = time.perf_counter()
     stop.check()
@@ -648,11 +586,11 @@ def train(config, workdir: str) -> tuple[dict, Any]:
     each student's in workdir/<name>/summary.json). Raises RunStopped (after saving the step
     and writing the unfinished summary) when SIGTERM or SIGINT stopped it.
     """
-    with _stop_signals() as stop:
+    with stops.stop_signals() as stop:
         return _train(config, workdir, stop)
 
 
-def _train(config, workdir: str, stop: _StopSignal) -> tuple[dict, Any]:
+def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
     t0 = time.perf_counter()
     plan = config_validation.validate(config)
     ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
@@ -674,7 +612,8 @@ def _train(config, workdir: str, stop: _StopSignal) -> tuple[dict, Any]:
         run.close()
     summary = _finish(run)
     if stopped_by:
-        raise RunStopped(stopped_by, run.step, run.total_steps, workdir, summary)
+        raise RunStopped(stopped_by, f"saved step {run.step} of {run.total_steps} in {workdir}",
+                         summary)
     return summary, run.state
 
 
