@@ -63,11 +63,13 @@ def _main(argv=None) -> None:
     from kd_jax.train.checkpoint import StorageError
     from kd_jax.train.finite import NonFiniteError
     from kd_jax.train.trainer import RunStopped
+    from kd_jax.train.workdir_lock import WorkdirInUse
 
     try:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
-    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteError, StorageError) as e:
+    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteError, StorageError,
+            WorkdirInUse) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:

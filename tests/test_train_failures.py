@@ -195,3 +195,83 @@ def test_sigterm_after_the_last_step_of_a_seed_stops_before_the_next(tmp_path, m
     monkeypatch.undo()
     result = seeds.run_seeds(c, str(tmp_path))
     assert result["finished"] and result["seeds"] == [0, 1]
+
+
+# --- (4) one run per workdir ----------------------------------------------------------------
+
+HOLDER = ("import sys, time; from kd_jax.train import workdir_lock\n"
+          "with workdir_lock.hold(sys.argv[1]):\n"
+          "    print('held', flush=True); time.sleep(600)\n")
+
+
+def start_holder(wd):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, wd], cwd=root,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_then_a_stale_lock_is_taken_over(
+        tmp_path, capsys):
+    import signal
+
+    from kd_jax.train import workdir_lock
+
+    wd = str(tmp_path / "run")
+    holder = start_holder(wd)
+    try:
+        with pytest.raises(workdir_lock.WorkdirInUse,
+                           match=rf"--workdir {wd} is in use by a run of pid {holder.pid} on "
+                                 r"host .* one run per workdir"):
+            trainer.train(tiny_config(1), wd)
+        assert not os.path.exists(os.path.join(wd, "checkpoints"))   # nothing touched
+        os.kill(holder.pid, signal.SIGKILL)    # the holder dies: its lock file stays, stale
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert os.path.exists(os.path.join(wd, workdir_lock.LOCK_FILE))
+    capsys.readouterr()
+    summary, _ = trainer.train(tiny_config(1), wd)
+    assert summary["finished"]
+    assert (f"took over the lock of {wd} left by pid {holder.pid}" in capsys.readouterr().err)
+    assert not os.path.exists(os.path.join(wd, workdir_lock.LOCK_FILE))   # released on exit
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    from kd_jax.train import workdir_lock
+
+    wd = str(tmp_path / "new")
+    with workdir_lock.hold(wd):
+        with pytest.raises(workdir_lock.WorkdirInUse, match=rf"pid {os.getpid()} on host"):
+            with workdir_lock.hold(wd):
+                pass
+    assert not os.path.exists(wd)     # created for the lock, left empty: removed
+    with workdir_lock.hold(wd):       # free again
+        pass
+
+
+def test_cli_refuses_a_live_workdir_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from test_cli_rerun import ARGS, ROOT
+
+    wd = str(tmp_path / "run")
+    holder = start_holder(wd)
+    try:
+        r = subprocess.run([sys.executable, "-m", "kd_jax.main", *ARGS, "--workdir", wd],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"kd_jax: error: --workdir {wd} is in use by a run of pid {holder.pid}"), r.stderr

@@ -21,7 +21,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-from kd_jax.train import stops, trainer
+from kd_jax.train import stops, trainer, workdir_lock
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.config_validation import parse_seeds
 
@@ -102,7 +102,7 @@ def run_seeds(config, workdir: str, train_fn=None, seeds: Optional[Sequence[int]
     summaries = {}
     # The signal handlers span all seeds: a stop that arrives after a seed's last step (its
     # last evaluation, checkpoint or export) ends the run before the next seed.
-    with stops.stop_signals() as stop:
+    with stops.stop_signals() as stop, workdir_lock.hold(workdir):
         for i, seed in enumerate(seeds, 1):
             if i > 1:
                 stops.check_between_runs(stop, f"seed {seeds[i - 2]} finished",

@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
-from kd_jax.train import config_validation, exports, finite, schedules, stops
+from kd_jax.train import config_validation, exports, finite, schedules, stops, workdir_lock
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer, raise_if_storage
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
@@ -586,7 +586,7 @@ def train(config, workdir: str) -> tuple[dict, Any]:
     each student's in workdir/<name>/summary.json). Raises RunStopped (after saving the step
     and writing the unfinished summary) when SIGTERM or SIGINT stopped it.
     """
-    with stops.stop_signals() as stop:
+    with stops.stop_signals() as stop, workdir_lock.hold(workdir):
         return _train(config, workdir, stop)
 
 
