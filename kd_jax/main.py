@@ -60,7 +60,7 @@ def _main(argv=None) -> None:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from kd_jax.data.base import DataNotFoundError
     from kd_jax.train.config_validation import ConfigError
-    from kd_jax.train.checkpoint import StorageError
+    from kd_jax.train.checkpoint import DamagedCheckpointError, StorageError
     from kd_jax.train.finite import NonFiniteError
     from kd_jax.train.trainer import RunStopped
     from kd_jax.train.workdir_lock import WorkdirInUse
@@ -69,7 +69,7 @@ def _main(argv=None) -> None:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
     except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteError, StorageError,
-            WorkdirInUse) as e:
+            DamagedCheckpointError, WorkdirInUse) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:

@@ -275,3 +275,120 @@ def test_cli_refuses_a_live_workdir_in_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"kd_jax: error: --workdir {wd} is in use by a run of pid {holder.pid}"), r.stderr
+
+
+# --- (6) damaged checkpoints ----------------------------------------------------------------
+
+def _files(path):
+    return [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+
+
+def _data_files(step_dir):
+    return [f for f in _files(os.path.join(step_dir, "state")) if f"{os.sep}d{os.sep}" in f]
+
+
+def _delete_data(step_dir):
+    for f in _data_files(step_dir):
+        os.remove(f)
+
+
+def _truncate_data(step_dir):
+    for f in _data_files(step_dir):
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+
+
+def _flip_bytes(step_dir):
+    for f in _data_files(step_dir):
+        with open(f, "r+b") as fh:
+            data = bytearray(fh.read())
+            for i in range(0, len(data), 7):
+                data[i] ^= 0xFF
+            fh.seek(0)
+            fh.write(data)
+
+
+def _garbage_metadata(step_dir):
+    for name in (os.path.join("meta", "metadata"), os.path.join("state", "_METADATA")):
+        with open(os.path.join(step_dir, name), "w") as fh:
+            fh.write("{not json")
+
+
+def _missing_state(step_dir):
+    import shutil
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+@pytest.fixture(scope="module")
+def finished_6(tmp_path_factory):
+    """6 steps (checkpoints at 3 and 6), uninterrupted: the workdir and the final state."""
+    wd = str(tmp_path_factory.mktemp("finished_6"))
+    _, state = trainer.train(tiny_config(6), wd)
+    return wd, state
+
+
+@pytest.mark.parametrize("damage", [_delete_data, _truncate_data, _flip_bytes,
+                                    _garbage_metadata, _missing_state])
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_resumes(
+        tmp_path, finished_6, damage, capsys):
+    import shutil
+
+    from test_train_resume import assert_states_equal
+
+    src, want = finished_6
+    wd = str(tmp_path / "run")
+    shutil.copytree(src, wd)
+    damage(os.path.join(wd, "checkpoints", "6"))
+    capsys.readouterr()
+    summary, state = trainer.train(tiny_config(6), wd)
+    err = capsys.readouterr().err
+    assert (f"kd_jax: note: checkpoint step 6 cannot be restored (" in err
+            and f"); set aside as {wd}/damaged_checkpoints/6, resuming from step 3" in err), err
+    assert os.path.isdir(os.path.join(wd, "damaged_checkpoints", "6"))   # kept, not deleted
+    assert summary["finished"] and int(state.step) == 6
+    assert_states_equal(state, want)      # steps 4-6 retrained exactly
+
+
+def test_no_restorable_checkpoint_is_one_error_and_nothing_moves(tmp_path, finished_6):
+    import shutil
+
+    from kd_jax.train.checkpoint import DamagedCheckpointError
+
+    src, _ = finished_6
+    wd = str(tmp_path / "run")
+    shutil.copytree(src, wd)
+    for step in ("3", "6"):
+        _missing_state(os.path.join(wd, "checkpoints", step))
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoint step 6 in .* cannot be "
+                                                     r"restored \(.*\), and no older one can"):
+        trainer.train(tiny_config(6), wd)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
+
+
+def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp_path,
+                                                                           monkeypatch):
+    """The save of step 6 fails (orbax re-raises the writer's ENOSPC as a plain message):
+    one StorageError naming the directory, the cause and the kept step 3; the same command
+    then resumes from step 3."""
+    import orbax.checkpoint as ocp
+
+    from kd_jax.train.checkpoint import StorageError
+
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 6:
+            raise ValueError("Failed to write checkpoint: OSError: [Errno 28] No space left "
+                             "on device: '/ckpt/6.orbax-checkpoint-tmp/state'")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    wd = str(tmp_path)
+    with pytest.raises(StorageError, match=rf"could not save checkpoint step 6 in "
+                                           rf"{wd}/checkpoints: No space left on device; "
+                                           r"checkpoint step 3 in .* is kept"):
+        trainer.train(tiny_config(6), wd)
+    monkeypatch.undo()
+    assert Checkpointer(wd).latest_step() == 3
+    summary, state = trainer.train(tiny_config(6), wd)
+    assert summary["finished"] and int(state.step) == 6

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, NoReturn, Optional
+import sys
+from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
@@ -56,6 +57,21 @@ def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
                        "the same command to go on from there") from error
 
 
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class DamagedCheckpointError(RuntimeError):
+    """No checkpoint of the workdir can be restored."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The exception's type and first line (orbax's last lines can be just '})>.')."""
+    text = " ".join(str(error).split("\n")[0].split()) or "no message"
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -96,6 +112,62 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_like(like)), meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
+
+    def restore_latest(self, like: Any, check_meta: Callable[[dict], None] = lambda m: None
+                       ) -> Optional[tuple[Any, dict]]:
+        """(state, meta) of the newest checkpoint that restores (None: no checkpoint).
+
+        check_meta(meta) runs before each state is read (it raises when the checkpoint is of
+        another run: not damage). A newest checkpoint that cannot be read (a deleted or
+        truncated file, flipped bytes, garbage metadata, a missing state/) while an older one
+        can is set aside, renamed into <workdir>/damaged_checkpoints/ (never deleted), with a
+        one-line note; the run goes on from the older one. If none can be read, nothing is
+        moved and DamagedCheckpointError names the newest and its cause.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001  unreadable metadata: damaged
+                failures.append((step, e))
+                continue
+            check_meta(meta)
+            try:
+                restored = self.restore(like, step)
+            except Exception as e:  # noqa: BLE001  unreadable state: damaged
+                failures.append((step, e))
+                continue
+            for bad, error in failures:
+                self._set_aside(bad, error, step)
+            return restored
+        if failures:
+            step, error = failures[0]
+            raise DamagedCheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored "
+                f"({_one_line(error)}), and no older one can: it is damaged or from another "
+                "config; move the checkpoints away to start again, or use another --workdir"
+            ) from error
+        return None
+
+    def _set_aside(self, step: int, error: BaseException, resumed_from: int) -> None:
+        import jax
+
+        parent = os.path.dirname(self.directory)
+        target = os.path.join(parent, DAMAGED_DIR, str(step))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(parent, DAMAGED_DIR, f"{step}.{n}"), n + 1
+            os.rename(os.path.join(self.directory, str(step)), target)
+            print(f"kd_jax: note: checkpoint step {step} cannot be restored "
+                  f"({_one_line(error)}); set aside as {target}, resuming from step "
+                  f"{resumed_from}", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"kd_jax set aside checkpoint {step}")
+        self._manager.reload()
 
     def wait(self) -> None:
         try:

@@ -216,19 +216,24 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, tx, workdi
 
 def _restore(run: _Run) -> dict:
     """Restores the latest checkpoint into run.state; returns its metadata ({} if none)."""
-    if run.ckpt.latest_step() is None:
-        return {}
-    meta = run.ckpt.read_meta()   # checked before the state: a different run has another tree
     names = sorted(run.students)
-    if (meta.get("batch_size") != run.batch_size
-            or meta.get("steps_per_epoch") != run.steps_per_epoch
-            or sorted(meta.get("students", [])) != names):
-        raise ConfigError(
-            f"{run.workdir} holds a run with batch_size={meta.get('batch_size')}, "
-            f"{meta.get('steps_per_epoch')} steps per epoch and students "
-            f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
-            f"{run.steps_per_epoch} and {names}: use another --workdir")
-    run.state, meta = run.ckpt.restore(run.state)
+
+    def check_meta(meta: dict) -> None:
+        # Checked before the state: a different run has another tree.
+        if (meta.get("batch_size") != run.batch_size
+                or meta.get("steps_per_epoch") != run.steps_per_epoch
+                or sorted(meta.get("students", [])) != names):
+            raise ConfigError(
+                f"{run.workdir} holds a run with batch_size={meta.get('batch_size')}, "
+                f"{meta.get('steps_per_epoch')} steps per epoch and students "
+                f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
+                f"{run.steps_per_epoch} and {names}: use another --workdir")
+
+    # A damaged newest checkpoint is set aside and the previous one restored (checkpoint.py).
+    restored = run.ckpt.restore_latest(run.state, check_meta)
+    if restored is None:
+        return {}
+    run.state, meta = restored
     run.step = int(jax.device_get(run.state.step))
     for name, history in meta["history"].items():
         run.students[name].history = list(history)
