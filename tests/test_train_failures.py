@@ -392,3 +392,101 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
     assert Checkpointer(wd).latest_step() == 3
     summary, state = trainer.train(tiny_config(6), wd)
     assert summary["finished"] and int(state.step) == 6
+
+
+# --- (7) rough edges ------------------------------------------------------------------------
+
+def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
+    """A killed run logged steps 4-5 after its step-3 checkpoint (and a torn line); the
+    resumed run trains them again and each step is logged once."""
+    import json
+
+    from test_train_resume import train_steps_logged
+
+    wd = str(tmp_path)
+    c = tiny_config(5)
+    c.log_every_steps = 1
+    trainer.train(dataclasses_copy(c, total_steps=3), wd)
+    with open(os.path.join(wd, "metrics.jsonl"), "a") as fh:   # what the killed run wrote
+        for step in (4, 5):
+            fh.write(json.dumps({"step": step, "kind": "train", "loss": 1.0}) + "\n")
+        fh.write('{"step": 6, "ki')
+    trainer.train(c, wd)
+    assert train_steps_logged(wd) == [1, 2, 3, 4, 5]
+
+
+def dataclasses_copy(config, **changes):
+    import copy
+    c = copy.deepcopy(config)
+    for k, v in changes.items():
+        c[k] = v
+    return c
+
+
+def test_truncated_gz_idx_file_is_one_error_naming_it(tmp_path):
+    import gzip
+
+    from kd_jax.data.base import DataFileError
+    from kd_jax.data.fashion_mnist import read_idx
+
+    path = str(tmp_path / "train-images-idx3-ubyte.gz")
+    header = bytes([0, 0, 8, 3]) + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    blob = gzip.compress(header + bytes(100 * 28 * 28))
+    with open(path, "wb") as fh:
+        fh.write(blob[:len(blob) // 2])
+    with pytest.raises(DataFileError, match=rf"{path}: cannot be read \(EOFError.*truncated"):
+        read_idx(path)
+
+
+def test_convert_of_a_file_that_is_not_a_torch_checkpoint_is_one_line(tmp_path, capsys):
+    from kd_jax.convert.__main__ import main
+
+    for content in (b"hello, not torch\n", bytes(range(256)) * 40):
+        path = tmp_path / "model.pth"
+        path.write_bytes(content)
+        assert main(["--arch", "tiny_cnn", "--num-classes", "10", str(path),
+                     str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"error: {path}: not a PyTorch checkpoint (torch.load failed: "), err
+
+
+def test_out_of_memory_is_one_line_naming_the_batch(monkeypatch, capsys, tmp_path):
+    from kd_jax import main as main_lib
+
+    def oom(config, workdir):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                         "allocate 68719476736 bytes.\nBufferAssignment...")
+
+    monkeypatch.setattr(main_lib, "run", oom)
+    with pytest.raises(SystemExit) as e:
+        main_lib.main(["kd_jax.main", "--config", "configs/cifar_kd.py:resnet32x4-resnet8x4",
+                       "--config.batch_size=4096", "--workdir", str(tmp_path / "w")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "kd_jax: error: out of device memory with batch_size=4096 (global, eval_batch_size="
+        "4096) (RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 "
+        "bytes.): lower --config.batch_size"), err
+
+
+def test_results_marks_unfinished_runs_and_names_a_broken_summary(tmp_path, capsys):
+    import json
+
+    from kd_jax import results
+
+    base = {"method": "KD", "teacher": "resnet32x4", "student": "ShuffleV1",
+            "dataset": "cifar100", "best_top1": 73.0, "last_top1": 72.0,
+            "published_top1": 74.07}
+    for name, finished in (("done", True), ("stopped", False)):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "summary.json").write_text(json.dumps(dict(base, finished=finished)))
+    assert results.main([str(tmp_path / "done"), str(tmp_path / "stopped")]) == 0
+    out, err = capsys.readouterr()
+    assert "| done | KD |" in out and "| stopped (unfinished) | KD |" in out
+    assert "not finished (stopped, or seeds missing): stopped" in err
+    os.makedirs(tmp_path / "broken")
+    (tmp_path / "broken" / "summary.json").write_text(json.dumps(base)[:40])
+    assert results.main([str(tmp_path / "broken")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'broken' / 'summary.json'}: not valid JSON" in err[0]

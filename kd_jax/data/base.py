@@ -12,6 +12,10 @@ class DataNotFoundError(FileNotFoundError):
     """The dataset's files are absent and cannot (or may not) be downloaded."""
 
 
+class DataFileError(ValueError):
+    """A dataset file exists but cannot be read (truncated, corrupt); the message names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """Static facts about a dataset after preprocessing.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -301,12 +302,14 @@ def _open_logs(run: _Run) -> None:
                                  total_steps=run.total_steps, initial_step=run.step,
                                  records=False)
         for s in run.students.values():
-            s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False)
+            s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False,
+                              resume_step=run.step)
     else:
         (s,) = run.students.values()
         s.log = run.progress = MetricLog(run.workdir, tensorboard=c.tensorboard,
                                          progress_bar=c.progress_bar,
-                                         total_steps=run.total_steps, initial_step=run.step)
+                                         total_steps=run.total_steps, initial_step=run.step,
+                                         resume_step=run.step)
 
 
 CONFIG_FILE = "config.json"
@@ -560,7 +563,11 @@ def _finish(run: _Run) -> dict:
 
 def _report_finished(run: _Run) -> dict:
     """A finished run: nothing to train; prints (and returns) its saved summary."""
-    saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    try:
+        saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    except summary_lib.BrokenJSONError as e:   # rebuilt below from the checkpoint's metadata
+        print(f"kd_jax: note: {e}; rewriting it", file=sys.stderr, flush=True)
+        saved = None
     missing = exports.missing(_export_dirs(run))
     if missing:
         # Killed (or out of disk) after the last checkpoint: the export is part of finishing.
