@@ -8,7 +8,12 @@
 - one epoch: the data of (seed, epoch) through the train step; after each step
   `_actions_due` decides which periodic actions run: log (fetch the step metrics, check the
   loss is finite), evaluate, checkpoint.
-- finish: export each student, write and print its summary.
+- finish: export each student, write and print its summary. A run is finished only when
+  its exports are complete (kd_jax.train.exports): a rerun redoes a missing or partial one.
+
+A live run holds its workdir's lock (kd_jax.train.workdir_lock). Stops (SIGTERM, Ctrl-C)
+are agreed across processes at sync points (kd_jax.train.stops); a damaged newest
+checkpoint is set aside and a failed save is one StorageError line (kd_jax.train.checkpoint).
 
 Resumption: the state (step, every student's parameters, BatchNorm statistics and
 optimizer state, RNG) is checkpointed every `checkpoint_every_epochs`, at the end, and on
@@ -23,7 +28,9 @@ Non-finite losses: step metrics stay on the device until the next logging point 
 `log_every_steps`, at epoch ends and before every checkpoint), where they are fetched in
 one transfer and checked, so the loop never waits for the device between steps; a NaN/inf
 loss raises NonFiniteLossError naming the step, the student and the terms. The check runs
-before each save, so a checkpoint never holds a state reached through a non-finite loss.
+before each save, so a checkpoint never holds a state reached through a non-finite loss;
+the whole state is also checked finite before each save and the export
+(kd_jax.train.finite: an update can overflow the weights while the loss stays finite).
 """
 
 from __future__ import annotations
