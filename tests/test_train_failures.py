@@ -490,3 +490,25 @@ def test_results_marks_unfinished_runs_and_names_a_broken_summary(tmp_path, caps
     assert results.main([str(tmp_path / "broken")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tmp_path / 'broken' / 'summary.json'}: not valid JSON" in err[0]
+
+
+def test_lockstep_rerun_redoes_the_export_of_the_student_that_lacks_it(tmp_path, capsys):
+    """A lockstep run is finished only when every student's export is complete."""
+    import shutil
+
+    from test_lockstep_seeds import lockstep_config
+
+    wd = str(tmp_path)
+    c = lockstep_config(total_steps=2)
+    c.export_model = True
+    trainer.train(c, wd)
+    names = sorted(c.students.keys())
+    shutil.rmtree(os.path.join(wd, names[1], trainer.FINAL_MODEL_DIR))
+    capsys.readouterr()
+    summary, _ = trainer.train(c, wd)
+    out = capsys.readouterr().out
+    assert (f"whose export is missing or partial ({wd}/{names[1]}/final_model); exporting it "
+            "again" in out), out
+    assert summary["finished"]
+    for name in names:
+        assert os.path.isfile(os.path.join(wd, name, trainer.FINAL_MODEL_DIR, "teacher.json"))
