@@ -196,13 +196,16 @@ def _train_steps(config, ds) -> tuple[int, int]:
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {ds.info.num_train} "
                           "training images")
-    n, eval_batch = jax.device_count(), config.eval_batch_size
-    most = -(-ds.info.num_test // n) * n   # the test set in one batch, padded to the devices
-    if eval_batch > most:
-        raise ConfigError(f"eval_batch_size={eval_batch} exceeds the {ds.info.num_test} test "
-                          f"images; use at most {most} (0: batch_size)")
     total = config.num_epochs * steps_per_epoch
     return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
+
+
+def _eval_batch_size(config, ds) -> int:
+    """eval_batch_size (0: batch_size), at most the test set in one batch (padded to the
+    devices): a larger one would only allocate padding (eval_batch_size=1e8: host memory)."""
+    n = jax.device_count()
+    most = -(-ds.info.num_test // n) * n
+    return min(config.eval_batch_size or config.batch_size, most)
 
 
 def _build_students(config, plan: RunPlan, num_classes: int, teacher, tx, workdir: str):
@@ -291,7 +294,7 @@ def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
     b = build(config, plan, ds.info.num_classes, workdir)
     run = _Run(config=config, plan=plan, workdir=workdir, ds=ds, built=b,
                batch_sharding=NamedSharding(b.mesh, P("data")), batch_size=config.batch_size,
-               eval_batch_size=config.eval_batch_size or config.batch_size,
+               eval_batch_size=_eval_batch_size(config, ds),
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=b.state, step=0,
                ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
     try:
