@@ -59,9 +59,10 @@ def _main(argv=None) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     from kd_jax.data.base import DataFileError, DataNotFoundError
-    from kd_jax.train.config_validation import ConfigError
     from kd_jax.train.checkpoint import DamagedCheckpointError, StorageError
+    from kd_jax.train.config_validation import ConfigError
     from kd_jax.train.finite import NonFiniteError
+    from kd_jax.train.summary import BrokenJSONError
     from kd_jax.train.trainer import RunStopped
     from kd_jax.train.workdir_lock import WorkdirInUse
 
@@ -69,7 +70,7 @@ def _main(argv=None) -> None:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
     except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
-            StorageError, DamagedCheckpointError, WorkdirInUse) as e:
+            StorageError, DamagedCheckpointError, WorkdirInUse, BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:
