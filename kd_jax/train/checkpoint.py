@@ -9,6 +9,7 @@ device count.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -44,6 +45,22 @@ def storage_cause(error: BaseException) -> Optional[str]:
     return None
 
 
+class _QuietStorageErrors(logging.Filter):
+    """Drops orbax's own ERROR logs (with tracebacks, from its background threads) of a
+    storage failure: the save that surfaces it raises StorageError, reported in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        return not ((error is not None and storage_cause(error))
+                    or any(cause in text for cause in _STORAGE_TEXTS))
+
+
+logging.getLogger("absl").addFilter(_QuietStorageErrors())
+
+
 def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
                      directory: str) -> None:
     """Raises StorageError (one line: what failed, the cause, what is kept) if `error` came
@@ -72,6 +89,24 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def _quiet_closed_loop_callbacks() -> None:
+    """A failed orbax restore leaves tensorstore reads in flight whose callbacks reach the
+    restore's asyncio loop after it closed; each prints an 'Event loop is closed' traceback
+    through sys.unraisablehook. Those (and only those) are dropped: the failure itself is
+    reported in one line."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_kd_jax_quiet_loop", False):
+        return
+
+    def hook(info):
+        if not (isinstance(info.exc_value, RuntimeError)
+                and str(info.exc_value) == "Event loop is closed"):
+            previous(info)
+
+    hook._kd_jax_quiet_loop = True
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -79,6 +114,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=True))
+        self._started: Optional[int] = None   # the step of the last save started
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -93,10 +129,14 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001  storage causes become one line
             self._raise_save_error(e, step)
             raise
+        self._started = step
 
     def _raise_save_error(self, error: BaseException, step: Optional[int]) -> None:
-        kept = [s for s in self._manager.all_steps() if step is None or s < step]
-        what = (f"could not save checkpoint step {step}" if step is not None
+        # The failure may be the previous (asynchronous) save's, surfacing now.
+        done = self._manager.all_steps()
+        failed = self._started if self._started not in (None, *done) else step
+        kept = [s for s in done if failed is None or s < failed]
+        what = (f"could not save checkpoint step {failed}" if failed is not None
                 else "could not save a checkpoint") + f" in {self.directory}"
         raise_if_storage(error, what, max(kept) if kept else None, self.directory)
 
@@ -126,6 +166,7 @@ class Checkpointer:
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         failures = []
+        _quiet_closed_loop_callbacks()
         for step in steps:
             try:
                 meta = self.read_meta(step)
@@ -173,7 +214,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001  the async save's failure, as one line
-            self._raise_save_error(e, None)
+            self._raise_save_error(e, self._started)
             raise
 
     def close(self) -> None:
