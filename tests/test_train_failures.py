@@ -514,3 +514,33 @@ def test_lockstep_rerun_redoes_the_export_of_the_student_that_lacks_it(tmp_path,
     assert summary["finished"]
     for name in names:
         assert os.path.isfile(os.path.join(wd, name, trainer.FINAL_MODEL_DIR, "teacher.json"))
+
+
+def test_sigterm_at_the_end_of_the_quickstart_teacher_stops_before_the_students(
+        tmp_path, monkeypatch):
+    """The quickstart pipeline: SIGTERM during the teacher's final checkpoint; the teacher
+    finishes (and exports), then the pipeline stops instead of training the students."""
+    import signal
+
+    from test_cli import cli
+    from test_cli_quickstart import idx_dir
+
+    real_save = trainer._save
+
+    def save(run):
+        real_save(run)
+        if run.step == run.total_steps and "teacher" in run.workdir:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer, "_save", save)
+    wd = str(tmp_path / "run")
+    with pytest.raises(trainer.RunStopped, match=r"SIGTERM: the teacher finished; stopped "
+                                                 r"before the students"):
+        cli("quickstart.py", wd, f"--config.dataset.data_dir={idx_dir(tmp_path)}",
+            "--config.dataset.limit_train=64", "--config.dataset.limit_test=32",
+            "--config.teacher_limit_train=64", "--config.teacher_epochs=1",
+            "--config.teacher_dir=", "--config.seeds=0", "--config.num_epochs=1",
+            "--config.batch_size=32", "--config.teacher_arch=tiny_cnn_wide",
+            "--config.student_arch=tiny_cnn", "--config.progress_bar=False")
+    assert os.path.isfile(os.path.join(wd, "teacher", "final_model", "teacher.json"))
+    assert not os.path.exists(os.path.join(wd, "students"))
