@@ -58,20 +58,27 @@ def _main(argv=None) -> None:
     logging.use_absl_handler()   # what app.run would do: absl's log format on stderr
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-    from kd_jax.data.base import DataNotFoundError
+    from kd_jax.data.base import DataFileError, DataNotFoundError
+    from kd_jax.train.checkpoint import DamagedCheckpointError, StorageError
     from kd_jax.train.config_validation import ConfigError
-    from kd_jax.train.trainer import NonFiniteLossError, RunStopped
+    from kd_jax.train.finite import NonFiniteError
+    from kd_jax.train.summary import BrokenJSONError
+    from kd_jax.train.trainer import RunStopped
+    from kd_jax.train.workdir_lock import WorkdirInUse
 
     try:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
-    except (cli.UsageError, ConfigError, DataNotFoundError, NonFiniteLossError) as e:
+    except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
+            StorageError, DamagedCheckpointError, WorkdirInUse, BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:
         # SIGTERM or Ctrl-C: the step is saved; exit as the signal would (130, 143).
         cli.exit_with_error(f"stopped by {e}", code=128 + e.signum)
-    except Exception as e:   # noqa: BLE001  re-raised unless a Ctrl-C caused it
+    except Exception as e:   # noqa: BLE001  re-raised unless a Ctrl-C or out of memory
+        if _out_of_memory(e):
+            cli.exit_with_error(_oom_message(args.config, e), code=1)
         if not _caused_by_ctrl_c(e):
             raise
         cli.exit_with_error(_INTERRUPTED, code=130)
@@ -82,6 +89,30 @@ def _main(argv=None) -> None:
 
 _INTERRUPTED = ("interrupted; the same command (same --workdir) resumes from the last "
                 "checkpoint, if one was saved")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """XLA's RESOURCE_EXHAUSTED (device memory) or a host MemoryError, anywhere in the chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _oom_message(config, error: BaseException) -> str:
+    where = "host" if isinstance(error, MemoryError) else "device"
+    n = len(config.get("students") or {})
+    students = f", {n} students in lockstep" if n > 1 else ""
+    eval_batch = config.get("eval_batch_size") or config.batch_size
+    detail = " ".join(str(error).split("\n")[0].split())[:160]
+    return (f"out of {where} memory with batch_size={config.batch_size} (global, "
+            f"eval_batch_size={eval_batch}{students}) ({detail}): "
+            "lower --config.batch_size (or --config.eval_batch_size for evaluation), or use "
+            "--config.compute_dtype=bfloat16 or more devices; the same command (same "
+            "--workdir) resumes from the last checkpoint")
 
 
 def _caused_by_ctrl_c(error: BaseException) -> bool:

@@ -15,17 +15,17 @@ import csv
 import io
 import os
 import sys
-from typing import Optional
 
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.seeds import format_mean_std, stats
 from kd_jax.train.summary import format_or_dash
 
 COLUMNS = ("run", "method", "teacher", "student", "dataset", "n", "best_mean", "best_std",
-           "last_mean", "last_std", "published", "diff", "diff_in_std")
+           "last_mean", "last_std", "published", "diff", "diff_in_std", "finished")
+UNFINISHED = " (unfinished)"   # after the run's name: stopped, or a seed still missing
 
 
-def _row(run: str, r: dict, n_key: Optional[dict] = None) -> dict:
+def _row(run: str, r: dict, finished: bool) -> dict:
     best = r["best_top1"] if isinstance(r["best_top1"], dict) else stats([r["best_top1"]])
     last = r["last_top1"] if isinstance(r["last_top1"], dict) else stats([r["last_top1"]])
     pub = r.get("published_top1")
@@ -34,19 +34,21 @@ def _row(run: str, r: dict, n_key: Optional[dict] = None) -> dict:
             "student": r["student"], "dataset": r["dataset"], "n": best["n"],
             "best_mean": best["mean"], "best_std": best["std"], "last_mean": last["mean"],
             "last_std": last["std"], "published": pub, "diff": diff,
-            "diff_in_std": diff / best["std"] if diff is not None and best["std"] else None}
+            "diff_in_std": diff / best["std"] if diff is not None and best["std"] else None,
+            "finished": finished}
 
 
 def rows_of(workdir: str) -> list[dict]:
     """The table rows of one workdir's summary.json."""
     path = os.path.join(workdir, summary_lib.SUMMARY_FILE)
-    summary = summary_lib.read_json(path)
+    summary = summary_lib.read_json(path)   # BrokenJSONError names a truncated one
     if summary is None:
         raise FileNotFoundError(f"{path}: no summary (has the run finished?)")
     run = os.path.basename(os.path.normpath(workdir))
+    finished = bool(summary.get("finished", True))
     if summary.get("lockstep"):
-        return [_row(f"{run}/{name}", r) for name, r in summary["students"].items()]
-    return [_row(run, summary)]
+        return [_row(f"{run}/{name}", r, finished) for name, r in summary["students"].items()]
+    return [_row(run, summary, finished)]
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -56,7 +58,8 @@ def to_markdown(rows: list[dict]) -> str:
     pm = lambda m, s: format_mean_std({"mean": m, "std": s})  # noqa: E731
     show = format_or_dash
     for r in rows:
-        lines.append(f"| {r['run']} | {r['method']} | {r['teacher'] or '-'} -> {r['student']} | "
+        name = r["run"] + ("" if r["finished"] else UNFINISHED)
+        lines.append(f"| {name} | {r['method']} | {r['teacher'] or '-'} -> {r['student']} | "
                      f"{r['dataset']} | {r['n']} | {pm(r['best_mean'], r['best_std'])} | "
                      f"{pm(r['last_mean'], r['last_std'])} | {show(r['published'])} | "
                      f"{show(r['diff'], '{:+.2f}')} | {show(r['diff_in_std'], '{:+.1f}')} |")
@@ -81,11 +84,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = [row for w in args.workdirs for row in rows_of(w)]
-    except FileNotFoundError as e:
+    except (FileNotFoundError, summary_lib.BrokenJSONError) as e:
         print(f"kd_jax.results: error: {e}", file=sys.stderr)
         return 2
     table = to_markdown(rows)
     print(table)
+    unfinished = [r["run"] for r in rows if not r["finished"]]
+    if unfinished:
+        print(f"note: not finished (stopped, or seeds missing): {', '.join(unfinished)}; "
+              "their numbers are those reached so far", file=sys.stderr)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as fh:
             fh.write(table + "\n")

@@ -281,7 +281,7 @@ def test_bad_hyperparameters_name_the_key():
         ("windows", (2, 2), r"method.windows=\(2, 2\)"),
         ("windows", (), r"method.windows=\(\)"),
         ("embedding", "mlp", r"method.embedding='mlp'; allowed: logits, projection"),
-        ("tau", 0.0, r"method.tau=0.0: expected a number > 0"),
+        ("tau", 0.0, r"method.tau=0.0: expected a finite number > 0"),
         ("temperature", -1.0, r"method.temperature"),
         ("contrastive_weight", -0.1, r"method.contrastive_weight"),
         ("chunk_size", -1, r"method.chunk_size=-1: expected an integer >= 0"),

@@ -287,8 +287,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, uninterrup
     assert finalized_steps(wd) == [KILL_STEPS_PER_EPOCH]
     summary = resume_and_compare(wd, uninterrupted_kill_run)
     total = KILL_STEPS_PER_EPOCH * KILL_EPOCHS
-    assert train_steps_logged(wd) == (list(range(1, hold + 1))
-                                      + list(range(KILL_STEPS_PER_EPOCH + 1, total + 1)))
+    # Steps 7..9, logged by the killed run and trained again, appear once (metrics.jsonl
+    # drops the records after the restored step).
+    assert train_steps_logged(wd) == list(range(1, total + 1))
     assert len(summary["segments"]) == 2                    # the killed one, as of step 6
 
 

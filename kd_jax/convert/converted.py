@@ -46,6 +46,11 @@ def save_converted(model: nnx.Module, out_dir: str, meta: dict[str, Any],
         raise FileExistsError(f"{out_dir} exists and is not empty "
                               "(pass overwrite=True / --overwrite)")
     os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, META_FILE)
+    if jax.process_index() == 0 and os.path.exists(meta_path):
+        # teacher.json is written last: its presence marks a complete directory, so an
+        # overwrite cut short (killed, disk full) never leaves an old record over new state.
+        os.remove(meta_path)
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     pure = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()
@@ -53,11 +58,11 @@ def save_converted(model: nnx.Module, out_dir: str, meta: dict[str, Any],
     checkpointer.wait_until_finished()  # saves are asynchronous
     n_params = sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     record = dict(meta, format_version=FORMAT_VERSION, parameter_count=int(n_params))
-    meta_path = os.path.join(out_dir, META_FILE)
     if jax.process_index() == 0:
-        with open(meta_path, "w") as f:
+        with open(meta_path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
             f.write("\n")
+        os.replace(meta_path + ".tmp", meta_path)   # atomic: never a truncated record
     return meta_path
 
 

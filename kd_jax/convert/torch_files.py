@@ -63,6 +63,12 @@ def _numpy_allow_list() -> list[Any]:
             (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
+def _not_torch(path: str, error: BaseException) -> ConversionError:
+    return ConversionError(
+        f"{path}: not a PyTorch checkpoint (torch.load failed: {type(error).__name__}: "
+        f"{' '.join(str(error).split())[:200]}); expected a .pth file written by torch.save")
+
+
 def load_torch_file(path: str, allow_pickle: bool = False) -> Any:
     """torch.load(path) on CPU under the pickle policy of this module (see the module docstring)."""
     try:
@@ -75,12 +81,19 @@ def load_torch_file(path: str, allow_pickle: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first_error = e
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001  a file that is not a torch checkpoint at all
+        raise _not_torch(path, e) from None
     try:
         with torch.serialization.safe_globals(_numpy_allow_list()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # noqa: BLE001  not a torch.save archive (garbage, another format)
+        raise _not_torch(path, e) from None
     if not allow_pickle:
         raise ConversionError(
             f"{path}: torch.load(weights_only=True) refuses this file: it holds Python objects "

@@ -27,6 +27,10 @@ def require_tensorflow(what: str) -> None:
                                 "nothing more is needed)")
 
 
+class DataFileError(ValueError):
+    """A dataset file exists but cannot be read (truncated, corrupt); the message names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """Static facts about a dataset after preprocessing.

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
-from kd_jax.data.base import DataNotFoundError
+from kd_jax.data.base import DataFileError, DataNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -42,15 +43,23 @@ def read_idx(path: str, limit: int = 0) -> np.ndarray:
     Images have magic 2051 (uint8, 3 dims: N, rows, cols), labels 2049 (uint8, 1 dim: N).
     limit > 0 reads only the first `limit` records (cheap even from a .gz file).
     """
+    try:
+        return _read_idx(path, limit)
+    except (EOFError, OSError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e}); the file is "
+                            "truncated or damaged: download it again") from None
+
+
+def _read_idx(path: str, limit: int) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         magic = f.read(4)
         if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
-            raise ValueError(f"{path}: not an IDX file (magic bytes {magic.hex()})")
+            raise DataFileError(f"{path}: not an IDX file (magic bytes {magic.hex()})")
         dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
         dims = f.read(4 * ndim)
         if len(dims) != 4 * ndim:
-            raise ValueError(f"{path}: truncated header")
+            raise DataFileError(f"{path}: truncated header")
         shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
         if limit and ndim and limit < shape[0]:
             shape = (limit,) + shape[1:]
@@ -59,7 +68,7 @@ def read_idx(path: str, limit: int = 0) -> np.ndarray:
             body = f.read()
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(body) != expected:
-        raise ValueError(f"{path}: {len(body)} data bytes, expected {expected} for shape {shape}")
+        raise DataFileError(f"{path}: {len(body)} data bytes, expected {expected} for shape {shape}")
     return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 

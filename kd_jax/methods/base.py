@@ -14,6 +14,7 @@ method's own trainable parameters (None unless the spec has `init_extra`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 import jax
@@ -110,12 +111,13 @@ def check_keys(method: str, hp: Mapping[str, Any], keys: Iterable[str], hint: st
 
 def check_number(hp: Mapping[str, Any], key: str, *, low: float = 0.0,
                  strict: bool = False) -> None:
-    """method.<key> must be a real number >= low (> low if strict)."""
+    """method.<key> must be a finite real number >= low (> low if strict)."""
     v = hp[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
         v > low if strict else v >= low)
     if not ok:
-        raise ValueError(f"method.{key}={v!r}: expected a number {'>' if strict else '>='} {low}")
+        raise ValueError(f"method.{key}={v!r}: expected a finite number "
+                         f"{'>' if strict else '>='} {low}")
 
 
 def check_choice(hp: Mapping[str, Any], key: str, allowed: Iterable[Any]) -> None:

@@ -8,12 +8,103 @@ device count.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
 from kd_jax.train.state import abstract_like
+
+
+# The storage failures a user can fix (free space, permissions), by their strerror: orbax
+# writes in other threads and sometimes re-raises them as a plain message.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+_STORAGE_TEXTS = tuple(os.strerror(n) for n in _STORAGE_ERRNOS)
+
+
+class StorageError(OSError):
+    """A checkpoint or an export could not be written (disk full, permission, ...)."""
+
+
+def storage_cause(error: BaseException) -> Optional[str]:
+    """The fixable storage cause somewhere in `error`'s chain, e.g. 'No space left on
+    device', or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return os.strerror(error.errno)
+        text = str(error)
+        for cause in _STORAGE_TEXTS:
+            if cause in text:
+                return cause
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _QuietStorageErrors(logging.Filter):
+    """Drops orbax's own ERROR logs (with tracebacks, from its background threads) of a
+    storage failure: the save that surfaces it raises StorageError, reported in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        return not ((error is not None and storage_cause(error))
+                    or any(cause in text for cause in _STORAGE_TEXTS))
+
+
+logging.getLogger("absl").addFilter(_QuietStorageErrors())
+
+
+def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
+                     directory: str) -> None:
+    """Raises StorageError (one line: what failed, the cause, what is kept) if `error` came
+    from the storage; returns otherwise (the caller re-raises)."""
+    cause = storage_cause(error)
+    if cause is None:
+        return
+    kept = (f"checkpoint step {kept_step} in {directory} is kept" if kept_step is not None
+            else "no checkpoint was saved yet")
+    raise StorageError(f"{what}: {cause}; {kept}. Free space (or fix the permissions) and run "
+                       "the same command to go on from there") from error
+
+
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class DamagedCheckpointError(RuntimeError):
+    """No checkpoint of the workdir can be restored."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The exception's type and first line (orbax's last lines can be just '})>.')."""
+    text = " ".join(str(error).split("\n")[0].split()) or "no message"
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """A failed orbax restore leaves tensorstore reads in flight whose callbacks reach the
+    restore's asyncio loop after it closed; each prints an 'Event loop is closed' traceback
+    through sys.unraisablehook. Those (and only those) are dropped: the failure itself is
+    reported in one line."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_kd_jax_quiet_loop", False):
+        return
+
+    def hook(info):
+        if not (isinstance(info.exc_value, RuntimeError)
+                and str(info.exc_value) == "Event loop is closed"):
+            previous(info)
+
+    hook._kd_jax_quiet_loop = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -23,6 +114,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=True))
+        self._started: Optional[int] = None   # the step of the last save started
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -31,8 +123,22 @@ class Checkpointer:
         """Starts an async save of (state, meta) under `step` (replacing one of that step)."""
         if step in self._manager.all_steps():
             return  # already saved (e.g. the final step coincides with an epoch end)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        try:   # an earlier async save's failure surfaces here too
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001  storage causes become one line
+            self._raise_save_error(e, step)
+            raise
+        self._started = step
+
+    def _raise_save_error(self, error: BaseException, step: Optional[int]) -> None:
+        # The failure may be the previous (asynchronous) save's, surfacing now.
+        done = self._manager.all_steps()
+        failed = self._started if self._started not in (None, *done) else step
+        kept = [s for s in done if failed is None or s < failed]
+        what = (f"could not save checkpoint step {failed}" if failed is not None
+                else "could not save a checkpoint") + f" in {self.directory}"
+        raise_if_storage(error, what, max(kept) if kept else None, self.directory)
 
     def read_meta(self, step: Optional[int] = None) -> dict:
         """The JSON metadata of `step` (default: the latest), without reading the state."""
@@ -47,9 +153,72 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_like(like)), meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
 
+    def restore_latest(self, like: Any, check_meta: Callable[[dict], None] = lambda m: None
+                       ) -> Optional[tuple[Any, dict]]:
+        """(state, meta) of the newest checkpoint that restores (None: no checkpoint).
+
+        check_meta(meta) runs before each state is read (it raises when the checkpoint is of
+        another run: not damage). A newest checkpoint that cannot be read (a deleted or
+        truncated file, flipped bytes, garbage metadata, a missing state/) while an older one
+        can is set aside, renamed into <workdir>/damaged_checkpoints/ (never deleted), with a
+        one-line note; the run goes on from the older one. If none can be read, nothing is
+        moved and DamagedCheckpointError names the newest and its cause.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        failures = []
+        _quiet_closed_loop_callbacks()
+        for step in steps:
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001  unreadable metadata: damaged
+                failures.append((step, e))
+                continue
+            check_meta(meta)
+            try:
+                restored = self.restore(like, step)
+            except Exception as e:  # noqa: BLE001  unreadable state: damaged
+                failures.append((step, e))
+                continue
+            for bad, error in failures:
+                self._set_aside(bad, error, step)
+            return restored
+        if failures:
+            step, error = failures[0]
+            raise DamagedCheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored "
+                f"({_one_line(error)}), and no older one can: it is damaged or from another "
+                "config; move the checkpoints away to start again, or use another --workdir"
+            ) from error
+        return None
+
+    def _set_aside(self, step: int, error: BaseException, resumed_from: int) -> None:
+        import jax
+
+        parent = os.path.dirname(self.directory)
+        target = os.path.join(parent, DAMAGED_DIR, str(step))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(parent, DAMAGED_DIR, f"{step}.{n}"), n + 1
+            os.rename(os.path.join(self.directory, str(step)), target)
+            print(f"kd_jax: note: checkpoint step {step} cannot be restored "
+                  f"({_one_line(error)}); set aside as {target}, resuming from step "
+                  f"{resumed_from}", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"kd_jax set aside checkpoint {step}")
+        self._manager.reload()
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001  the async save's failure, as one line
+            self._raise_save_error(e, self._started)
+            raise
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()

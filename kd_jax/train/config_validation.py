@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Mapping
@@ -82,6 +83,50 @@ def _int(config, key: str, allow_zero: bool = False) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and (
         value >= 0 if allow_zero else value > 0)
     _require(ok, f"{key}={value!r}: expected an integer {'>= 0' if allow_zero else '> 0'}")
+
+
+def _non_finite(value, key: str):
+    """(key, value) of the first NaN or inf float in a config value (nested groups, tuples)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (key, value)
+    if hasattr(value, "keys"):
+        for k in value.keys():
+            found = _non_finite(value[k], f"{key}.{k}" if key else k)
+            if found:
+                return found
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{key}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _check_finite(config) -> None:
+    """No key anywhere in the config holds NaN or inf (an inf lr or temperature would train
+    to NaN weights; an inf loss weight ends in a non-finite loss at the first step)."""
+    found = _non_finite(config, "")
+    if found:
+        raise ConfigError(f"{found[0]}={found[1]!r}: expected a finite number")
+
+
+def _check_synthetic_size(config) -> None:
+    """A synthetic image must be at least as large as the models' total stride: below it,
+    every later stage sees only padding (image_size=1 would 'train')."""
+    d = config.dataset
+    _int(config, "dataset.image_size")
+    _int(config, "dataset.num_classes")
+    _require(d.num_classes >= 2, f"dataset.num_classes={d.num_classes}: expected >= 2")
+    from kd_jax.models.shapes import pre_pool_shape
+    for key in ("student.arch", "teacher.arch"):
+        arch = _get(config, key)
+        if not arch:
+            continue
+        nominal = catalog.facts(d.name).image_size
+        stride = max(nominal // pre_pool_shape(arch, d.num_classes, nominal)[0], 1)
+        _require(d.image_size >= stride,
+                 f"dataset.image_size={d.image_size}: smaller than the {stride}x downsampling "
+                 f"of {key}={arch!r}; use at least {stride}")
 
 
 def parse_seeds(seeds: str) -> list[int]:
@@ -184,6 +229,7 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
              f"dataset.name={d.name!r}; allowed: {', '.join(catalog.DATASETS)}")
     for key in ("num_train", "num_test", "limit_train", "limit_test"):
         _int(config, f"dataset.{key}", allow_zero=True)
+    _check_finite(config)
     if d.name == catalog.SYNTHETIC:
         _require(d.num_train > 0 and d.num_test > 0,
                  "dataset.name='synthetic' needs dataset.num_train > 0 and dataset.num_test > 0")
@@ -252,6 +298,9 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     _require(o.schedule in ("multistep", "cosine"),
              f"optimizer.schedule={o.schedule!r}; allowed: multistep, cosine")
     _require(o.lr > 0, f"optimizer.lr={o.lr!r}: expected > 0")
+    _require(0 < o.get("decay_rate", 0.1) <= 1,
+             f"optimizer.decay_rate={o.get('decay_rate')!r}: expected in (0, 1] (the lr "
+             "factor at each milestone)")
     _require(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay!r}: expected >= 0")
     _require(0 <= o.momentum < 1, f"optimizer.momentum={o.momentum!r}: expected in [0, 1)")
     ms = list(o.milestones)
@@ -266,4 +315,6 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
         value = config[key]
         _require(value % n == 0,
                  f"{key}={value} must be divisible by the number of devices ({n})")
+    if d.name == catalog.SYNTHETIC:
+        _check_synthetic_size(config)
     return plan

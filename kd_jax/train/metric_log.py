@@ -40,6 +40,30 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=max(0, round(seconds))))
 
 
+def drop_records_after(path: str, step: int) -> int:
+    """Rewrites the JSON-lines file `path` (atomically) without its records of steps after
+    `step` and without a torn last line; returns how many records were dropped."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:   # a line cut short by a kill
+                dropped += 1
+                continue
+            if isinstance(record, dict) and int(record.get("step", 0)) > step:
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+        os.replace(path + ".tmp", path)
+    return dropped
+
+
 class MetricLog:
     """write(step, kind, metrics) -> JSON line + TB scalars; progress(steps, **postfix) ->
     the bar or a plain line; message(text) -> a line that does not break the bar.
@@ -50,7 +74,8 @@ class MetricLog:
 
     def __init__(self, workdir: str, *, tensorboard: bool = True, progress_bar: bool = True,
                  total_steps: int = 0, initial_step: int = 0,
-                 interactive: bool | None = None, records: bool = True):
+                 interactive: bool | None = None, records: bool = True,
+                 resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -63,8 +88,12 @@ class MetricLog:
             return
         os.makedirs(workdir, exist_ok=True)
         if records:   # False: progress and messages only (a lockstep run's top level)
-            # Append: a resumed run continues the same file.
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            # Append: a resumed run continues the same file, after dropping the records of
+            # the steps it will take again (logged after its checkpoint by a killed run).
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             # Event files written without TensorFlow (importing it costs seconds per run).
             self._tb = tb_events.EventWriter(os.path.join(workdir, "tb"))

@@ -44,6 +44,7 @@ from kd_jax.recipes import quickstart
 from kd_jax.data import catalog
 from kd_jax.train import config_validation as validation
 from kd_jax.train import seeds as seeds_lib
+from kd_jax.train import stops
 from kd_jax.train import summary as summary_lib
 from kd_jax.train import trainer
 
@@ -290,12 +291,14 @@ def run_pipeline(q, workdir: str) -> dict:
     seeds = validation.parse_seeds(q.seeds)
     # The students' config is checked before the teacher, which may have to be retrained.
     validation.validate(students_config(q, validation.RANDOM_TEACHER), check_files=False)
-    teacher = _teacher(q, workdir)
-    config = students_config(q, teacher["checkpoint"])
-    validation.validate(config)
-    print(f"\n=== quickstart: {', '.join(methods.label_of(n) for n in names)} in lockstep, "
-          f"seeds {q.seeds} ===", flush=True)
-    result = seeds_lib.run_seeds(config, os.path.join(workdir, "students"), seeds=seeds)
+    with stops.stop_signals() as stop:   # a stop after the teacher's last step ends it here
+        teacher = _teacher(q, workdir)
+        stops.check_between_runs(stop, "the teacher finished", "the students")
+        config = students_config(q, teacher["checkpoint"])
+        validation.validate(config)
+        print(f"\n=== quickstart: {', '.join(methods.label_of(n) for n in names)} in "
+              f"lockstep, seeds {q.seeds} ===", flush=True)
+        result = seeds_lib.run_seeds(config, os.path.join(workdir, "students"), seeds=seeds)
     verdict = verdicts(result)
     machine = machine_lib.describe()
     summary = {"teacher": teacher, "students": result["students"], "seeds": result["seeds"],

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 
 import jax
 
+from kd_jax.train import stops, trainer, workdir_lock
 from kd_jax.train import summary as summary_lib
-from kd_jax.train import trainer
 from kd_jax.train.config_validation import parse_seeds
 
 SEED_DIR = "seed_{}"
@@ -104,12 +104,18 @@ def run_seeds(config, workdir: str, train_fn=None, seeds: Optional[Sequence[int]
     workdir = os.path.abspath(workdir)
     summaries = {}
     first = jax.process_index() == 0
-    for i, seed in enumerate(seeds, 1):
-        if first:
-            print(f"\n=== seed {seed} ({i} of {len(seeds)}) ===", flush=True)
-        c = copy.deepcopy(config)
-        c.seeds, c.seed = "", seed
-        summaries[seed] = train_fn(c, os.path.join(workdir, SEED_DIR.format(seed)))
+    # The signal handlers span all seeds: a stop that arrives after a seed's last step (its
+    # last evaluation, checkpoint or export) ends the run before the next seed.
+    with stops.stop_signals() as stop, workdir_lock.hold(workdir):
+        for i, seed in enumerate(seeds, 1):
+            if i > 1:
+                stops.check_between_runs(stop, f"seed {seeds[i - 2]} finished",
+                                         f"seed {seed}")
+            if first:
+                print(f"\n=== seed {seed} ({i} of {len(seeds)}) ===", flush=True)
+            c = copy.deepcopy(config)
+            c.seeds, c.seed = "", seed
+            summaries[seed] = train_fn(c, os.path.join(workdir, SEED_DIR.format(seed)))
     result = aggregate(summaries, workdir)
     if first:
         summary_lib.write_json(os.path.join(workdir, summary_lib.SUMMARY_FILE), result)

@@ -127,3 +127,22 @@ def abstract_like(state: Any) -> Any:
 
 def param_count(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+@jax.jit
+def non_finite_counts(students: Any) -> tuple[dict, dict]:
+    """({name: int32 count of NaN/inf values}, {name: int32 count of float values}) over
+    each student's whole state (parameters, BatchNorm statistics, optimizer state).
+
+    One fused reduction on the device: cheap enough to run before every save and export.
+    """
+    def counts(tree):
+        leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        bad = sum((jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in leaves),
+                  jnp.zeros((), jnp.int32))
+        return bad, sum(int(x.size) for x in leaves)
+
+    bad, total = {}, {}
+    for name, s in students.items():
+        bad[name], total[name] = counts(s)
+    return bad, total

@@ -118,8 +118,17 @@ def write_json(path: str, obj: dict) -> str:
     return path
 
 
+class BrokenJSONError(ValueError):
+    """A JSON file (a summary) that exists but does not parse; the message names it."""
+
+
 def read_json(path: str) -> Optional[dict]:
+    """The file's object; None if there is no file; BrokenJSONError naming a broken one."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BrokenJSONError(f"{path}: not valid JSON ({e}); the file is truncated or "
+                                  "damaged") from None

@@ -8,7 +8,12 @@
 - one epoch: the data of (seed, epoch) through the train step; after each step
   `_actions_due` decides which periodic actions run: log (fetch the step metrics, check the
   loss is finite), evaluate, checkpoint.
-- finish: export each student, write and print its summary.
+- finish: export each student, write and print its summary. A run is finished only when
+  its exports are complete (kd_jax.train.exports): a rerun redoes a missing or partial one.
+
+A live run holds its workdir's lock (kd_jax.train.workdir_lock). Stops (SIGTERM, Ctrl-C)
+are agreed across processes at sync points (kd_jax.train.stops); a damaged newest
+checkpoint is set aside and a failed save is one StorageError line (kd_jax.train.checkpoint).
 
 Resumption: the state (step, every student's parameters, BatchNorm statistics and
 optimizer state, RNG) is checkpointed every `checkpoint_every_epochs`, at the end, and on
@@ -23,19 +28,18 @@ Non-finite losses: step metrics stay on the device until the next logging point 
 `log_every_steps`, at epoch ends and before every checkpoint), where they are fetched in
 one transfer and checked, so the loop never waits for the device between steps; a NaN/inf
 loss raises NonFiniteLossError naming the step, the student and the terms. The check runs
-before each save, so a checkpoint never holds a state reached through a non-finite loss.
+before each save, so a checkpoint never holds a state reached through a non-finite loss;
+the whole state is also checked finite before each save and the export
+(kd_jax.train.finite: an update can overflow the weights while the loss stays finite).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from typing import Any, Optional
 
@@ -46,33 +50,26 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
-from kd_jax.train import config_validation, schedules
+from kd_jax.train import config_validation, exports, finite, schedules, stops, workdir_lock
 from kd_jax.train import summary as summary_lib
-from kd_jax.train.checkpoint import Checkpointer
+from kd_jax.train.checkpoint import Checkpointer, raise_if_storage
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
 from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
                                 split_student)
 from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
+from kd_jax.train.stops import RunStopped  # noqa: F401  (raised by train; the CLI's name)
 
 FINAL_MODEL_DIR = "final_model"   # the last step's student, loadable as a teacher.
 BEST_MODEL_DIR = "best_model"     # the student of the best evaluation (mdistiller's student_best).
+# What finishing a run exports for each student (and redoes when a rerun finds it missing).
+# best_model/ is not here: it is written at the evaluation that improves on the best, before
+# the checkpoint recording it, and cannot be rebuilt from the last checkpoint.
+EXPORT_DIRS = (FINAL_MODEL_DIR,)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(finite.NonFiniteError):
     """The loss became NaN or inf."""
-
-
-class RunStopped(Exception):
-    """A run stopped by SIGTERM or SIGINT after saving its step; the same command resumes.
-
-    signum: the signal; summary: the run's (unfinished) summary, as written to the workdir.
-    """
-
-    def __init__(self, signum: int, step: int, total_steps: int, workdir: str, summary: dict):
-        super().__init__(f"{signal.Signals(signum).name}: saved step {step} of {total_steps} "
-                         f"in {workdir}; run the same command (same --workdir) to resume")
-        self.signum, self.summary = signum, summary
 
 
 def compute_dtype(config) -> Any:
@@ -108,60 +105,6 @@ def init_from(config, num_classes: int) -> nnx.Module:
     except Exception as e:   # name the config key whatever the converter raised
         raise ConfigError(f"student.init_from={path!r} could not be loaded as a "
                           f"{config.student.arch} with {num_classes} classes: {e}") from e
-
-
-class _StopSignal:
-    """SIGTERM and SIGINT during a run (handlers are installed from the main thread only).
-
-    In the training loop (`immediate` False) the first one is recorded and the loop saves and
-    stops at the next step; a second SIGINT raises KeyboardInterrupt at once. Outside it
-    (setup, compilation, export) SIGINT raises KeyboardInterrupt at once, and `check()` raises
-    it again should a library have swallowed it (a bare `except:` in an import, say).
-    """
-
-    def __init__(self):
-        self.signum = 0
-        self.immediate = True
-
-    def is_set(self) -> bool:
-        return self.signum != 0
-
-    def check(self) -> None:
-        if self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-
-    def _handle(self, signum, frame):
-        first = not self.signum
-        self.signum = self.signum or signum
-        if signum == signal.SIGINT and (self.immediate or not first):
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    stop = _StopSignal()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    # A SIGINT the parent set to be ignored (a background job, nohup) stays ignored.
-    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT)
-                                  is not signal.SIG_IGN else [])
-    previous = {sig: signal.signal(sig, stop._handle) for sig in signals}
-    unraisable = sys.unraisablehook
-
-    def quiet_interrupt(info):
-        # A Ctrl-C that lands in a garbage-collection callback (jax has one) cannot propagate;
-        # Python would print it as "Exception ignored". It is recorded, and check() raises it.
-        if not issubclass(info.exc_type, KeyboardInterrupt):
-            unraisable(info)
-
-    sys.unraisablehook = quiet_interrupt
-    try:
-        yield stop
-    finally:
-        sys.unraisablehook = unraisable
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class _Clock:
@@ -273,6 +216,14 @@ def _train_steps(config, ds) -> tuple[int, int]:
     return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
 
 
+def _eval_batch_size(config, ds) -> int:
+    """eval_batch_size (0: batch_size), at most the test set in one batch (padded to the
+    devices): a larger one would only allocate padding (eval_batch_size=1e8: host memory)."""
+    n = jax.device_count()
+    most = -(-ds.info.num_test // n) * n
+    return min(config.eval_batch_size or config.batch_size, most)
+
+
 def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict, workdir: str):
     """(runtime students, initial StudentStates) of the plan."""
     students, states = {}, {}
@@ -295,19 +246,24 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict,
 
 def _restore(run: _Run) -> dict:
     """Restores the latest checkpoint into run.state; returns its metadata ({} if none)."""
-    if run.ckpt.latest_step() is None:
-        return {}
-    meta = run.ckpt.read_meta()   # checked before the state: a different run has another tree
     names = sorted(run.students)
-    if (meta.get("batch_size") != run.batch_size
-            or meta.get("steps_per_epoch") != run.steps_per_epoch
-            or sorted(meta.get("students", [])) != names):
-        raise ConfigError(
-            f"{run.workdir} holds a run with batch_size={meta.get('batch_size')}, "
-            f"{meta.get('steps_per_epoch')} steps per epoch and students "
-            f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
-            f"{run.steps_per_epoch} and {names}: use another --workdir")
-    run.state, meta = run.ckpt.restore(run.state)
+
+    def check_meta(meta: dict) -> None:
+        # Checked before the state: a different run has another tree.
+        if (meta.get("batch_size") != run.batch_size
+                or meta.get("steps_per_epoch") != run.steps_per_epoch
+                or sorted(meta.get("students", [])) != names):
+            raise ConfigError(
+                f"{run.workdir} holds a run with batch_size={meta.get('batch_size')}, "
+                f"{meta.get('steps_per_epoch')} steps per epoch and students "
+                f"{meta.get('students')}; this config gives batch_size={run.batch_size}, "
+                f"{run.steps_per_epoch} and {names}: use another --workdir")
+
+    # A damaged newest checkpoint is set aside and the previous one restored (checkpoint.py).
+    restored = run.ckpt.restore_latest(run.state, check_meta)
+    if restored is None:
+        return {}
+    run.state, meta = restored
     run.step = int(jax.device_get(run.state.step))
     for name, history in meta["history"].items():
         run.students[name].history = list(history)
@@ -361,7 +317,7 @@ def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
     b = build(config, plan, ds.info.num_classes, workdir)
     run = _Run(config=config, plan=plan, workdir=workdir, ds=ds, built=b,
                batch_sharding=NamedSharding(b.mesh, P("data")), batch_size=config.batch_size,
-               eval_batch_size=config.eval_batch_size or config.batch_size,
+               eval_batch_size=_eval_batch_size(config, ds),
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, state=b.state, step=0,
                ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
     try:
@@ -379,12 +335,14 @@ def _open_logs(run: _Run) -> None:
                                  total_steps=run.total_steps, initial_step=run.step,
                                  records=False)
         for s in run.students.values():
-            s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False)
+            s.log = MetricLog(s.out_dir, tensorboard=c.tensorboard, progress_bar=False,
+                              resume_step=run.step)
     else:
         (s,) = run.students.values()
         s.log = run.progress = MetricLog(run.workdir, tensorboard=c.tensorboard,
                                          progress_bar=c.progress_bar,
-                                         total_steps=run.total_steps, initial_step=run.step)
+                                         total_steps=run.total_steps, initial_step=run.step,
+                                         resume_step=run.step)
 
 
 CONFIG_FILE = "config.json"
@@ -436,6 +394,13 @@ def _actions_due(run: _Run, stop_requested: bool) -> _Due:
         stop=stop)
 
 
+def _sync_point(run: _Run) -> bool:
+    """Steps at which every process takes part in agreeing on a stop (kd_jax.train.stops):
+    the logging points and epoch ends, the same in every process."""
+    return (run.step % run.config.log_every_steps == 0
+            or run.step % run.steps_per_epoch == 0)
+
+
 def _flush_metrics(run: _Run) -> None:
     """Fetches, checks and logs the step metrics kept since the last logging point."""
     if not run.pending:
@@ -449,8 +414,8 @@ def _flush_metrics(run: _Run) -> None:
                 who = f" of student {name!r}" if run.plan.lockstep else ""
                 raise NonFiniteLossError(
                     f"non-finite loss{who} at step {first_step + i} (epoch {run.epoch}): "
-                    f"{terms}. Stopped; the last good checkpoint is step "
-                    f"{run.ckpt.latest_step()} in {run.ckpt.directory}")
+                    f"{terms}. Stopped; "
+                    + finite.last_good(run.ckpt.latest_step(), run.ckpt.directory))
     elapsed = time.perf_counter() - run.pending_t0
     images_per_s = len(host) * run.batch_size / max(elapsed, 1e-9)
     losses = {}
@@ -481,6 +446,7 @@ def _evaluate(run: _Run) -> None:
         improved = all(result["top1"] > h["top1"] for h in s.history)
         s.history.append({"epoch": run.epoch, "step": run.step, **result})
         if improved and run.config.export_model:
+            _check_finite(run)   # no export ever holds a non-finite weight
             # Written now, before the checkpoint that records this evaluation: a run killed
             # in between redoes the same steps on resume and rewrites the same weights.
             _save_model(run, s, BEST_MODEL_DIR, s.history[-1])
@@ -494,7 +460,14 @@ def _segments(run: _Run) -> list:
     return run.segments + [run.clock.wall()]
 
 
+def _check_finite(run: _Run) -> None:
+    """Before every save and export: no NaN or inf anywhere in the state."""
+    finite.check_state(run.state, step=run.step, epoch=run.epoch, lockstep=run.plan.lockstep,
+                       latest_step=run.ckpt.latest_step(), directory=run.ckpt.directory)
+
+
 def _save(run: _Run) -> None:
+    _check_finite(run)
     run.ckpt.save(run.step, run.state, {
         "step": run.step, "epoch": run.epoch, "students": sorted(run.students),
         "history": {n: s.history for n, s in run.students.items()},
@@ -517,7 +490,7 @@ def _run_actions(run: _Run, due: _Due) -> None:
 
 # --- epochs ----------------------------------------------------------------------------------
 
-def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
+def _train_epoch(run: _Run, stop: stops.StopSignal) -> bool:
     """Runs the steps of run.epoch from run.step on; True when the run should stop."""
     c = run.config
     epoch = run.step // run.steps_per_epoch + 1
@@ -533,7 +506,7 @@ def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
             run.step += 1
             run.pending.append(metrics)
             run.clock.after_step(metrics, run.batch_size, run.step)
-            due = _actions_due(run, stop.is_set())
+            due = _actions_due(run, stops.requested(stop, _sync_point(run)))
             _run_actions(run, due)
             if due.stop:
                 return True
@@ -542,7 +515,7 @@ def _train_epoch(run: _Run, stop: _StopSignal) -> bool:
     return False
 
 
-def _train_loop(run: _Run, stop: _StopSignal) -> int:
+def _train_loop(run: _Run, stop: stops.StopSignal) -> int:
     """Trains until the end or a stop signal; the signal's number if stopped by one, else 0."""
     run.pending_t0 = time.perf_counter()
     stop.check()
@@ -600,6 +573,33 @@ def _model_records(student: _Student) -> dict:
     return records
 
 
+def _export_dirs(run: _Run) -> list[str]:
+    """Every export directory a finished run must hold (all students)."""
+    if not run.config.export_model:
+        return []
+    return [os.path.join(s.out_dir, d) for s in run.students.values() for d in EXPORT_DIRS]
+
+
+def _export_all(run: _Run, summaries: dict) -> None:
+    """Exports every student; a failed write (disk full, permission) is one StorageError line."""
+    _check_finite(run)
+    if not run.config.export_model:
+        return
+    if jax.process_index() == 0:
+        for path in _export_dirs(run):
+            exports.clear_partial(path)
+    for name, s in run.students.items():
+        try:
+            # Every process: the orbax save synchronises them all (process 0 writes).
+            _export(run, s)
+            summaries[name].update(_model_records(s))
+        except Exception as e:  # noqa: BLE001  an OS cause becomes one line, others re-raise
+            where = os.path.normpath(os.path.join(s.out_dir, FINAL_MODEL_DIR))
+            raise_if_storage(e, f"could not export the model to {where}", run.step,
+                             run.ckpt.directory)
+            raise
+
+
 def _summaries(run: _Run, segments: list, images_seen: int) -> dict:
     finished = run.step >= run.total_steps
     return {name: summary_lib.make_summary(run.config, s.plan, s.history, steps=run.step,
@@ -631,16 +631,27 @@ def _finish(run: _Run) -> dict:
     segments = _segments(run)
     images_seen = run.images_seen + run.clock.images
     summaries = _summaries(run, segments, images_seen)
-    if run.step >= run.total_steps and run.config.export_model:
-        for name, s in run.students.items():
-            _export(run, s)
-            summaries[name].update(_model_records(s))
+    if run.step >= run.total_steps:
+        _export_all(run, summaries)
     return _report(run, summaries)
 
 
 def _report_finished(run: _Run) -> dict:
     """A finished run: nothing to train; prints (and returns) its saved summary."""
-    saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    try:
+        saved = summary_lib.read_json(os.path.join(run.workdir, summary_lib.SUMMARY_FILE))
+    except summary_lib.BrokenJSONError as e:   # rebuilt below from the checkpoint's metadata
+        print(f"kd_jax: note: {e}; rewriting it", file=sys.stderr, flush=True)
+        saved = None
+    missing = exports.missing(_export_dirs(run))
+    if missing:
+        # Killed (or out of disk) after the last checkpoint: the export is part of finishing.
+        print(f"{run.workdir} holds a finished run (step {run.step} of {run.total_steps}) "
+              f"whose export is missing or partial ({', '.join(missing)}); exporting it again "
+              f"from checkpoint step {run.step}", flush=True)
+        summaries = _summaries(run, run.segments, run.images_seen)
+        _export_all(run, summaries)
+        return _report(run, summaries)
     print(f"{run.workdir} holds a finished run (step {run.step} of {run.total_steps}); "
           "nothing to do. Its summary:", flush=True)
     if saved is None or not saved.get("finished"):
@@ -662,11 +673,11 @@ def train(config, workdir: str) -> tuple[dict, Any]:
     each student's in workdir/<name>/summary.json). Raises RunStopped (after saving the step
     and writing the unfinished summary) when SIGTERM or SIGINT stopped it.
     """
-    with _stop_signals() as stop:
+    with stops.stop_signals() as stop, workdir_lock.hold(workdir):
         return _train(config, workdir, stop)
 
 
-def _train(config, workdir: str, stop: _StopSignal) -> tuple[dict, Any]:
+def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
     t0 = time.perf_counter()
     plan = config_validation.validate(config)
     ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
@@ -688,7 +699,8 @@ def _train(config, workdir: str, stop: _StopSignal) -> tuple[dict, Any]:
         run.close()
     summary = _finish(run)
     if stopped_by:
-        raise RunStopped(stopped_by, run.step, run.total_steps, workdir, summary)
+        raise RunStopped(stopped_by, f"saved step {run.step} of {run.total_steps} in {workdir}",
+                         summary)
     return summary, run.state
 
 
