@@ -124,7 +124,7 @@ def test_export_cut_short_by_a_full_disk_is_redone_by_the_rerun(tmp_path, monkey
 
     real_export = trainer._export
 
-    def full_disk(run, student, top1):
+    def full_disk(run, student):
         os.makedirs(os.path.join(student.out_dir, trainer.FINAL_MODEL_DIR, "state"
                                  ".orbax-checkpoint-tmp-1"), exist_ok=True)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
