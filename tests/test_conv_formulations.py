@@ -219,3 +219,35 @@ def test_config_validation_names_a_bad_cpu_conv():
     with pytest.raises(config_validation.ConfigError,
                        match=r"cpu_conv='fastest'; allowed: auto, xla, im2col"):
         config_validation.validate(config, num_devices=1, check_files=False)
+
+
+def test_quickstart_passes_cpu_conv_to_its_runs():
+    from kd_jax.recipes import quickstart
+    from kd_jax.train import pipeline
+    q = quickstart.config()
+    assert pipeline.students_config(q, config_validation.RANDOM_TEACHER).cpu_conv == "auto"
+    q.cpu_conv = "xla"
+    assert pipeline.students_config(q, config_validation.RANDOM_TEACHER).cpu_conv == "xla"
+    q.cpu_conv = "fast"
+    with pytest.raises(config_validation.ConfigError, match=r"cpu_conv='fast'"):
+        config_validation.validate(pipeline.students_config(q, config_validation.RANDOM_TEACHER),
+                                   check_files=False)
+
+
+def test_trainer_build_sets_the_switch_from_the_config():
+    import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+    from kd_jax import data, recipes
+    from kd_jax.train import trainer
+    config = recipes.build_config("kd", data.CIFAR100, None, default_pair="resnet32x4-resnet8x4")
+    config.dataset.update(name="synthetic", num_train=16, num_test=8, num_classes=10,
+                          image_size=16)
+    config.student.arch, config.teacher.arch = "tiny_cnn", "tiny_cnn_wide"
+    config.teacher.checkpoint, config.batch_size = "random", 8
+    plan = config_validation.validate(config, num_devices=1, check_files=False)
+    try:
+        for choice in ("im2col", "xla"):
+            config.cpu_conv = choice
+            trainer.build(config, plan, config.dataset.num_classes, devices=jax.devices()[:1])
+            assert layers.get_cpu_conv() == choice
+    finally:
+        layers.set_cpu_conv("auto")

@@ -112,12 +112,13 @@ def cpu_conv_formulation(kernel: int, stride: int, groups: int, in_channels: int
     benchmarks/conv_formulations.py (benchmarks/RESULTS.md), forward + backward at batch 64:
     - grouped and depthwise convolutions: im2col (an einsum per group, a fused sum of
       per-channel taps) on every x86 processor: with AVX-512, XLA's convolution of these
-      shapes is 3-50x slower (depthwise 3x3 stride 2: 15-50x);
+      shapes is 4-84x slower (depthwise 3x3 stride 2: 16-84x);
     - dense convolutions: im2col on x86 processors without AVX-512, where XLA's
       convolution takes a slow path (3x3 64->64 at 32x32: 895 ms, against 290 ms as
       im2col and 113 ms in PyTorch, on a 2-core AVX2 EPYC; issue 24); XLA's with AVX-512,
-      where im2col of a 3x3 is up to 2.5x slower, and 1x1 convolutions, although faster as
-      one matrix product alone, made the whole resnet32x4 -> resnet8x4 step slower (6%).
+      where im2col of a 3x3 at stride 1 is up to 3.9x slower, and 1x1 convolutions, although
+      2-5x faster alone as one matrix product, made the whole resnet32x4 -> resnet8x4 step
+      slower (6%, one run under load: to be re-measured on a quiet machine).
     Processors without x86 flags (ARM, unknown) keep XLA's convolution: unmeasured. `isa` is
     `machine.xla_isa()`, so XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 machine picks
     what an AVX2 processor would (the speed stays the AVX-512 one). The AVX2 rule rests on

@@ -52,6 +52,7 @@ def config() -> ml_collections.ConfigDict:
     c.students = "ce,sd_kd,sd_dkd"
     c.seeds = "0,1,2"
     c.num_epochs = 8
+    c.cpu_conv = "auto"             # CPU convolution formulation (README, "CPU speed")
     c.batch_size = 64
     c.eval_batch_size = 1000
     c.eval_every_epochs = 8         # evaluate at the end only: the full test set is costly

@@ -98,6 +98,7 @@ def students_config(q, teacher_checkpoint: str) -> ml_collections.ConfigDict:
     c.progress_bar, c.tensorboard = q.progress_bar, q.tensorboard
     c.log_every_steps = q.log_every_steps
     c.export_model = False
+    c.cpu_conv = q.get("cpu_conv", "auto")
     return c
 
 
@@ -270,6 +271,7 @@ def _teacher(q, workdir: str) -> dict:
     c.num_epochs = q.teacher_epochs
     c.dataset.limit_train = q.teacher_limit_train
     c.dataset.limit_test = q.dataset.limit_test
+    c.cpu_conv = q.get("cpu_conv", "auto")
     tdir = os.path.join(workdir, "teacher")
     s = trainer.train_and_evaluate(c, tdir)
     return {"checkpoint": os.path.join(tdir, trainer.FINAL_MODEL_DIR), "student": s["student"],
