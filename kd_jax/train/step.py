@@ -11,7 +11,7 @@ trace time: the step is a single XLA program.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -79,17 +79,9 @@ def _student_update(student: StepStudent, s: StudentState, tx, images, labels,
     return StudentState(params=params, model_state=model_state, opt_state=opt_state), metrics
 
 
-def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
-                    tx: optax.GradientTransformation, mesh: Mesh,
-                    compute_dtype: Any = jnp.float32):
-    """jit(train_step)(state, teacher_state, batch, lr, epoch) -> (state, metrics).
-
-    batch: {"image": (B, H, W, C) f32, "label": (B,) i32} sharded over 'data';
-    lr: f32 scalar (the epoch's learning rate); epoch: i32 scalar from 1 (warmups).
-    metrics: {student name: {"loss", "top1" (batch accuracy), "lr", one entry per term}}.
-    Images enter the models in `compute_dtype`; parameters, BatchNorm statistics, optimizer
-    state and losses stay float32.
-    """
+def _train_step_fn(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
+                   tx: optax.GradientTransformation, compute_dtype: Any):
+    """The pure train step (state, teacher_state, batch, lr, epoch) -> (state, metrics)."""
 
     def train_step(state: TrainState, teacher_state, batch, lr, epoch):
         images = batch["image"].astype(compute_dtype)
@@ -103,8 +95,51 @@ def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optio
                 student, state.students[name], tx, images, labels, teacher_out, lr, epoch)
         return state.replace(step=state.step + 1, students=new_students), metrics
 
+    return train_step
+
+
+def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
+                    tx: optax.GradientTransformation, mesh: Mesh,
+                    compute_dtype: Any = jnp.float32):
+    """jit(train_step)(state, teacher_state, batch, lr, epoch) -> (state, metrics).
+
+    batch: {"image": (B, H, W, C) f32, "label": (B,) i32} sharded over 'data';
+    lr: f32 scalar (the epoch's learning rate); epoch: i32 scalar from 1 (warmups).
+    metrics: {student name: {"loss", "top1" (batch accuracy), "lr", one entry per term}}.
+    Images enter the models in `compute_dtype`; parameters, BatchNorm statistics, optimizer
+    state and losses stay float32.
+    """
+    train_step = _train_step_fn(students, teacher_graphdef, tx, compute_dtype)
     replicated = NamedSharding(mesh, P())
     return jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
+                          tx: optax.GradientTransformation, mesh: Mesh,
+                          make_batch: Callable[[Any, jax.Array], dict],
+                          compute_dtype: Any = jnp.float32):
+    """jit(multi_step)(state, teacher_state, data, draws, lr, epoch) -> (state, metrics).
+
+    k train steps in one call: a lax.scan of the `make_train_step` step over draws (k, B, ...)
+    (sharded P(None, 'data')), whose step i trains on ``make_batch(data, draws[i])``, a batch
+    built inside the program (e.g. kd_jax.data.on_device.train_batch from the train set on
+    the devices). The batch is constrained to P('data') as the host path's batches are.
+    metrics: the step's metrics stacked over the k steps (every leaf (k,)). Only the state is
+    donated: `data` stays on the devices for the next call. Each new k compiles once.
+    """
+    train_step = _train_step_fn(students, teacher_graphdef, tx, compute_dtype)
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def multi_step(state: TrainState, teacher_state, data, draws, lr, epoch):
+        def body(state, step_draws):
+            batch = jax.lax.with_sharding_constraint(make_batch(data, step_draws),
+                                                     batch_sharding)
+            return train_step(state, teacher_state, batch, lr, epoch)
+
+        return jax.lax.scan(body, state, draws)
+
+    return jax.jit(multi_step, out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
