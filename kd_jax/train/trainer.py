@@ -206,6 +206,10 @@ class _Due:
     eval: bool
     checkpoint: bool
     stop: bool
+    # Log every step taken (epoch end, stop); else only up to the last multiple of
+    # log_every_steps, keeping the rest for the next record, so that the records (their
+    # steps and means) do not depend on steps_per_dispatch.
+    log_through: bool = True
 
 
 @dataclasses.dataclass
@@ -231,6 +235,7 @@ class _Run:
     clock: Optional[_Clock] = None
     pending: list = dataclasses.field(default_factory=list)
     pending_t0: float = 0.0
+    pending_checked: int = 0         # leading entries of `pending` already fetched and checked
     device_train: Any = None         # on_device.DeviceTrainSet, or None: the host path
     steps_per_dispatch: int = 1      # steps per call on the on-device path
     compiled_k: set = dataclasses.field(default_factory=set)   # dispatch lengths compiled
@@ -444,11 +449,13 @@ def _actions_due(run: _Run, stop_requested: bool, steps_taken: int = 1) -> _Due:
         log=log_point or end_of_epoch or stop,
         eval=(end_of_epoch and run.epoch % c.eval_every_epochs == 0) or finished,
         checkpoint=(end_of_epoch and run.epoch % c.checkpoint_every_epochs == 0) or stop,
-        stop=stop)
+        stop=stop, log_through=end_of_epoch or stop)
 
 
-def _flush_metrics(run: _Run) -> None:
-    """Fetches, checks and logs the step metrics kept since the last logging point."""
+def _flush_metrics(run: _Run, through: bool = True) -> None:
+    """Fetches and checks the step metrics kept since the last logging point, and logs one
+    record per multiple of log_every_steps among their steps (the mean of the steps since
+    the previous record) and, if `through`, one for the steps after the last multiple."""
     if not run.pending:
         return
     host = _per_step(jax.device_get(run.pending))
@@ -462,17 +469,30 @@ def _flush_metrics(run: _Run) -> None:
                     f"non-finite loss{who} at step {first_step + i} (epoch {run.epoch}): "
                     f"{terms}. Stopped; the last good checkpoint is step "
                     f"{run.ckpt.latest_step()} in {run.ckpt.directory}")
+    every = run.config.log_every_steps
+    ends = [s for s in range(first_step, run.step + 1) if s % every == 0]
+    if through and (not ends or ends[-1] != run.step):
+        ends.append(run.step)
+    fresh = len(host) - run.pending_checked   # steps fetched for the first time
     elapsed = time.perf_counter() - run.pending_t0
-    images_per_s = len(host) * run.batch_size / max(elapsed, 1e-9)
-    losses = {}
-    for name, s in run.students.items():
-        mean = {k: float(np.mean([m[name][k] for m in host])) for k in host[0][name]}
-        s.log.write(run.step, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
-        losses[name] = mean["loss"]
-    loss = (next(iter(losses.values())) if len(losses) == 1
-            else "/".join(f"{v:.4g}" for v in losses.values()))
-    run.progress.progress(len(host), loss=loss, img_s=round(images_per_s, 1), epoch=run.epoch)
-    run.pending, run.pending_t0 = [], time.perf_counter()
+    images_per_s = fresh * run.batch_size / max(elapsed, 1e-9)
+    start = first_step
+    for end in ends:
+        window = host[start - first_step:end - first_step + 1]
+        losses = {}
+        for name, s in run.students.items():
+            mean = {k: float(np.mean([m[name][k] for m in window])) for k in window[0][name]}
+            s.log.write(end, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
+            losses[name] = mean["loss"]
+        loss = (next(iter(losses.values())) if len(losses) == 1
+                else "/".join(f"{v:.4g}" for v in losses.values()))
+        run.progress.progress(len(window), loss=loss, img_s=round(images_per_s, 1),
+                              epoch=run.epoch)
+        start = end + 1
+    # The steps after the last record stay (fetched and checked) for the next one.
+    run.pending = host[start - first_step:]
+    run.pending_checked = len(run.pending)
+    run.pending_t0 = time.perf_counter()
 
 
 def _per_step(host: list) -> list:
@@ -521,7 +541,8 @@ def _save(run: _Run) -> None:
 
 def _run_actions(run: _Run, due: _Due) -> None:
     if due.log:
-        _flush_metrics(run)   # before any eval or save: a non-finite loss stops here
+        _flush_metrics(run, due.log_through)   # before any eval or save: a non-finite loss
+                                               # stops here
     if due.eval or due.checkpoint:
         run.clock.pause()
         if due.eval:
