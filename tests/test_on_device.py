@@ -105,6 +105,12 @@ def test_dispatches_chunk_the_draws_of_an_epoch():
         next(on_device.dispatches(ds, 2, 8, 1, 0, 5, 0))
 
 
+def test_auto_steps_per_dispatch():
+    assert on_device.steps_per_dispatch(0, "cpu") == 1
+    assert on_device.steps_per_dispatch(0, "gpu") == on_device.steps_per_dispatch(0, "tpu") == 8
+    assert on_device.steps_per_dispatch(5, "cpu") == 5
+
+
 def test_budget_decides_the_default_path(monkeypatch):
     ds = synthetic()
     c = tiny_config(None, 1)
@@ -116,7 +122,7 @@ def test_budget_decides_the_default_path(monkeypatch):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("steps_per_dispatch", 0, "steps_per_dispatch=0"),
+    ("steps_per_dispatch", -1, "steps_per_dispatch=-1"),
     ("dataset.on_device", "yes", "dataset.on_device='yes'"),
 ])
 def test_bad_input_settings_name_the_key(key, value, match):
@@ -283,3 +289,43 @@ def test_device_batch_equals_host_batch_two_processes(tmp_path):
                                                 process=i, port=port) for i in range(2)])
     assert sorted(r["process"] for r in results) == [0, 1]
     assert all(r["processes"] == 2 and r["ulp"] <= 1 for r in results)
+
+
+def test_rolled_and_unrolled_calls_equal_single_steps():
+    """The rolled lax.scan (accelerators) and the unrolled one (CPU) of make_multi_train_step
+    give the state and per-step metrics of 3 calls of make_train_step on the host's batches."""
+    from flax import nnx
+
+    from kd_jax.train import step as step_lib
+    from kd_jax.train.state import make_optimizer
+
+    c = tiny_config(True, 3)
+    built = trainer.build(c, config_validation.validate(c), 10)
+    ds = data.get_dataset(c.dataset)
+    mesh = built.mesh
+    students = {n: step_lib.StepStudent(s.graphdef, s.plan.compute_loss)
+                for n, s in built.students.items()}
+    tx = make_optimizer(c.optimizer)
+    teacher_graphdef, _ = nnx.split(trainer.load_teacher(c, 10))   # the run's (random) teacher
+    train_set = on_device.put_on_mesh(ds, mesh)
+    draws = data.to_global_array(on_device.pack_draws(list(ds.train_draws(1, 8, 0))[:3]),
+                                 on_device.draws_sharding(mesh))
+    lr, epoch = np.float32(0.01), np.int32(1)
+    copy = lambda: jax.tree.map(lambda x: x.copy(), built.state)  # noqa: E731  (donated)
+
+    state, metrics = copy(), []
+    for batch in list(ds.train_batches(1, 8, 0))[:3]:
+        state, m = built.train_step(state, built.teacher_state,
+                                    data.to_global_array(batch, NamedSharding(mesh, P("data"))),
+                                    lr, epoch)
+        metrics.append(m)
+    want = [np.asarray(x) for x in jax.tree.leaves(state)]
+    want_loss = [float(m["student"]["loss"]) for m in metrics]
+    for unroll in (False, True):
+        multi = step_lib.make_multi_train_step(students, teacher_graphdef, tx, mesh,
+                                               on_device.train_batch, unroll=unroll)
+        got, m = multi(copy(), built.teacher_state, train_set, draws, lr, epoch)
+        assert m["student"]["loss"].shape == (3,)
+        np.testing.assert_allclose(np.asarray(m["student"]["loss"]), want_loss, rtol=0,
+                                   atol=1e-6)
+        assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)], want, 1e-6)

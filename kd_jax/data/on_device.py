@@ -35,6 +35,23 @@ from kd_jax.data.in_memory import InMemoryDataset
 # labels take at most this many bytes per device (replicated). CIFAR-100: 154 MB.
 DEVICE_BUDGET_BYTES = 1 << 30
 
+# steps_per_dispatch=0 (auto): steps per call by platform. CPU: 1, measured
+# (benchmarks/host_cost.py; README "Input on the devices"): there the host's share of a step
+# is small already at k = 1, XLA's rolled loop ran the step ~3x slower, and an unrolled
+# k-step program compiles ~k times longer (minutes for the quickstart's lockstep step).
+# Accelerators: 8, the CIFAR speed-run practice, not yet measured here.
+AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
+AUTO_STEPS_PER_DISPATCH_ACCELERATOR = 8
+
+
+def steps_per_dispatch(requested: int, platform: str) -> int:
+    """config.steps_per_dispatch, 0 resolved for `platform` ("cpu", "gpu", "tpu")."""
+    if requested < 0:
+        raise ValueError(f"steps_per_dispatch={requested} must be >= 0 (0: by platform)")
+    return requested or AUTO_STEPS_PER_DISPATCH.get(platform,
+                                                    AUTO_STEPS_PER_DISPATCH_ACCELERATOR)
+
+
 # Columns of a draws array (..., 4).
 INDEX, OFFSET_Y, OFFSET_X, FLIP = range(4)
 

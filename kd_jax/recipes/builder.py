@@ -66,8 +66,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"   # float32 | bfloat16 (student and teacher compute).
     c.log_every_steps = 50
     # Train steps per call on the on-device path (a lax.scan); logging, evaluation,
-    # checkpoints and stop signals happen between calls. README "Input on the devices".
-    c.steps_per_dispatch = 8
+    # checkpoints and stop signals happen between calls. 0: by platform (CPU 1, GPU/TPU 8;
+    # kd_jax.data.on_device.AUTO_STEPS_PER_DISPATCH). README "Input on the devices".
+    c.steps_per_dispatch = 0
     c.eval_every_epochs = 1
     c.keep_checkpoints = 3
     c.checkpoint_every_epochs = 1

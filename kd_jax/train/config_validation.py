@@ -201,7 +201,7 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
                 "keep_checkpoints", "checkpoint_every_epochs"):
         _int(config, key)
     if "steps_per_dispatch" in config:
-        _int(config, "steps_per_dispatch")
+        _int(config, "steps_per_dispatch", allow_zero=True)
     on_device = d.get("on_device", None)
     _require(on_device is None or isinstance(on_device, bool),
              f"dataset.on_device={on_device!r}: expected True, False or None (auto: the train "
