@@ -195,7 +195,8 @@ def print_row(row) -> None:
 
 def write_results(path: str, info: dict, rows: list, args, command: str) -> None:
     key, what = ts.section_key(info)
-    key = f"host_cost:{key}"
+    # One section per machine kind and set of cases (e.g. a quick tiny_cnn run apart).
+    key = f"host_cost:{key}" + ("" if args.cases == ",".join(CASES) else f":{args.cases}")
     load = lambda l: "/".join(f"{x:.1f}" for x in l)   # noqa: E731
     section = "\n".join([
         f"<!-- results:{key} -->",
@@ -230,7 +231,7 @@ def main(argv=None) -> None:
                    "fits (doubling from 128 up to --max-batch)")
     p.add_argument("--max-batch", type=int, default=8192)
     p.add_argument("--ks", default="4,8,16", help="steps per call besides 1, for tiny_cnn (the "
-                   "other cases: 1 and the config's default steps_per_dispatch)")
+                   "other cases: 1 and the default steps_per_dispatch of this platform)")
     p.add_argument("--steps", type=int, default=0, help="steps per trainer run (0: per case)")
     p.add_argument("--write-results", default="")
     args = p.parse_args(argv)
@@ -249,8 +250,9 @@ def main(argv=None) -> None:
         for dtype in args.dtypes.split(","):
             for b in [b.strip() for b in args.batch_sizes.split(",") if b.strip()]:
                 batch = max_batch(case, dtype, args.max_batch) if b == "max" else int(b)
-                case_ks = ks if case == "tiny_cnn" else [
-                    make_config(case, dtype, batch, steps).steps_per_dispatch]
+                case_ks = ks if case == "tiny_cnn" else [on_device.steps_per_dispatch(
+                    make_config(case, dtype, batch, steps).steps_per_dispatch,
+                    jax.devices()[0].platform)]
                 rows += measure(case, dtype, batch, steps, case_ks,
                                 f"{batch} max" if b == "max" else str(batch))
                 # Written after every case, so that an interrupted run keeps what it measured.
