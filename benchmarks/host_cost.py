@@ -20,7 +20,10 @@ the device work is smallest, as on a fast accelerator), dtype and global batch:
   (host: gather, augment, copy the float32 batch to the devices; device: draw the indices
   and crops, copy the int32 draws) plus the time a call to the jitted step takes to return
   (its dispatch), divided by the steps per call;
-- trainer / raw: the trainer's images/s as a share of the raw step's.
+- trainer / raw: the trainer's images/s as a share of the raw step's;
+- for tiny_cnn, the jitted calls alone (plain step, k = 1 and each k of `--ks`, inputs on
+  the device) timed in alternating windows within one process: the fair comparison of k on
+  a machine whose load drifts between the trainer rows.
 
 On CPU the 'device' is the same two cores that run the host's Python and numpy, and other
 processes may share them: compare the rows of one run of the script, not runs.
@@ -151,6 +154,47 @@ def host_per_step(config, k: int, steps: int) -> float:
     return (input_s + float(np.median(dispatch))) / per_call
 
 
+def interleaved_calls(config, ks: list[int], windows: int = 5) -> dict:
+    """Median ms per step of the jitted calls alone, inputs on the device: the plain step on
+    one batch, and one call of k steps for each k, alternated window by window in one
+    process, so that a machine whose load drifts treats every k alike (the trainer rows run
+    one after another)."""
+    plan = config_validation.validate(config, num_devices=1)
+    built = trainer.build(config, plan, NUM_CLASSES, devices=jax.devices()[:1])
+    ds = data.get_dataset(config.dataset)
+    train_set = on_device.put_on_mesh(ds, built.mesh)
+    span = max(ks + [1])
+    draws = on_device.pack_draws(
+        [d for _, d in zip(range(span), ds.train_draws(1, config.batch_size, config.seed))])
+    inputs = {k: data.to_global_array(draws[:k], on_device.draws_sharding(built.mesh))
+              for k in [1] + ks}
+    batch = random_batch(built.mesh, config.batch_size, NUM_CLASSES, IMAGE_SIZE)
+    state = [built.state]
+
+    def plain():
+        state[0], m = built.train_step(state[0], built.teacher_state, batch, LR, EPOCH)
+        return m
+
+    def multi(k):
+        state[0], m = built.multi_train_step(state[0], built.teacher_state, train_set,
+                                             inputs[k], LR, EPOCH)
+        return m
+
+    calls = {"plain step": (plain, 1), **{f"k={k}": (lambda k=k: multi(k), k)
+                                          for k in [1] + ks}}
+    for call, _ in calls.values():
+        jax.block_until_ready(call())   # compile
+    times = {name: [] for name in calls}
+    for _ in range(windows):
+        for name, (call, k) in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(span // k):
+                m = call()
+            jax.block_until_ready(m)
+            times[name].append((time.perf_counter() - t0) / (span // k * k))
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
 def max_batch(case: str, dtype: str, limit: int) -> int:
     """The largest batch (64 doubled) whose raw step runs, up to `limit`."""
     best, batch = 64, 128
@@ -193,7 +237,8 @@ def print_row(row) -> None:
     print(" | ".join(row), flush=True)
 
 
-def write_results(path: str, info: dict, rows: list, args, command: str) -> None:
+def write_results(path: str, info: dict, rows: list, args, command: str,
+                  interleaved: list = ()) -> None:
     key, what = ts.section_key(info)
     # One section per machine kind and set of cases (e.g. a quick tiny_cnn run apart).
     key = f"host_cost:{key}" + ("" if args.cases == ",".join(CASES) else f":{args.cases}")
@@ -213,6 +258,9 @@ def write_results(path: str, info: dict, rows: list, args, command: str) -> None
         "",
         ts.markdown_table(COLUMNS, [cells(r) for r in rows]),
         "",
+        *[f"Interleaved calls ({what}; inputs on the device, windows alternated, median ms "
+          "per step): " + ", ".join(f"{n} {v:.2f}" for n, v in calls.items()) + "\n"
+          for what, calls in interleaved],
         f"<!-- /results:{key} -->"])
     text = open(path).read()
     pattern = re.compile(rf"<!-- results:{re.escape(key)} -->.*?<!-- /results:{re.escape(key)} -->",
@@ -233,6 +281,8 @@ def main(argv=None) -> None:
     p.add_argument("--ks", default="4,8,16", help="steps per call besides 1, for tiny_cnn (the "
                    "other cases: 1 and the default steps_per_dispatch of this platform)")
     p.add_argument("--steps", type=int, default=0, help="steps per trainer run (0: per case)")
+    p.add_argument("--no-interleaved", dest="interleaved", action="store_false",
+                   help="skip the interleaved timing of the calls (tiny_cnn)")
     p.add_argument("--write-results", default="")
     args = p.parse_args(argv)
     cpu = jax.devices()[0].platform == "cpu"
@@ -243,7 +293,7 @@ def main(argv=None) -> None:
     print(f"{info['platform']}: {info['device_kind']}; CPU {info['cpu']}, {info['cores']} cores; "
           f"one device; steps per call {[1] + ks}", flush=True)
     print_row(COLUMNS)
-    rows, notes = [], []
+    rows, notes, interleaved = [], [], []
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         steps = args.steps or STEPS[case][0 if cpu else 1]
         notes.append(f"{case}: {steps} steps")
@@ -258,8 +308,13 @@ def main(argv=None) -> None:
                 # Written after every case, so that an interrupted run keeps what it measured.
                 info["load_end"] = os.getloadavg()
                 args.steps_note = ", ".join(notes)
+                if case == "tiny_cnn" and args.interleaved:
+                    calls = interleaved_calls(make_config(case, dtype, batch, steps), ks)
+                    interleaved.append((f"{case} {dtype} batch {batch}", calls))
+                    print("interleaved calls, ms/step: " + ", ".join(
+                        f"{n} {v:.2f}" for n, v in calls.items()), flush=True)
                 if args.write_results:
-                    write_results(args.write_results, info, rows, args, command)
+                    write_results(args.write_results, info, rows, args, command, interleaved)
     if args.write_results:
         print(f"wrote {args.write_results}")
 

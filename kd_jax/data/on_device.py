@@ -37,8 +37,8 @@ DEVICE_BUDGET_BYTES = 1 << 30
 
 # steps_per_dispatch=0 (auto): steps per call by platform. CPU: 1, measured
 # (benchmarks/host_cost.py; README "Input on the devices"): there the host's share of a step
-# is small already at k = 1, XLA's rolled loop ran the step ~3x slower, and an unrolled
-# k-step program compiles ~k times longer (minutes for the quickstart's lockstep step).
+# is small already at k = 1, a step in XLA's rolled loop ran several times slower, and an
+# unrolled k-step program compiles ~k times longer (minutes for the quickstart's lockstep step).
 # Accelerators: 8, the CIFAR speed-run practice, not yet measured here.
 AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
 AUTO_STEPS_PER_DISPATCH_ACCELERATOR = 8

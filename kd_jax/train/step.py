@@ -127,8 +127,8 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
     metrics: the step's metrics stacked over the k steps (every leaf (k,)). Only the state is
     donated: `data` stays on the devices for the next call. Each new k compiles once.
     `unroll`: the k steps as one straight-line program (compile time grows about k-fold);
-    measured on XLA's CPU backend, a step inside the rolled loop ran 3-10x slower than alone.
-    k = 1 is always a plain call.
+    measured on XLA's CPU backend, a step inside the rolled loop ran several times slower than
+    alone. k = 1 is always a plain call.
     """
     train_step = _train_step_fn(students, teacher_graphdef, tx, compute_dtype)
     replicated = NamedSharding(mesh, P())

@@ -347,7 +347,8 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     step_students = {n: StepStudent(s.graphdef, s.plan.compute_loss)
                      for n, s in students.items()}
     train_step = make_train_step(step_students, teacher_graphdef, tx, mesh, dtype)
-    # Unrolled on CPU, where XLA ran the rolled loop's step ~3x slower (kd_jax.train.step).
+    # Unrolled on CPU, where a step in XLA's rolled loop ran several times slower
+    # (kd_jax.train.step).
     multi_train_step = make_multi_train_step(
         step_students, teacher_graphdef, tx, mesh, on_device.train_batch, dtype,
         unroll=mesh.devices.flat[0].platform == "cpu")
