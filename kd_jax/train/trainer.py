@@ -5,9 +5,10 @@
 - setup: validate the config (which builds every student's loss), read the dataset (before
   anything is written, so a missing dataset leaves no workdir behind), build the models,
   the state and the jitted steps, and restore the latest checkpoint of `workdir`.
-- one epoch: the data of (seed, epoch) through the train step; after each step
-  `_actions_due` decides which periodic actions run: log (fetch the step metrics, check the
-  loss is finite), evaluate, checkpoint.
+- one epoch: the data of (seed, epoch) through the train step (host path: augmented batches;
+  on-device path, kd_jax.data.on_device: each call's draws, k = steps_per_dispatch steps per
+  call); after each call `_actions_due` decides which periodic actions run: log (fetch the
+  step metrics, check the loss is finite), evaluate, checkpoint.
 - finish: export each student, write and print its summary.
 
 Resumption: the state (step, every student's parameters, BatchNorm statistics and
@@ -45,6 +46,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
+from kd_jax.data import on_device
 from kd_jax.train import config_validation, schedules
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer
@@ -52,7 +54,6 @@ from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
 from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
                                 split_student)
-from kd_jax.data import on_device
 from kd_jax.train.step import (StepStudent, make_eval_step, make_mesh, make_multi_train_step,
                                make_train_step)
 
