@@ -73,20 +73,24 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, uninterrupted):
 
 
 def _signal_at_step_1(monkeypatch, signum):
-    """The dataset sends `signum` to this process when epoch 1's batch 1 is taken."""
+    """The dataset sends `signum` to this process when epoch 1's batch 1 is taken (its batch
+    on the host path, its draws on the on-device path: the stop comes at the end of the call
+    holding step 1)."""
     real_get_dataset = data.get_dataset
 
     def get_dataset(*args, **kwargs):
         ds = real_get_dataset(*args, **kwargs)
-        real_train_batches = ds.train_batches
 
-        def train_batches(epoch, global_batch_size, seed, start_step=0):
-            for i, batch in enumerate(real_train_batches(epoch, global_batch_size, seed, start_step)):
-                if epoch == 1 and start_step + i == 1:
-                    os.kill(os.getpid(), signum)
-                yield batch
+        def signalling(real):
+            def batches(epoch, global_batch_size, seed, start_step=0):
+                for i, batch in enumerate(real(epoch, global_batch_size, seed, start_step)):
+                    if epoch == 1 and start_step + i == 1:
+                        os.kill(os.getpid(), signum)
+                    yield batch
+            return batches
 
-        ds.train_batches = train_batches
+        ds.train_batches = signalling(ds.train_batches)
+        ds.train_draws = signalling(ds.train_draws)
         return ds
 
     monkeypatch.setattr(data, "get_dataset", get_dataset)
@@ -172,6 +176,9 @@ def kill_config():
     c.num_epochs = KILL_EPOCHS
     c.optimizer.milestones = (2,)
     c.log_every_steps, c.checkpoint_every_epochs, c.keep_checkpoints = 1, 1, 3
+    # The kill points hold the host path's batch iterator at one step; resumption itself is
+    # the same on both paths (tests/test_on_device.py resumes the on-device path).
+    c.dataset.on_device = False
     return c
 
 

@@ -24,6 +24,9 @@ Config keys (the trainer's ``config.dataset`` subtree):
       dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else tfds.
     - synthetic: unused.
 - ``limit_train`` / ``limit_test`` (int, optional, 0 = all): keep only the first examples.
+- ``on_device`` (bool or None, read by the trainer): None (auto) puts the uint8 train set of
+  an in-memory dataset on the devices when it fits ``on_device.DEVICE_BUDGET_BYTES`` and
+  augments it inside the jitted step (kd_jax.data.on_device); False keeps the host path.
 - synthetic only: ``num_train``, ``num_test``, ``image_size``, ``num_classes``, optional ``seed``
   (default 0) fixing the random images and labels.
 
@@ -38,9 +41,11 @@ Dataset contract:
 - ``eval_batches(G)``: the full test set once, in order, last batch zero-padded;
   ``{"image", "label", "mask": float32 (b,)}`` with mask 1 for real examples, 0 for padding.
 
-Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8
-batches in numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
-imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet).
+Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8 batches in
+numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
+imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet). The same CIFAR
+recipe runs inside the jitted step on the on-device path (``InMemoryDataset.train_draws``
+gives the host's random choices, kd_jax.data.on_device applies them).
 """
 
 from __future__ import annotations

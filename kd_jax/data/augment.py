@@ -69,13 +69,21 @@ def pad_crop_flip(images: np.ndarray, params: CropFlipParams, pad: int) -> np.nd
     return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 (..., C) in [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel."""
+def normalize_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (C,) (scale, shift) with ``(x / 255 - mean) / std == x * scale - shift``.
+
+    The one home of these constants: the host path (`normalize`) and the on-device path
+    (kd_jax.data.on_device) use the same float32 values, so their batches agree to 1 ulp.
+    """
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
+    return 1.0 / (255.0 * std), mean / std
+
+
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (..., C) in [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel."""
     # One fused multiply-add over the batch: x * (1 / (255 std)) - mean / std.
-    scale = 1.0 / (255.0 * std)
-    shift = mean / std
+    scale, shift = normalize_affine(mean, std)
     out = images.astype(np.float32)
     out *= scale
     out -= shift

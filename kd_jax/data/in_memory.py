@@ -8,13 +8,20 @@ global batch (and its augmentation) does not depend on the number of hosts.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from kd_jax.data import augment
 from kd_jax.data.base import (DatasetInfo, augment_rng, check_epoch_args, local_batch_size,
                               shuffle_rng)
+
+
+class TrainDraw(NamedTuple):
+    """The random choices of one train step on one host: which examples, which crops/flips."""
+
+    index: np.ndarray                 # int (b,) rows of the train set
+    params: augment.CropFlipParams    # (b,) each
 
 
 class InMemoryDataset:
@@ -61,6 +68,22 @@ class InMemoryDataset:
         return self._train_iter(epoch, global_batch_size, b, seed, start_step, steps)
 
     def _train_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
+        for draw in self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps):
+            images = augment.cifar_train_augment(self._train_images[draw.index], draw.params,
+                                                 self._mean, self._std, self._pad)
+            yield {"image": images, "label": self._train_labels[draw.index]}
+
+    def train_draws(self, epoch: int, global_batch_size: int, seed: int,
+                    start_step: int = 0) -> Iterator[TrainDraw]:
+        """The random part of `train_batches`: per step, this host's example indices and
+        crop/flip parameters (b of each), from the same (seed, epoch, step) streams. The
+        on-device path (kd_jax.data.on_device) sends these instead of images."""
+        b = local_batch_size(global_batch_size, self._process_count)
+        steps = self.steps_per_epoch(global_batch_size)
+        check_epoch_args(epoch, seed, start_step, steps)
+        return self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps)
+
+    def _draw_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
         order = shuffle_rng(seed, epoch).permutation(self.info.num_train)
         host = slice(self._process_index * b, (self._process_index + 1) * b)
         for step in range(start_step, steps):
@@ -69,9 +92,17 @@ class InMemoryDataset:
             # images are augmented exactly as in a single-host run.
             params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
                                               global_batch_size, self._pad)[host]
-            images = augment.cifar_train_augment(self._train_images[index], params,
-                                                 self._mean, self._std, self._pad)
-            yield {"image": images, "label": self._train_labels[index]}
+            yield TrainDraw(index, params)
+
+    @property
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images (N, H, W, 3), int32 labels (N,)) of the whole train set."""
+        return self._train_images, self._train_labels
+
+    @property
+    def augmentation(self) -> tuple[tuple, tuple, int]:
+        """(mean, std, pad) of the train transform."""
+        return self._mean, self._std, self._pad
 
     def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
         """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""

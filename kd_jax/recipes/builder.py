@@ -38,6 +38,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         num_classes=facts.num_classes,
         limit_train=0,              # >0: use only the first N training images.
         limit_test=0,               # >0: use only the first N test images.
+        # None (auto): the uint8 train set goes on the devices and is augmented inside the
+        # step when it is held in memory (cifar100, fashion_mnist, synthetic) and fits
+        # kd_jax.data.on_device.DEVICE_BUDGET_BYTES; False: numpy augmentation on the host.
+        on_device=ml_collections.FieldReference(None, field_type=bool),
     ))
     # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
     # <workdir>/final_model of a kd_jax run), 'published' (the teacher fetched by
@@ -69,6 +73,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # CPU backend only: auto | xla | im2col, how convolutions run (README, "CPU speed").
     c.cpu_conv = "auto"
     c.log_every_steps = 50
+    # Train steps per call on the on-device path (a lax.scan); logging, evaluation,
+    # checkpoints and stop signals happen between calls. 0: by platform (CPU 1, GPU/TPU 8;
+    # kd_jax.data.on_device.AUTO_STEPS_PER_DISPATCH). README "Input on the devices".
+    c.steps_per_dispatch = 0
     c.eval_every_epochs = 1
     c.keep_checkpoints = 3
     c.checkpoint_every_epochs = 1

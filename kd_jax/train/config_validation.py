@@ -310,6 +310,16 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     for key in ("batch_size", "num_epochs", "log_every_steps", "eval_every_epochs",
                 "keep_checkpoints", "checkpoint_every_epochs"):
         _int(config, key)
+    if "steps_per_dispatch" in config:
+        _int(config, "steps_per_dispatch", allow_zero=True)
+    on_device = d.get("on_device", None)
+    _require(on_device is None or isinstance(on_device, bool),
+             f"dataset.on_device={on_device!r}: expected True, False or None (auto: the train "
+             "set goes on the devices when it is held in memory and fits the budget)")
+    _require(not on_device or d.name in (catalog.CIFAR100, catalog.FASHION_MNIST,
+                                         catalog.SYNTHETIC),
+             f"dataset.on_device=True: {d.name} is read through tf.data, not held in memory; "
+             "set dataset.on_device=False")
     n = jax.device_count() if num_devices is None else num_devices
     for key in ("batch_size", "eval_batch_size"):
         value = config[key]

@@ -5,9 +5,10 @@
 - setup: validate the config (which builds every student's loss), read the dataset (before
   anything is written, so a missing dataset leaves no workdir behind), build the models,
   the state and the jitted steps, and restore the latest checkpoint of `workdir`.
-- one epoch: the data of (seed, epoch) through the train step; after each step
-  `_actions_due` decides which periodic actions run: log (fetch the step metrics, check the
-  loss is finite), evaluate, checkpoint.
+- one epoch: the data of (seed, epoch) through the train step (host path: augmented batches;
+  on-device path, kd_jax.data.on_device: each call's draws, k = steps_per_dispatch steps per
+  call); after each call `_actions_due` decides which periodic actions run: log (fetch the
+  step metrics, check the loss is finite), evaluate, checkpoint.
 - finish: export each student, write and print its summary. A run is finished only when
   its exports are complete (kd_jax.train.exports): a rerun redoes a missing or partial one.
 
@@ -50,6 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, data, methods, models
+from kd_jax.data import on_device
 from kd_jax.train import config_validation, exports, finite, schedules, stops, workdir_lock
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import Checkpointer, raise_if_storage
@@ -57,7 +59,8 @@ from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
 from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import (init_state, init_student, make_optimizer, param_count,
                                 split_student)
-from kd_jax.train.step import StepStudent, make_eval_step, make_mesh, make_train_step
+from kd_jax.train.step import (StepStudent, make_eval_step, make_mesh, make_multi_train_step,
+                               make_train_step)
 from kd_jax.train.stops import RunStopped  # noqa: F401  (raised by train; the CLI's name)
 
 FINAL_MODEL_DIR = "final_model"   # the last step's student, loadable as a teacher.
@@ -118,14 +121,17 @@ class _Clock:
         self.compiled = False
         self.images = 0
 
-    def after_step(self, metrics, batch_size: int, step: int) -> None:
+    def after_step(self, metrics, images: int, step: int, compiles: bool = False) -> None:
+        """After a dispatch of `images` training images that ended at `step`. `compiles`: the
+        dispatch compiled a program (its first call, or a new number of steps per call);
+        the caller paused the clock before it, and its images are not counted."""
         self.segment["last_step"] = step
-        if not self.compiled:
-            # The first step of a process includes compilation: time from after it.
+        if not self.compiled or compiles:
+            # Compilation is not training time: time from after it.
             jax.block_until_ready(metrics)
             self.compiled, self._mark = True, time.perf_counter()
         else:
-            self.images += batch_size
+            self.images += images
 
     def pause(self) -> None:
         if self._mark is not None:
@@ -157,6 +163,10 @@ class _Due:
     eval: bool
     checkpoint: bool
     stop: bool
+    # Log every step taken (epoch end, stop); else only up to the last multiple of
+    # log_every_steps, keeping the rest for the next record, so that the records (their
+    # steps and means) do not depend on steps_per_dispatch.
+    log_through: bool = True
 
 
 @dataclasses.dataclass
@@ -182,6 +192,10 @@ class _Run:
     clock: Optional[_Clock] = None
     pending: list = dataclasses.field(default_factory=list)
     pending_t0: float = 0.0
+    pending_checked: int = 0         # leading entries of `pending` already fetched and checked
+    device_train: Any = None         # on_device.DeviceTrainSet, or None: the host path
+    steps_per_dispatch: int = 1      # steps per call on the on-device path
+    compiled_k: set = dataclasses.field(default_factory=set)   # dispatch lengths compiled
 
     @property
     def students(self) -> dict:
@@ -282,6 +296,9 @@ class Built:
     state: Any              # the initial TrainState, replicated
     train_step: Any         # jit(state, teacher_state, batch, lr, epoch) -> (state, metrics)
     eval_step: Any          # jit({name: (params, model_state)}, batch) -> {name: sums}
+    # jit(state, teacher_state, device train set, draws (k, B, 4), lr, epoch)
+    #   -> (state, metrics stacked (k,)): k steps per call on the on-device path.
+    multi_train_step: Any = None
 
 
 def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=None) -> Built:
@@ -304,12 +321,29 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     txs = {p.name: make_optimizer(config.optimizer, p.clip_grad_norm) for p in plan.students}
     students, states = _build_students(config, plan, num_classes, teacher, txs, workdir)
     dtype = compute_dtype(config)
-    train_step = make_train_step(
-        {n: StepStudent(s.graphdef, s.plan.compute_loss, txs[n]) for n, s in students.items()},
-        teacher_graphdef, None, mesh, dtype)
+    step_students = {n: StepStudent(s.graphdef, s.plan.compute_loss, txs[n])
+                     for n, s in students.items()}
+    train_step = make_train_step(step_students, teacher_graphdef, None, mesh, dtype)
+    # Unrolled on CPU, where a step in XLA's rolled loop ran several times slower
+    # (kd_jax.train.step).
+    multi_train_step = make_multi_train_step(
+        step_students, teacher_graphdef, None, mesh, on_device.train_batch, dtype,
+        unroll=mesh.devices.flat[0].platform == "cpu")
     eval_step = make_eval_step({n: s.eval_graphdef for n, s in students.items()}, mesh, dtype)
     state = jax.device_put(init_state(states, config.seed), replicated)
-    return Built(mesh, students, teacher_state, state, train_step, eval_step)
+    return Built(mesh, students, teacher_state, state, train_step, eval_step, multi_train_step)
+
+
+def use_on_device(config, ds) -> bool:
+    """dataset.on_device: None (auto) = an in-memory train set within
+    on_device.DEVICE_BUDGET_BYTES; True where the set cannot go there is an error."""
+    wanted = config.dataset.get("on_device", None)
+    if wanted is None:
+        return on_device.fits(ds)
+    if wanted and not isinstance(ds, data.InMemoryDataset):
+        raise ConfigError(f"dataset.on_device=True, but {ds.info.name} is not held in memory "
+                          "(its batches come from tf.data): set dataset.on_device=False")
+    return bool(wanted)
 
 
 def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
@@ -322,6 +356,10 @@ def _setup(config, plan: RunPlan, ds, workdir: str) -> _Run:
                ckpt=Checkpointer(workdir, keep=config.keep_checkpoints))
     try:
         _restore(run)
+        if use_on_device(config, ds):
+            run.device_train = on_device.put_on_mesh(ds, b.mesh)
+            run.steps_per_dispatch = on_device.steps_per_dispatch(
+                int(config.get("steps_per_dispatch", 0)), b.mesh.devices.flat[0].platform)
     except BaseException:
         run.ckpt.close()
         raise
@@ -365,6 +403,9 @@ def _header(run: _Run) -> str:
              f"({param_count(first.params['model']):,} params) on {run.ds.info.name}, "
              f"{jax.device_count()} device(s), global batch {run.batch_size}, "
              f"{run.steps_per_epoch} steps/epoch (remainder dropped), {run.total_steps} steps"]
+    lines.append("  input: " + (
+        f"train set on the devices, augmented in the step, {run.steps_per_dispatch} step(s) "
+        "per call" if run.device_train is not None else "augmented on the host"))
     for s in run.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(s.plan.hparams.items()))
         who = "" if s.plan.name == config_validation.SOLO else f"{s.plan.name}: "
@@ -381,31 +422,39 @@ def _header(run: _Run) -> str:
 
 # --- periodic actions ------------------------------------------------------------------------
 
-def _actions_due(run: _Run, stop_requested: bool) -> _Due:
-    """Which periodic actions follow the step just taken (run.step)."""
+def _actions_due(run: _Run, stop_requested: bool, steps_taken: int = 1) -> _Due:
+    """Which periodic actions follow the dispatch of `steps_taken` steps that just ended at
+    run.step (dispatches never cross an epoch end). Logging happens at the first dispatch
+    boundary at or after each multiple of log_every_steps."""
     c = run.config
     end_of_epoch = run.step % run.steps_per_epoch == 0
     finished = run.step >= run.total_steps
     stop = finished or stop_requested
+    log_point = run.step // c.log_every_steps > (run.step - steps_taken) // c.log_every_steps
     return _Due(
-        log=run.step % c.log_every_steps == 0 or end_of_epoch or stop,
+        log=log_point or end_of_epoch or stop,
         eval=(end_of_epoch and run.epoch % c.eval_every_epochs == 0) or finished,
         checkpoint=(end_of_epoch and run.epoch % c.checkpoint_every_epochs == 0) or stop,
-        stop=stop)
+        stop=stop, log_through=end_of_epoch or stop)
 
 
-def _sync_point(run: _Run) -> bool:
-    """Steps at which every process takes part in agreeing on a stop (kd_jax.train.stops):
-    the logging points and epoch ends, the same in every process."""
-    return (run.step % run.config.log_every_steps == 0
+def _sync_point(run: _Run, steps_taken: int = 1) -> bool:
+    """Whether the dispatch of `steps_taken` steps that just ended at run.step crossed a point
+    at which every process takes part in agreeing on a stop (kd_jax.train.stops): a multiple
+    of log_every_steps or an epoch end; the same dispatches, so the same points, in every
+    process."""
+    every = run.config.log_every_steps
+    return (run.step // every > (run.step - steps_taken) // every
             or run.step % run.steps_per_epoch == 0)
 
 
-def _flush_metrics(run: _Run) -> None:
-    """Fetches, checks and logs the step metrics kept since the last logging point."""
+def _flush_metrics(run: _Run, through: bool = True) -> None:
+    """Fetches and checks the step metrics kept since the last logging point, and logs one
+    record per multiple of log_every_steps among their steps (the mean of the steps since
+    the previous record) and, if `through`, one for the steps after the last multiple."""
     if not run.pending:
         return
-    host = jax.device_get(run.pending)
+    host = _per_step(jax.device_get(run.pending))
     first_step = run.step - len(host) + 1
     for i, metrics in enumerate(host):
         for name, m in metrics.items():
@@ -416,19 +465,45 @@ def _flush_metrics(run: _Run) -> None:
                     f"non-finite loss{who} at step {first_step + i} (epoch {run.epoch}): "
                     f"{terms}. Stopped; "
                     + finite.last_good(run.ckpt.latest_step(), run.ckpt.directory))
+    every = run.config.log_every_steps
+    ends = [s for s in range(first_step, run.step + 1) if s % every == 0]
+    if through and (not ends or ends[-1] != run.step):
+        ends.append(run.step)
+    fresh = len(host) - run.pending_checked   # steps fetched for the first time
     elapsed = time.perf_counter() - run.pending_t0
-    images_per_s = len(host) * run.batch_size / max(elapsed, 1e-9)
-    losses = {}
-    for name, s in run.students.items():
-        mean = {k: float(np.mean([m[name][k] for m in host])) for k in host[0][name]}
-        # The largest pre-clip norm of the window: > optimizer.clip_grad_norm where it bound.
-        mean["grad_norm_max"] = float(np.max([m[name]["grad_norm"] for m in host]))
-        s.log.write(run.step, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
-        losses[name] = mean["loss"]
-    loss = (next(iter(losses.values())) if len(losses) == 1
-            else "/".join(f"{v:.4g}" for v in losses.values()))
-    run.progress.progress(len(host), loss=loss, img_s=round(images_per_s, 1), epoch=run.epoch)
-    run.pending, run.pending_t0 = [], time.perf_counter()
+    images_per_s = fresh * run.batch_size / max(elapsed, 1e-9)
+    start = first_step
+    for end in ends:
+        window = host[start - first_step:end - first_step + 1]
+        losses = {}
+        for name, s in run.students.items():
+            mean = {k: float(np.mean([m[name][k] for m in window])) for k in window[0][name]}
+            # The largest pre-clip norm of the window: > optimizer.clip_grad_norm where it bound.
+            mean["grad_norm_max"] = float(np.max([m[name]["grad_norm"] for m in window]))
+            s.log.write(end, "train", {**mean, "epoch": run.epoch, "images_per_s": images_per_s})
+            losses[name] = mean["loss"]
+        loss = (next(iter(losses.values())) if len(losses) == 1
+                else "/".join(f"{v:.4g}" for v in losses.values()))
+        run.progress.progress(len(window), loss=loss, img_s=round(images_per_s, 1),
+                              epoch=run.epoch)
+        start = end + 1
+    # The steps after the last record stay (fetched and checked) for the next one.
+    run.pending = host[start - first_step:]
+    run.pending_checked = len(run.pending)
+    run.pending_t0 = time.perf_counter()
+
+
+def _per_step(host: list) -> list:
+    """Fetched metrics of dispatches -> one {student: {term: float}} per step: a k-step
+    dispatch's metrics are stacked (every leaf (k,)), a single step's are scalars."""
+    steps = []
+    for metrics in host:
+        k = np.shape(jax.tree.leaves(metrics)[0])
+        if not k:
+            steps.append(metrics)
+        else:
+            steps.extend(jax.tree.map(lambda x, i=i: x[i], metrics) for i in range(k[0]))
+    return steps
 
 
 def _evaluate(run: _Run) -> None:
@@ -477,7 +552,8 @@ def _save(run: _Run) -> None:
 
 def _run_actions(run: _Run, due: _Due) -> None:
     if due.log:
-        _flush_metrics(run)   # before any eval or save: a non-finite loss stops here
+        _flush_metrics(run, due.log_through)   # before any eval or save: a non-finite loss
+                                               # stops here
     if due.eval or due.checkpoint:
         run.clock.pause()
         if due.eval:
@@ -492,6 +568,8 @@ def _run_actions(run: _Run, due: _Due) -> None:
 
 def _train_epoch(run: _Run, stop: stops.StopSignal) -> bool:
     """Runs the steps of run.epoch from run.step on; True when the run should stop."""
+    if run.device_train is not None:
+        return _train_epoch_on_device(run, stop)
     c = run.config
     epoch = run.step // run.steps_per_epoch + 1
     lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
@@ -512,6 +590,41 @@ def _train_epoch(run: _Run, stop: stops.StopSignal) -> bool:
                 return True
     finally:
         batches.close()   # stops the prefetch thread, also when a step raised
+    return False
+
+
+def _train_epoch_on_device(run: _Run, stop: stops.StopSignal) -> bool:
+    """The epoch on the on-device path: the host sends each dispatch's draws (k, B, 4) (k =
+    steps_per_dispatch, fewer at the epoch's end or total_steps), one call runs k steps; the
+    periodic actions and the stop signal are checked between calls."""
+    c = run.config
+    epoch = run.step // run.steps_per_epoch + 1
+    lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
+    epoch_arr = np.int32(epoch)
+    first = run.step % run.steps_per_epoch
+    last = min(run.steps_per_epoch, run.total_steps - (epoch - 1) * run.steps_per_epoch)
+    draws = data.prefetch_to_mesh(
+        on_device.dispatches(run.ds, epoch, run.batch_size, c.seed, first, last,
+                             run.steps_per_dispatch), on_device.draws_sharding(run.built.mesh))
+    try:
+        for step_draws in draws:
+            k = step_draws.shape[0]
+            compiles = run.clock.compiled and k not in run.compiled_k
+            if compiles:   # a new dispatch length: keep its compilation out of training time
+                jax.block_until_ready(run.pending)
+                run.clock.pause()
+            run.state, metrics = run.built.multi_train_step(
+                run.state, run.built.teacher_state, run.device_train, step_draws, lr, epoch_arr)
+            run.compiled_k.add(k)
+            run.step += k
+            run.pending.append(metrics)
+            run.clock.after_step(metrics, k * run.batch_size, run.step, compiles)
+            due = _actions_due(run, stops.requested(stop, _sync_point(run, k)), k)
+            _run_actions(run, due)
+            if due.stop:
+                return True
+    finally:
+        draws.close()   # stops the prefetch thread, also when a step raised
     return False
 
 
