@@ -322,9 +322,10 @@ that checkpoint with the same data order. A finished run is not trained again: i
 printed and the next cell goes on.
 
 What a disconnect can lose: the steps since the last copy to Drive (at most `SYNC_MINUTES`,
-plus the epoch in progress). The trained student is in `WORKDIR/student/final_model` and in
-Drive's `run.tar`, loadable as a teacher by kd_jax (`teacher.checkpoint`). The trainer keeps
-no separate best model: `summary.json` records the best top-1 and its epoch.
+plus the epoch in progress). The trained student is in `WORKDIR/student/final_model` (the
+last step's weights) and `WORKDIR/student/best_model` (the best evaluation's weights), both
+also in Drive's `run.tar`, each loadable as a teacher by kd_jax (`teacher.checkpoint`) with
+its own top-1 and epoch in its `teacher.json`.
 
 For more than one TPU host (a pod slice), run `python -m kd_jax.main ...
 --config.multihost=True` on every host instead: see the README."""),

@@ -7,7 +7,8 @@ processes then resume and end with the parameters of an uninterrupted run.
 The processes run `python -m kd_jax.main` on a config file written here; the config file
 itself installs the signal hook in the process whose environment asks for it
 (KD_TEST_SIGNAL=train:N | eval:N | save:N, given to process 1 only):
-  train:N  SIGTERM when the batch after step N is taken (the prefetch thread runs ahead);
+  train:N  SIGTERM when the batch (host path) or the draws (on-device path, the default
+           here) after step N are taken (the prefetch thread runs ahead);
   eval:N   SIGTERM at the first batch of the N-th evaluation;
   save:N   SIGTERM as soon as the save of step N has started.
 Reference: one process with 2 CPU devices, uninterrupted (same global batch and mesh), so
@@ -57,11 +58,18 @@ CONFIG = textwrap.dedent("""
         def get_dataset(*args, **kwargs):
             ds = real_get_dataset(*args, **kwargs)
             real_train, real_eval = ds.train_batches, ds.eval_batches
-            def train_batches(epoch, batch_size, seed, start_step=0):
-                for i, batch in enumerate(real_train(epoch, batch_size, seed, start_step)):
-                    if kind == "train" and (epoch - 1) * {spe} + start_step + i == n:
-                        term()
-                    yield batch
+            real_draws = getattr(ds, "train_draws", None)
+            def hooked(real):
+                # train_batches (host path) and train_draws (on-device path) alike.
+                def train(epoch, batch_size, seed, start_step=0):
+                    for i, item in enumerate(real(epoch, batch_size, seed, start_step)):
+                        if kind == "train" and (epoch - 1) * {spe} + start_step + i == n:
+                            term()
+                        yield item
+                return train
+            train_batches = hooked(real_train)
+            if real_draws is not None:
+                ds.train_draws = hooked(real_draws)
             def eval_batches(batch_size):
                 evals[0] += 1
                 for i, batch in enumerate(real_eval(batch_size)):
