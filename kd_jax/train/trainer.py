@@ -567,54 +567,43 @@ def _run_actions(run: _Run, due: _Due) -> None:
 # --- epochs ----------------------------------------------------------------------------------
 
 def _train_epoch(run: _Run, stop: stops.StopSignal) -> bool:
-    """Runs the steps of run.epoch from run.step on; True when the run should stop."""
-    if run.device_train is not None:
-        return _train_epoch_on_device(run, stop)
-    c = run.config
-    epoch = run.step // run.steps_per_epoch + 1
-    lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
-    epoch_arr = np.int32(epoch)
-    batches = data.prefetch_to_mesh(
-        run.ds.train_batches(epoch, run.batch_size, c.seed,
-                             start_step=run.step % run.steps_per_epoch), run.batch_sharding)
-    try:
-        for batch in batches:
-            run.state, metrics = run.built.train_step(run.state, run.built.teacher_state,
-                                                      batch, lr, epoch_arr)
-            run.step += 1
-            run.pending.append(metrics)
-            run.clock.after_step(metrics, run.batch_size, run.step)
-            due = _actions_due(run, stops.requested(stop, _sync_point(run)))
-            _run_actions(run, due)
-            if due.stop:
-                return True
-    finally:
-        batches.close()   # stops the prefetch thread, also when a step raised
-    return False
+    """Runs the steps of run.epoch from run.step on; True when the run should stop.
 
-
-def _train_epoch_on_device(run: _Run, stop: stops.StopSignal) -> bool:
-    """The epoch on the on-device path: the host sends each dispatch's draws (k, B, 4) (k =
-    steps_per_dispatch, fewer at the epoch's end or total_steps), one call runs k steps; the
-    periodic actions and the stop signal are checked between calls."""
+    Each call runs k steps: on the host path one augmented batch per call (k = 1); on the
+    on-device path (kd_jax.data.on_device) the host sends each call's draws (k, B, 4) (k =
+    steps_per_dispatch, fewer at the epoch's end or total_steps). The periodic actions and
+    the stop signal are checked between calls.
+    """
     c = run.config
     epoch = run.step // run.steps_per_epoch + 1
     lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
     epoch_arr = np.int32(epoch)
     first = run.step % run.steps_per_epoch
-    last = min(run.steps_per_epoch, run.total_steps - (epoch - 1) * run.steps_per_epoch)
-    draws = data.prefetch_to_mesh(
-        on_device.dispatches(run.ds, epoch, run.batch_size, c.seed, first, last,
-                             run.steps_per_dispatch), on_device.draws_sharding(run.built.mesh))
+    b = run.built
+    if run.device_train is None:
+        inputs = data.prefetch_to_mesh(
+            run.ds.train_batches(epoch, run.batch_size, c.seed, start_step=first),
+            run.batch_sharding)
+
+        def call(batch):
+            return b.train_step(run.state, b.teacher_state, batch, lr, epoch_arr)
+    else:
+        last = min(run.steps_per_epoch, run.total_steps - (epoch - 1) * run.steps_per_epoch)
+        inputs = data.prefetch_to_mesh(
+            on_device.dispatches(run.ds, epoch, run.batch_size, c.seed, first, last,
+                                 run.steps_per_dispatch), on_device.draws_sharding(b.mesh))
+
+        def call(draws):
+            return b.multi_train_step(run.state, b.teacher_state, run.device_train, draws, lr,
+                                      epoch_arr)
     try:
-        for step_draws in draws:
-            k = step_draws.shape[0]
+        for item in inputs:
+            k = 1 if run.device_train is None else item.shape[0]
             compiles = run.clock.compiled and k not in run.compiled_k
-            if compiles:   # a new dispatch length: keep its compilation out of training time
+            if compiles:   # a new call length: keep its compilation out of training time
                 jax.block_until_ready(run.pending)
                 run.clock.pause()
-            run.state, metrics = run.built.multi_train_step(
-                run.state, run.built.teacher_state, run.device_train, step_draws, lr, epoch_arr)
+            run.state, metrics = call(item)
             run.compiled_k.add(k)
             run.step += k
             run.pending.append(metrics)
@@ -624,7 +613,7 @@ def _train_epoch_on_device(run: _Run, stop: stops.StopSignal) -> bool:
             if due.stop:
                 return True
     finally:
-        draws.close()   # stops the prefetch thread, also when a step raised
+        inputs.close()   # stops the prefetch thread, also when a step raised
     return False
 
 
