@@ -42,6 +42,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_md  # noqa: E402  (benchmarks/results_md.py)
 from kd_jax import machine, models  # noqa: E402
 from kd_jax.models import families, layers  # noqa: E402
 from kd_jax.models.shapes import ConvShape as Shape, conv_shapes  # noqa: E402
@@ -169,13 +170,7 @@ def write_results(path: str, info: dict, text: str, command: str, load: tuple) -
         text,
         "",
         f"<!-- /results:{key} -->"])
-    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    pattern = re.compile(rf"<!-- results:{re.escape(key)} -->.*?<!-- /results:{re.escape(key)} -->",
-                         re.S)
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) else \
-        old.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as fh:
-        fh.write(new)
+    results_md.write_section(path, key, section)
 
 
 def time_steps(pair: str, method: str, batch: int, dtype: str, repeats: int,

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import io
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -52,6 +51,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kd_jax.train.testing  # noqa: E402,F401  registers tiny_cnn
+import results_md  # noqa: E402  (benchmarks/results_md.py)
 from kd_jax import data  # noqa: E402
 from kd_jax.data import on_device  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
@@ -262,13 +262,7 @@ def write_results(path: str, info: dict, rows: list, args, command: str,
           "per step): " + ", ".join(f"{n} {v:.2f}" for n, v in calls.items()) + "\n"
           for what, calls in interleaved],
         f"<!-- /results:{key} -->"])
-    text = open(path).read()
-    pattern = re.compile(rf"<!-- results:{re.escape(key)} -->.*?<!-- /results:{re.escape(key)} -->",
-                         re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as fh:
-        fh.write(text)
+    results_md.write_section(path, key, section)
 
 
 def main(argv=None) -> None:

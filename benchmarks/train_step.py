@@ -53,6 +53,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_md  # noqa: E402  (benchmarks/results_md.py)
 from kd_jax import data, methods, recipes  # noqa: E402
 from kd_jax import machine as machine_lib  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
@@ -341,13 +342,7 @@ def write_results(path: str, info: dict, rows: list, floor: dict, scale: list,
     header = ("# Train-step benchmark results\n\nWritten by `benchmarks/train_step.py "
               "--write-results`, never by hand: one section per machine kind, replaced when "
               "the script runs again there.\n")
-    text = open(path).read() if os.path.exists(path) else header
-    pattern = re.compile(rf"<!-- results:{re.escape(key)} -->.*?<!-- /results:{re.escape(key)} -->",
-                         re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as fh:
-        fh.write(text)
+    results_md.write_section(path, key, section, header)
 
 
 def scaling_table(scale: list) -> list:
