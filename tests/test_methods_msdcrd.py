@@ -183,7 +183,7 @@ def test_trainer_objective_equals_the_reference(pair, embedding):
     s_shape = (2, 2, 6) if windows == W12 else S_SHAPE
     student, teacher, labels, extra = _outputs(len(pair), s_shape=s_shape)
     extra_arg = extra if projection else None
-    trained = value_and_grads(plan.compute_loss)
+    trained = value_and_grads(plan.spec.build(plan.hparams))
     library = value_and_grads(lambda s, t, y, _, x: reference(s, t, y, x, windows, projection))
     for epoch in (1, 10, 30):
         e = np.int32(epoch)
@@ -221,8 +221,8 @@ def test_chunked_loss_equals_unchunked(embedding):
     results = []
     for chunk in (0, 7):
         plan = compute_loss_of(msdcrd_config(embedding=embedding, chunk_size=chunk))
-        results.append(value_and_grads(plan.compute_loss)(student, teacher, labels, extra,
-                                                           np.int32(1)))
+        loss = plan.spec.build(plan.hparams)
+        results.append(value_and_grads(loss)(student, teacher, labels, extra, np.int32(1)))
     (v0, t0, g0), (v1, t1, g1) = results
     np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
     _assert_trees_close(t1, t0, rtol=1e-6)
@@ -232,7 +232,7 @@ def test_chunked_loss_equals_unchunked(embedding):
     square = {(64, 64), (36, 36)}
     for chunk, expect in ((7, set()), (0, square)):
         plan = compute_loss_of(msdcrd_config(embedding=embedding, chunk_size=chunk))
-        jaxpr = jax.make_jaxpr(value_and_grads(plan.compute_loss))(
+        jaxpr = jax.make_jaxpr(value_and_grads(plan.spec.build(plan.hparams)))(
             student, teacher, labels, extra, np.int32(1))
         assert _shapes(jaxpr.jaxpr, set()) & square == expect, chunk
 
@@ -254,8 +254,8 @@ def test_kd_option_and_no_categorisation():
     """kd_weight 1 adds KD at T=4; complementary_weight 1 is the unweighted mean."""
     student, teacher, labels, extra = _outputs(4)
     plan = compute_loss_of(msdcrd_config(kd_weight=1.0))
-    got, got_terms, _ = value_and_grads(plan.compute_loss)(student, teacher, labels, None,
-                                                           np.int32(1))
+    loss = plan.spec.build(plan.hparams)
+    got, got_terms, _ = value_and_grads(loss)(student, teacher, labels, None, np.int32(1))
     want, want_terms, _ = value_and_grads(
         lambda s, t, y, _, x: reference(s, t, y, x, W124, False, kd_weight=1.0))(
             student, teacher, labels, None, np.int32(1))
@@ -265,8 +265,8 @@ def test_kd_option_and_no_categorisation():
                                           np.float64(teacher.logits), 4.0)))
     np.testing.assert_allclose(float(got_terms["kd"]), kd, rtol=1e-5)
     plan = compute_loss_of(msdcrd_config(complementary_weight=1.0))
-    _, terms, _ = value_and_grads(plan.compute_loss)(student, teacher, labels, None,
-                                                     np.int32(1))
+    loss = plan.spec.build(plan.hparams)
+    _, terms, _ = value_and_grads(loss)(student, teacher, labels, None, np.int32(1))
     f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
     expected = np_ref.np_msdcrd(
         f64(student.features["pre_pool"]), f64(teacher.features["pre_pool"]),

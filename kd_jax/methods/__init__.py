@@ -1,17 +1,17 @@
 """Distillation methods, one self-contained module each, found by name in a registry.
 
 A method (`MethodSpec`) knows its name, whether it needs a teacher, its reference
-hyperparameters per dataset and pair, how to build its pure `compute_loss` from them, and
-any trainable parameters of its own. The trainer, config validation, the config builder and
-the summaries read only this registry, so adding a method is one new module here (plus its
-config file and tests):
+hyperparameters per dataset and pair (read from kd_jax.reference.table, a layer below), how
+to check them, how to build its pure `compute_loss` from them, and any trainable parameters
+of its own. The trainer, config validation, the config builder and the summaries read only
+this registry, so adding a method is one new module here (plus its config file and tests):
 
     kd_jax.methods.names()       # ['ce', 'kd', 'dkd', 'nkd', 'sdd', 'clkd', 'msdcrd']
     spec = kd_jax.methods.get("sdd")
 """
 
 from kd_jax.methods.base import (HeadShapes, LossFn, MethodSpec, ModelOutput, Recipe, Terms,
-                                 label_of)
+                                 Variants, label_of)
 from kd_jax.methods.registry import get, method_keys, names, register
 
 # Importing a method module registers it (the order is the order of names()).
@@ -23,5 +23,5 @@ from kd_jax.methods import sdd  # noqa: F401,E402
 from kd_jax.methods import clkd  # noqa: F401,E402
 from kd_jax.methods import msdcrd  # noqa: F401,E402
 
-__all__ = ["HeadShapes", "LossFn", "MethodSpec", "ModelOutput", "Recipe", "Terms", "get",
-           "label_of", "method_keys", "names", "register"]
+__all__ = ["HeadShapes", "LossFn", "MethodSpec", "ModelOutput", "Recipe", "Terms", "Variants",
+           "get", "label_of", "method_keys", "names", "register"]

@@ -2,7 +2,8 @@
 
     spec = kd_jax.methods.get("dkd")
     hp = spec.hparams(Recipe("cifar100", "resnet32x4", "resnet8x4"))   # the reference values
-    compute_loss = spec.build(hp)                                         # validated, pure
+    spec.check(hp)                        # ValueError naming method.<key> on a bad value
+    compute_loss = spec.build(hp)         # checks, then the pure loss
     loss, terms = compute_loss(student_out, teacher_out, labels, epoch, extra)
 
 `student_out` / `teacher_out` are `ModelOutput` records; the teacher's are constants
@@ -40,6 +41,20 @@ class Recipe(NamedTuple):
     variant: str = ""     # a method's variant, e.g. SDD's base loss 'kd' | 'dkd' | 'nkd'
 
 
+class Variants(NamedTuple):
+    """The flavours of a method whose recipe depends on one choice (SDD's base loss).
+
+    The hyperparameter `param` holds the chosen one of `choices` (SDD: method.base); `default`
+    is used when a config argument names none; `key_format` gives the method key of a choice
+    ('sd_{}' -> 'sd_kd').
+    """
+
+    param: str
+    choices: tuple[str, ...]
+    default: str
+    key_format: str
+
+
 class HeadShapes(NamedTuple):
     """Kernel shapes (C, K) of the final linear layers, for methods with extra parameters."""
 
@@ -52,15 +67,14 @@ class MethodSpec:
     """One distillation method.
 
     name: the config's method.name. needs_teacher: whether the step runs a teacher for it.
-    hparams: Recipe -> the reference hyperparameters (every value the loss uses).
-    build: hyperparameters -> compute_loss; raises ValueError naming `method.<key>` on a bad,
-      missing or unexpected value.
-    variants: the values Recipe.variant may take (none: the method has no variants); the
-      hyperparameter `variant_param` holds the chosen one (SDD: method.base), and
-      `default_variant` is used when a config argument names none.
-    key_format: the method key of a variant ('sd_{}' -> 'sd_kd'); the key of a method without
-      variants is its name. Keys name runs and published columns; the label is the key in
-      capitals with '-' for '_' ('SD-DKD').
+    hparams: Recipe -> the reference hyperparameters (every value the loss uses); pure data,
+      nothing is traced.
+    check: hyperparameters -> None; raises ValueError naming `method.<key>` on a bad, missing
+      or unexpected value. Config validation calls it; it builds nothing.
+    build: hyperparameters -> compute_loss; calls `check` first.
+    variants: the method's flavours (None: it has none; SDD: its bases). The method key of a
+      method without variants is its name, else the chosen variant's key. Keys name runs and
+      published columns; the label is the key in capitals with '-' for '_' ('SD-DKD').
     init_extra: (rng, HeadShapes, hyperparameters) -> trainable parameters of the method's
       own (None: the method has none). They are optimised with the student, checkpointed,
       and not exported.
@@ -73,19 +87,22 @@ class MethodSpec:
     name: str
     needs_teacher: bool
     hparams: Callable[[Recipe], dict]
+    check: Callable[[Mapping[str, Any]], None]
     build: Callable[[Mapping[str, Any]], LossFn]
-    variants: tuple[str, ...] = ()
-    variant_param: str = ""
-    default_variant: str = ""
-    key_format: str = ""
+    variants: Optional[Variants] = None
     init_extra: Optional[Callable[[jax.Array, HeadShapes, Mapping[str, Any]], Any]] = None
     check_models: Optional[Callable[[Mapping[str, Any], str, str, int], None]] = None
 
+    @property
+    def variant_choices(self) -> tuple[str, ...]:
+        """The values Recipe.variant may take; () for a method without variants."""
+        return self.variants.choices if self.variants else ()
+
     def variant_key(self, variant: str) -> str:
-        return self.key_format.format(variant) if self.variants else self.name
+        return self.variants.key_format.format(variant) if self.variants else self.name
 
     def method_key(self, hp: Mapping[str, Any]) -> str:
-        return self.variant_key(hp[self.variant_param]) if self.variants else self.name
+        return self.variant_key(hp[self.variants.param]) if self.variants else self.name
 
     def label(self, hp: Mapping[str, Any]) -> str:
         return label_of(self.method_key(hp))

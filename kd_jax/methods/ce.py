@@ -12,8 +12,12 @@ def hparams(recipe: Recipe) -> dict:
     return {}
 
 
-def build(hp):
+def check(hp):
     check_keys("ce", hp, ())
+
+
+def build(hp):
+    check(hp)
 
     def compute_loss(student, teacher, labels, epoch, extra):
         loss = ce_loss(student.logits, labels)
@@ -22,4 +26,5 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="ce", needs_teacher=False, hparams=hparams, build=build))
+SPEC = register(MethodSpec(name="ce", needs_teacher=False, hparams=hparams, check=check,
+                           build=build))

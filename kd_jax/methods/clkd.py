@@ -21,12 +21,16 @@ def hparams(recipe: Recipe) -> dict:
                 correlation_weight=0.4, correlation="batch", reduction="mean")
 
 
-def build(hp):
+def check(hp):
     check_keys("clkd", hp, KEYS)
     for key in ("ce_weight", "instance_weight", "class_weight_beta", "correlation_weight"):
         check_number(hp, key)
     check_choice(hp, "correlation", ("batch", "class"))
     check_choice(hp, "reduction", ("mean", "sum_per_row"))
+
+
+def build(hp):
+    check(hp)
 
     def compute_loss(student, teacher, labels, epoch, extra):
         return objectives.clkd_objective(
@@ -38,4 +42,5 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="clkd", needs_teacher=True, hparams=hparams, build=build))
+SPEC = register(MethodSpec(name="clkd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build))

@@ -17,7 +17,7 @@ from kd_jax.losses import objectives
 from kd_jax.methods.base import (MethodSpec, Recipe, check_choice, check_int, check_keys,
                                  check_number)
 from kd_jax.methods.registry import register
-from kd_jax.recipes import table
+from kd_jax.reference import table
 
 KEYS = ("alpha", "beta", "temperature", "ce_weight", "warmup_epochs", "stable")
 
@@ -29,13 +29,17 @@ def hparams(recipe: Recipe) -> dict:
                 warmup_epochs=1 if imagenet else 20, stable=False)
 
 
-def build(hp):
+def check(hp):
     check_keys("dkd", hp, KEYS)
     for key in ("alpha", "beta", "ce_weight"):
         check_number(hp, key)
     check_number(hp, "temperature", strict=True)
     check_int(hp, "warmup_epochs")
     check_choice(hp, "stable", (False, True))
+
+
+def build(hp):
+    check(hp)
 
     def compute_loss(student, teacher, labels, epoch, extra):
         return objectives.dkd_objective(
@@ -46,4 +50,5 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="dkd", needs_teacher=True, hparams=hparams, build=build))
+SPEC = register(MethodSpec(name="dkd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build))

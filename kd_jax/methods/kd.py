@@ -8,7 +8,7 @@ own global logits: NOT the SD loss on SPP's region 0, which on a 7x7 map (cub Mo
 a weighted mean of the map through the 4x4 adaptive grid, not the global average.
 tests/test_recipes.py::test_cub_baselines_are_global_logit_losses pins this. The optimizer
 differs by dataset: CUB runs clip the gradient at 40 (SDD's trainer), CIFAR-100 and ImageNet
-KD runs do not (mdistiller's; kd_jax.recipes.table.clip_grad_norm).
+KD runs do not (mdistiller's; kd_jax.reference.table.clip_grad_norm).
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def hparams(recipe: Recipe) -> dict:
     return dict(temperature=4.0, ce_weight=0.1, kd_weight=0.9)
 
 
-def build(hp):
+def check(hp):
     check_keys("kd", hp, KEYS)
     check_number(hp, "temperature", strict=True)
     check_number(hp, "ce_weight")
     check_number(hp, "kd_weight")
+
+
+def build(hp):
+    check(hp)
 
     def compute_loss(student, teacher, labels, epoch, extra):
         return objectives.kd_objective(student.logits, teacher.logits, labels,
@@ -41,4 +45,5 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="kd", needs_teacher=True, hparams=hparams, build=build))
+SPEC = register(MethodSpec(name="kd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build))

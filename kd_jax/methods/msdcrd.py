@@ -19,11 +19,13 @@ projection_dim (PyTorch nn.Linear default init), kept in the train state beside 
 checkpointed, and not exported. In both modes the teacher's own classifier decides which
 local samples are complementary.
 
-`windows` defaults to (1, 2, 4) clipped to the common (smaller) pre-pool map of the pair
-on the dataset's input size, resolved when the config is built (resnet32x4 8x8 with
-ShuffleV1 4x4: (1, 2, 4); any pair with MobileNetV2, 2x2: (1, 2)). chunk_size > 0 streams
-the sample-wise S x S similarity in chunks (0: build it whole); both give the same loss.
-The solver is KD's: the pair's lr from kd_jax.recipes.table, CIFAR-100 pairs only.
+`windows` is (1, 2, 4) clipped to the common (smaller) pre-pool map of the pair on 32x32
+inputs: (1, 2, 4) for every CIFAR pair (8x8 and 4x4 maps, e.g. resnet32x4 8x8 with ShuffleV1
+4x4) but those with MobileNetV2 (2x2): (1, 2). The recipe states it as data (`WINDOWS`,
+`SMALL_MAP_WINDOWS`); `check_models` checks the windows against the traced models when the
+config is validated. chunk_size > 0 streams the sample-wise S x S similarity in chunks (0:
+build it whole); both give the same loss. The solver is KD's: the pair's lr from
+kd_jax.reference.table, CIFAR-100 pairs only.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ import jax
 
 from kd_jax import losses, models
 from kd_jax.data import catalog
-from kd_jax.losses.msdcrd import DEFAULT_WINDOWS
 from kd_jax.methods.base import (HeadShapes, MethodSpec, Recipe, check_choice, check_int,
                                  check_keys, check_number)
 from kd_jax.methods.registry import register
 from kd_jax.models import layers
-from kd_jax.recipes import table
+from kd_jax.reference import table
 
 EMBEDDINGS = ("logits", "projection")
 KEYS = ("windows", "tau", "complementary_weight", "ce_weight", "contrastive_weight",
@@ -48,12 +49,10 @@ KEYS = ("windows", "tau", "complementary_weight", "ce_weight", "contrastive_weig
 DATASETS = (catalog.CIFAR100,)
 
 
-def default_windows(dataset: str, teacher_arch: str, student_arch: str) -> tuple[int, ...]:
-    """(1, 2, 4) without the sizes above the common pre-pool map of the two models."""
-    facts = catalog.facts(dataset)
-    limit = min(min(models.pre_pool_shape(arch, facts.num_classes, facts.image_size)[:2])
-                for arch in (teacher_arch, student_arch))
-    return tuple(w for w in DEFAULT_WINDOWS if w <= limit)
+WINDOWS = (1, 2, 4)
+# The CIFAR students whose pre-pool map on 32x32 inputs is smaller than 4x4 (MobileNetV2: 2x2;
+# every teacher's and the other students' maps are 8x8 or 4x4), and the windows that fit it.
+SMALL_MAP_WINDOWS = {"MobileNetV2": (1, 2)}
 
 
 def hparams(recipe: Recipe) -> dict:
@@ -61,9 +60,7 @@ def hparams(recipe: Recipe) -> dict:
         raise ValueError(f"MSDCRD has a recipe on {', '.join(DATASETS)} only, not "
                          f"{recipe.dataset}")
     table.pair(recipe.dataset, recipe.teacher, recipe.student)  # a pair of the table
-    family = catalog.facts(recipe.dataset).model_family
-    windows = default_windows(recipe.dataset, models.arch_name(recipe.teacher, family),
-                              models.arch_name(recipe.student, family))
+    windows = SMALL_MAP_WINDOWS.get(recipe.student, WINDOWS)
     return dict(windows=windows, tau=0.07, complementary_weight=2.0, ce_weight=1.0,
                 contrastive_weight=0.8, kd_weight=0.0, temperature=4.0, embedding="logits",
                 projection_dim=128, chunk_size=0)
@@ -107,9 +104,9 @@ def check_models(hp: Mapping[str, Any], student_arch: str, teacher_arch: str,
     _check_windows_fit(windows, student_hw, teacher_hw)
 
 
-def build(hp: Mapping[str, Any]):
+def check(hp: Mapping[str, Any]) -> None:
     check_keys("msdcrd", hp, KEYS)
-    windows = parse_windows(hp["windows"])
+    parse_windows(hp["windows"])
     check_number(hp, "tau", strict=True)
     check_number(hp, "temperature", strict=True)
     for key in ("complementary_weight", "ce_weight", "contrastive_weight", "kd_weight"):
@@ -117,6 +114,11 @@ def build(hp: Mapping[str, Any]):
     check_choice(hp, "embedding", EMBEDDINGS)
     check_int(hp, "projection_dim", low=1)
     check_int(hp, "chunk_size", low=0)
+
+
+def build(hp: Mapping[str, Any]):
+    check(hp)
+    windows = parse_windows(hp["windows"])
     projection = hp["embedding"] == "projection"
     kwargs = dict(windows=windows, tau=hp["tau"],
                   complementary_weight=hp["complementary_weight"],
@@ -164,5 +166,5 @@ def init_extra(rng: jax.Array, shapes: HeadShapes, hp: Mapping[str, Any]):
             "teacher": init_projection_head(k_teacher, shapes.teacher[0], dim)}
 
 
-SPEC = register(MethodSpec(name="msdcrd", needs_teacher=True, hparams=hparams, build=build,
-                           init_extra=init_extra, check_models=check_models))
+SPEC = register(MethodSpec(name="msdcrd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build, init_extra=init_extra, check_models=check_models))

@@ -14,7 +14,7 @@ from kd_jax.data import catalog
 from kd_jax.losses import objectives
 from kd_jax.methods.base import MethodSpec, Recipe, check_int, check_keys, check_number
 from kd_jax.methods.registry import register
-from kd_jax.recipes import table
+from kd_jax.reference import table
 
 KEYS = ("gamma", "temperature", "ce_weight", "warmup_epochs")
 
@@ -27,12 +27,16 @@ def hparams(recipe: Recipe) -> dict:
     return dict(gamma=beta, temperature=4.0, ce_weight=1.0, warmup_epochs=20)
 
 
-def build(hp):
+def check(hp):
     check_keys("nkd", hp, KEYS)
     check_number(hp, "gamma")
     check_number(hp, "ce_weight")
     check_number(hp, "temperature", strict=True)
     check_int(hp, "warmup_epochs")
+
+
+def build(hp):
+    check(hp)
 
     def compute_loss(student, teacher, labels, epoch, extra):
         return objectives.nkd_objective(
@@ -43,4 +47,5 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="nkd", needs_teacher=True, hparams=hparams, build=build))
+SPEC = register(MethodSpec(name="nkd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build))

@@ -28,10 +28,10 @@ def get(name: str) -> MethodSpec:
 def method_keys() -> dict[str, tuple[str, str]]:
     """Every method key ('kd', 'sd_dkd', ...) -> (method name, variant).
 
-    A key is the method's name, or its key_format filled with a variant (SDD: 'sd_kd').
+    A key is the method's name, or the key of one of its variants (SDD: 'sd_kd').
     """
     keys = {}
     for spec in _SPECS.values():
-        for variant in spec.variants or ("",):
+        for variant in spec.variant_choices or ("",):
             keys[spec.variant_key(variant)] = (spec.name, variant)
     return keys

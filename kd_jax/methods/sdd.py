@@ -15,7 +15,7 @@ Reference values (SDD, shicaiwei123/SDD-CVPR2024):
   warmup from `train_origin.py --warmup` (20); ImageNet `train.py` sets warmup 1, T 1.
 - SD-NKD, `mdistiller/distillers/SDD_nkd.py`: gamma = DKD.BETA, T = DKD.T, CE 1, warmup
   DKD.WARMUP (20; ImageNet 1).
-- The scale set of each pair and base from the launch scripts (kd_jax.recipes.table);
+- The scale set of each pair and base from the launch scripts (kd_jax.reference.table);
   resnet32x4-resnet8x4 SD-DKD's [1,2] is inferred (starred there: no SDD_DKD launch line
   for that pair, and no SD-DKD number published), and ImageNet ResNet34-ResNet18 SD-DKD
   assumes batch 512 (the released sdd_dkd.yaml's BATCH_SIZE 4 is a debug leftover).
@@ -28,10 +28,10 @@ from __future__ import annotations
 from kd_jax import losses
 from kd_jax.data import catalog
 from kd_jax.losses import objectives
-from kd_jax.methods.base import (MethodSpec, Recipe, check_choice, check_int, check_keys,
-                                 check_number)
+from kd_jax.methods.base import (MethodSpec, Recipe, Variants, check_choice, check_int,
+                                 check_keys, check_number)
 from kd_jax.methods.registry import register
-from kd_jax.recipes import table
+from kd_jax.reference import table
 
 BASES = ("kd", "dkd", "nkd")
 _COMMON = ("base", "scales", "complementary_weight", "temperature", "ce_weight", "kd_weight",
@@ -57,7 +57,7 @@ def hparams(recipe: Recipe) -> dict:
     return {**hp, "gamma": pair.dkd_beta}
 
 
-def build(hp):
+def check(hp):
     if hp.get("base") not in BASES:
         raise ValueError(f"method.base={hp.get('base')!r}; allowed: {', '.join(BASES)}")
     base = hp["base"]
@@ -66,7 +66,7 @@ def build(hp):
                     "in the config argument (cifar_sdd.py:<pair>,<base>) rather than "
                     "by overriding method.base")
     try:
-        scales = losses.parse_scales(hp["scales"])
+        losses.parse_scales(hp["scales"])
     except ValueError as e:
         raise ValueError(f"method.scales: {e}") from None
     for key in ("complementary_weight", "ce_weight", "kd_weight") + {
@@ -75,11 +75,17 @@ def build(hp):
     check_number(hp, "temperature", strict=True)
     check_int(hp, "warmup_epochs")
     check_choice(hp, "zero_nonfinite", (True, False))
+    if base == "dkd":
+        check_choice(hp, "stable", (False, True))
+
+
+def build(hp):
+    check(hp)
+    base = hp["base"]
+    scales = losses.parse_scales(hp["scales"])
     base_kwargs = {"kd": {}, "nkd": {"gamma": hp.get("gamma")},
                    "dkd": {"alpha": hp.get("alpha"), "beta": hp.get("beta"),
                            "stable": hp.get("stable")}}[base]
-    if base == "dkd":
-        check_choice(hp, "stable", (False, True))
 
     def compute_loss(student, teacher, labels, epoch, extra):
         student_local = losses.local_logits(student.features["pre_pool"], *student.head, scales)
@@ -94,6 +100,6 @@ def build(hp):
     return compute_loss
 
 
-SPEC = register(MethodSpec(name="sdd", needs_teacher=True, hparams=hparams, build=build,
-                           variants=BASES, variant_param="base", default_variant="dkd",
-                           key_format="sd_{}"))
+SPEC = register(MethodSpec(name="sdd", needs_teacher=True, hparams=hparams, check=check,
+                           build=build, variants=Variants(param="base", choices=BASES,
+                                                          default="dkd", key_format="sd_{}")))

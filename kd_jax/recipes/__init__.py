@@ -1,14 +1,18 @@
-"""The reference recipes: the hyperparameter table, the published numbers, the config builder.
+"""The reference recipes as configs: (method, dataset, pair) -> a config holding every value.
 
-- `kd_jax.recipes.table`: per dataset the solver, per pair the lr, DKD beta and SDD scales.
-- `kd_jax.recipes.published`: the published top-1 that runs are compared with.
-- `kd_jax.recipes.builder`: (method, dataset, pair) -> a config holding every value.
+- `kd_jax.recipes.builder`: the config builder over the methods' reference hyperparameters.
+- `kd_jax.recipes.quickstart`: the quickstart's teacher and pipeline configs.
+- `python -m kd_jax.recipes`: the README's recipe tables.
+
+The data the recipes are made of (solver, per-pair lr, DKD beta, SDD scales, gradient clips,
+published top-1) lives a layer below the methods, in `kd_jax.reference`; `table` and
+`published` are re-exported here.
 """
 
-from kd_jax.recipes import published, table
 from kd_jax.recipes.builder import (base_config, build_config, build_lockstep_config,
                                     method_block, pairs, parse_pair, parse_students,
                                     reference_hparams, split_variant, student_entry)
+from kd_jax.reference import published, table
 
 __all__ = ["base_config", "build_config", "build_lockstep_config", "method_block", "pairs",
            "parse_pair", "parse_students", "published", "reference_hparams", "split_variant",

@@ -1,7 +1,7 @@
 """Prints the effective recipe values as markdown: `python -m kd_jax.recipes`.
 
 Four tables, read from what the config builder resolves (kd_jax.recipes.builder) and from
-kd_jax.recipes.published: the solver per dataset, the method values per dataset (the gradient
+kd_jax.reference.published: the solver per dataset, the method values per dataset (the gradient
 clip included), the per-pair values (student lr, DKD beta, SDD scale sets) and the published
 top-1 per pair. The README's recipe tables are this command's output.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from kd_jax import methods
 from kd_jax.data import catalog
-from kd_jax.recipes import builder, published, table
+from kd_jax.recipes import builder
+from kd_jax.reference import published, table
 
 DATASETS = (catalog.CIFAR100, catalog.CUB, catalog.IMAGENET)
 SHORT = {catalog.CIFAR100: "CIFAR-100", catalog.CUB: "CUB-200", catalog.IMAGENET: "ImageNet"}
@@ -84,7 +85,7 @@ def pair_table() -> str:
 
 
 def published_table() -> str:
-    """The published top-1 (%) per pair and method key (kd_jax.recipes.published)."""
+    """The published top-1 (%) per pair and method key (kd_jax.reference.published)."""
     columns = published.SDD_COLUMNS
     lines = ["| dataset | teacher -> student | "
              + " | ".join(methods.label_of(c) for c in columns) + " |",

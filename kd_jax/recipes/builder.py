@@ -2,7 +2,7 @@
 
 Every config file in kd_jax/configs/ is a thin `get_config(arg)` over `build_config`. The method
 block holds every hyperparameter its objective uses, resolved here from the method's
-reference recipe (kd_jax.methods.<name>.hparams over kd_jax.recipes.table), so the config a
+reference recipe (kd_jax.methods.<name>.hparams over kd_jax.reference.table), so the config a
 run prints and saves is the objective it trains; the trainer never falls back on a library
 default. Pairs are named "<teacher>-<student>" with the reference's model names,
 case-insensitively ("resnet32x4-ShuffleV1"; ImageNet "ResNet34-ResNet18", CUB
@@ -15,9 +15,10 @@ from typing import Optional
 
 import ml_collections
 
-from kd_jax import methods, models
+from kd_jax import methods, models, teachers
 from kd_jax.data import catalog
-from kd_jax.recipes import table
+from kd_jax.reference import table
+from kd_jax.teachers import catalog as teachers_catalog
 
 
 def _optional_str(value: Optional[str] = None):
@@ -60,7 +61,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         milestones=solver.milestones,
         decay_rate=solver.decay_rate,
         # torch clip_grad_norm_ of the raw loss gradient (all trainable parameters), before
-        # weight decay and momentum; 0 = off. Resolved per method (recipes.table).
+        # weight decay and momentum; 0 = off. Resolved per method (reference.table).
         clip_grad_norm=0.0,
     ))
     c.batch_size = solver.batch_size   # global, over all devices and hosts.
@@ -89,18 +90,18 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
 
 def _published_teacher(c: ml_collections.ConfigDict, dataset: str) -> None:
     """teacher.checkpoint='published' where kd_jax.teachers fetches the pair's teacher."""
-    from kd_jax.teachers import PUBLISHED, catalog
-    if c.teacher.arch in catalog.TEACHERS and catalog.TEACHERS[c.teacher.arch].dataset == dataset:
-        c.teacher.checkpoint = PUBLISHED
+    found = teachers_catalog.TEACHERS.get(c.teacher.arch)
+    if found is not None and found.dataset == dataset:
+        c.teacher.checkpoint = teachers.PUBLISHED
 
 
 def reference_hparams(method: str, dataset: str, teacher: str, student: str,
                       variant: str = "") -> dict:
     """The reference hyperparameters of `method` for (teacher, student) on `dataset`."""
     spec = methods.get(method)
-    if spec.variants and variant not in spec.variants:
-        raise ValueError(f"{method} needs one of the variants {', '.join(spec.variants)}, "
-                         f"got {variant!r}")
+    if spec.variants and variant not in spec.variant_choices:
+        raise ValueError(f"{method} needs one of the variants "
+                         f"{', '.join(spec.variant_choices)}, got {variant!r}")
     if not spec.variants and variant:
         raise ValueError(f"{method} has no variants, got {variant!r}")
     return spec.hparams(methods.Recipe(dataset, teacher, student, variant))
@@ -123,22 +124,13 @@ def pairs(dataset: str, method: str = "kd", variant: str = "") -> list[tuple[str
 
 
 def parse_pair(dataset: str, arg: str, method: str = "kd", variant: str = "") -> tuple[str, str]:
-    """'resnet32x4-ShuffleV1' -> ('resnet32x4', 'ShuffleV1'), matched case-insensitively.
-
-    Only the named pair's recipe is resolved (a method's recipe may cost something to
-    resolve, e.g. MSDCRD's model shapes); the list of known pairs only for the error."""
-    found = {f"{t}-{s}".lower(): (t, s) for t, s in table.pairs(dataset)}.get(arg.lower())
-    if found is not None:
-        try:
-            reference_hparams(method, dataset, *found, variant)
-            return found
-        except ValueError:
-            pass
-    known = {f"{t}-{s}".lower(): (t, s) for t, s in pairs(dataset, method, variant)}
+    """'resnet32x4-ShuffleV1' -> ('resnet32x4', 'ShuffleV1'), matched case-insensitively."""
+    found = pairs(dataset, method, variant)
+    known = {f"{t}-{s}".lower(): (t, s) for t, s in found}
     if arg.lower() not in known:
         what = methods.label_of(methods.get(method).variant_key(variant))
         raise ValueError(f"unknown {dataset} pair {arg!r} for {what}; known pairs: "
-                         + ", ".join(f"{t}-{s}" for t, s in pairs(dataset, method, variant)))
+                         + ", ".join(f"{t}-{s}" for t, s in found))
     return known[arg.lower()]
 
 
@@ -147,11 +139,11 @@ def split_variant(method: str, arg: str) -> tuple[str, str]:
     spec = methods.get(method)
     if "," in arg:
         arg, variant = (part.strip() for part in arg.split(",", 1))
-        if variant not in spec.variants:
+        if variant not in spec.variant_choices:
             raise ValueError(f"{arg!r},{variant!r}: {method} variants are "
-                             + (", ".join(spec.variants) if spec.variants else "none"))
+                             + (", ".join(spec.variant_choices) or "none"))
         return arg, variant
-    return arg, spec.default_variant
+    return arg, spec.variants.default if spec.variants else ""
 
 
 def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair: str

@@ -33,7 +33,7 @@ def fetch_command(name: str, directory: str | None = None) -> str:
 
 def published_path(arch: str, directory: str | None = None) -> str:
     """The installed teacher `arch`; FileNotFoundError naming the fetch command if absent."""
-    from kd_jax.teachers import catalog  # the catalog reads the published accuracies
+    from kd_jax.teachers import catalog  # here, not above: it imports kd_jax.data (jax)
 
     if arch not in catalog.TEACHERS:
         raise FileNotFoundError(

@@ -10,7 +10,7 @@ Sources (each URL is the one the reference code bases point their users at):
   * ImageNet: the torchvision weights mdistiller/models/imagenet/resnet.py loads
     (`model_urls`), plain state_dicts whose file names carry the first hex digits of their
     sha256 (torch.hub's convention), which the download checks.
-Published top-1 (%): kd_jax.recipes.published (the teachers' rows of the DKD/SDD tables).
+Published top-1 (%): kd_jax.reference.published (the teachers' rows of the DKD/SDD tables).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 from typing import Optional
 
 from kd_jax.data import catalog as data_catalog
-from kd_jax.recipes import published
+from kd_jax.reference import published
 
 MDISTILLER_CIFAR_TEACHERS_URL = (
     "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/"

@@ -1,11 +1,14 @@
 """Checks a config before anything is built, and returns the plan of the run it describes.
 
-Every error names the config key and the allowed values. `validate` builds each student's
-loss (kd_jax.methods) once; the trainer uses the returned `RunPlan`, so nothing is built
-twice and a bad hyperparameter fails before any data is read or anything compiles.
+Every error names the config key and the allowed values. `validate` checks each student's
+method block (`MethodSpec.check`, and `check_models` against the pair's models) without
+building anything, so a bad hyperparameter fails before any data is read or anything
+compiles; the trainer builds each loss from the returned `RunPlan`
+(`plan.spec.build(plan.hparams)`).
 
 A config trains one student (`config.method`), or several in lockstep (`config.students`:
-name -> {method: {...}, init_seed_offset}); see kd_jax.recipes.lockstep.
+name -> {method: {...}, init_seed_offset, clip_grad_norm}), as
+kd_jax.recipes.build_lockstep_config writes them (kd_jax/configs/cifar_lockstep.py).
 """
 
 from __future__ import annotations
@@ -34,12 +37,11 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StudentPlan:
-    """One student of a run: its method, resolved and built."""
+    """One student of a run: its method and checked hyperparameters."""
 
     name: str                      # SOLO, or the lockstep entry name
     spec: methods.MethodSpec
     hparams: Mapping[str, Any]     # the config's method block without "name"
-    compute_loss: methods.LossFn
     init_seed: int                 # nnx.Rngs seed of the student's initialisation
     subdir: str                    # its outputs: <workdir>/<subdir> ("" for a solo run)
     clip_grad_norm: float = 0.0    # torch clip_grad_norm_'s max_norm on its gradient; 0: off
@@ -156,10 +158,10 @@ def _student(name: str, method_config, init_seed: int, subdir: str, where: str,
     method_name = block.pop("name", None)
     try:
         spec = methods.get(method_name)
-        compute_loss = spec.build(block)
+        spec.check(block)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}" if where != "method" else str(e)) from None
-    return StudentPlan(name, spec, block, compute_loss, init_seed, subdir, clip_grad_norm)
+    return StudentPlan(name, spec, block, init_seed, subdir, clip_grad_norm)
 
 
 def _students(config) -> tuple[StudentPlan, ...]:

@@ -321,7 +321,7 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     txs = {p.name: make_optimizer(config.optimizer, p.clip_grad_norm) for p in plan.students}
     students, states = _build_students(config, plan, num_classes, teacher, txs, workdir)
     dtype = compute_dtype(config)
-    step_students = {n: StepStudent(s.graphdef, s.plan.compute_loss, txs[n])
+    step_students = {n: StepStudent(s.graphdef, s.plan.spec.build(s.plan.hparams), txs[n])
                      for n, s in students.items()}
     train_step = make_train_step(step_students, teacher_graphdef, None, mesh, dtype)
     # Unrolled on CPU, where a step in XLA's rolled loop ran several times slower

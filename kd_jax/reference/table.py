@@ -1,9 +1,10 @@
 """The hyperparameter table: per dataset, the solver; per (teacher, student) pair, the values
 that several methods share (the student's lr, DKD's beta, SDD's scale sets).
 
-Each method module (kd_jax.methods.*) turns these facts into its own hyperparameters, and
-`kd_jax.recipes.builder` writes the result into the config, so every number a run uses is
-visible in its config. Sources (the reference code the published tables came from):
+Pure data (no kd_jax import but the dataset names): each method module (kd_jax.methods.*)
+turns these facts into its own hyperparameters, and `kd_jax.recipes.builder` writes the
+result into the config, so every number a run uses is visible in its config. Sources (the
+reference code the published tables came from):
 
 - mdistiller (megvii-research/mdistiller) `configs/cifar100/*.yaml`, `configs/imagenet/*`
   and `mdistiller/engine/cfg.py` defaults: the solver, the lr per student, DKD's beta.
@@ -121,8 +122,11 @@ PAIRS: dict[str, dict[tuple[str, str], Pair]] = {
     },
 }
 
-# Models trained alone (CE): any CIFAR-100 / CUB model, at the lr its family of students uses.
-LOW_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")
+# Models trained alone (CE) outside ImageNet: any model, at the lr CIFAR-100's pairs give it as
+# a student where that is below the solver's (mdistiller's ShuffleNet / MobileNetV2 configs).
+LOW_LR_STUDENTS: dict[str, float] = {
+    student: p.lr for (_, student), p in PAIRS[catalog.CIFAR100].items()
+    if p.lr < SOLVERS[catalog.CIFAR100].lr}
 
 
 # --- the gradient clip of each run ---------------------------------------------------------
@@ -180,6 +184,7 @@ def pair(dataset: str, teacher: str, student: str) -> Pair:
 
 
 def model_lr(dataset: str, model: str) -> float:
-    """The lr of a model trained alone: the solver's, or 0.01 for the low-lr students."""
-    base = solver(dataset).lr
-    return 0.01 if dataset != catalog.IMAGENET and model in LOW_LR_STUDENTS else base
+    """The lr of a model trained alone: the solver's, or the low-lr students' (outside ImageNet)."""
+    if dataset != catalog.IMAGENET and model in LOW_LR_STUDENTS:
+        return LOW_LR_STUDENTS[model]
+    return solver(dataset).lr
