@@ -295,7 +295,7 @@ def test_measured_accuracy_is_checked_and_recorded(tmp_path, capsys, monkeypatch
     published 72.34 unless the tolerance allows it."""
     from kd_jax import data, evaluate
     ds = data.get_dataset(evaluate.dataset_config("synthetic", 100, num_test=300))
-    monkeypatch.setattr(fetch, "test_set", lambda teacher, data_dir: ds)
+    monkeypatch.setattr(teachers_cli, "test_set", lambda teacher, data_dir: ds)
     images = np.concatenate([b["image"][b["mask"] > 0] for b in ds.eval_batches(128)])
     labels = np.concatenate([b["label"][b["mask"] > 0] for b in ds.eval_batches(128)])
     with torch.no_grad():

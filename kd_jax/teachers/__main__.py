@@ -8,13 +8,19 @@
 --dir: the teachers directory (default $KD_JAX_TEACHERS, else <$KD_JAX_CACHE or
 ~/.cache/kd_jax>/teachers). A config's teacher.checkpoint=published means
 <that directory>/<teacher.arch>. Exit status: 0 ok, 1 a teacher failed, 2 bad usage.
+
+This command is the one part of kd_jax.teachers above the trainer: it measures a fetched
+teacher with kd_jax.evaluate (`measure`), which kd_jax.teachers.fetch takes as an argument, so
+the rest of the package stays below kd_jax.recipes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import Iterator, Optional
 
 from kd_jax import teachers
 from kd_jax.convert.converted import META_FILE
@@ -68,6 +74,48 @@ def _list(directory) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Datasets are read if present, never downloaded, while verifying."""
+    from kd_jax.data.tfds_io import OFFLINE_ENV
+    saved = os.environ.get(OFFLINE_ENV)
+    os.environ[OFFLINE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(OFFLINE_ENV, None)
+        else:
+            os.environ[OFFLINE_ENV] = saved
+
+
+def test_set(teacher: catalog.Teacher, data_dir: Optional[str]):
+    """The teacher's test split if present (never downloaded), else None. ImageNet only when
+    data_dir is given (preparing it from the archives takes hours)."""
+    from kd_jax import data, evaluate
+    if teacher.dataset == data.IMAGENET and not data_dir:
+        return None
+    try:
+        with _offline():
+            return data.get_dataset(evaluate.dataset_config(teacher.dataset, teacher.num_classes,
+                                                            data_dir))
+    except (data.DataNotFoundError, FileNotFoundError):
+        return None
+
+
+def measure_on_test_set(data_dir: Optional[str], batch_size: int):
+    """kd_jax.teachers.fetch's `measure`: kd_jax.evaluate's metrics on the test split."""
+
+    def measure(teacher: catalog.Teacher, model) -> Optional[dict]:
+        ds = test_set(teacher, data_dir)
+        if ds is None:
+            return None
+        from kd_jax import evaluate
+        return evaluate.evaluate(model, ds, batch_size, desc=f"{teacher.name} test")
+
+    return measure
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     directory = getattr(args, "dir", None)
@@ -82,8 +130,8 @@ def main(argv=None) -> int:
         return 0
     from kd_jax.teachers import fetch   # jax, torch: only when fetching
     kwargs = dict(directory=directory, from_file=args.from_file, url=args.url, force=args.force,
-                  evaluate_test_set=not args.no_evaluate, data_dir=args.data_dir,
-                  batch_size=args.batch_size)
+                  measure=None if args.no_evaluate else measure_on_test_set(args.data_dir,
+                                                                           args.batch_size))
     if args.tolerance is not None:
         if args.tolerance < 0:
             print("error: --tolerance must be >= 0", file=sys.stderr)

@@ -10,9 +10,10 @@ For each teacher:
   2. the .pth: the archive member `<arch>_vanilla/ckpt_epoch_240.pth` (any leading folder),
      or the file itself;
   3. conversion with kd_jax.convert (every key used, every leaf filled);
-  4. verification: the accuracy recorded in the checkpoint, and the accuracy measured on the
-     test split when it is present (kd_jax.evaluate), each within `tolerance` points of the
-     published top-1; torchvision files also match the sha256 prefix in their name;
+  4. verification: the accuracy recorded in the checkpoint, and the accuracy `measure` gives
+     (the command passes one measuring the test split with kd_jax.evaluate when it is
+     present), each within `tolerance` points of the published top-1; torchvision files also
+     match the sha256 prefix in their name;
   5. installation into <teachers dir>/<arch>/ (written beside it, then renamed into place),
      teacher.json recording the archive's sha256. A later fetch whose bytes differ says so
      and replaces the teacher only with force=True.
@@ -20,7 +21,6 @@ For each teacher:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -28,7 +28,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from kd_jax import convert
 from kd_jax.cache import cache_dir
@@ -36,6 +36,9 @@ from kd_jax.convert.converted import META_FILE
 from kd_jax.convert.torch_files import sha256
 from kd_jax.teachers import catalog, fetch_command, teachers_dir
 from kd_jax.teachers.download import DownloadError, download
+
+# (teacher, converted model) -> its metrics on the test split, or None (kd_jax.teachers.__main__).
+Measure = Callable[[catalog.Teacher, Any], Optional[dict]]
 
 TOLERANCE = catalog.TOLERANCE
 
@@ -136,35 +139,6 @@ def _installed_meta(path: str) -> Optional[dict]:
         return None
 
 
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """Datasets are read if present, never downloaded, while verifying."""
-    from kd_jax.data.tfds_io import OFFLINE_ENV
-    saved = os.environ.get(OFFLINE_ENV)
-    os.environ[OFFLINE_ENV] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(OFFLINE_ENV, None)
-        else:
-            os.environ[OFFLINE_ENV] = saved
-
-
-def test_set(teacher: catalog.Teacher, data_dir: Optional[str]):
-    """The teacher's test split if present (never downloaded), else None. ImageNet only when
-    data_dir is given (preparing it from the archives takes hours)."""
-    from kd_jax import data, evaluate
-    if teacher.dataset == data.IMAGENET and not data_dir:
-        return None
-    try:
-        with _offline():
-            return data.get_dataset(evaluate.dataset_config(teacher.dataset, teacher.num_classes,
-                                                            data_dir))
-    except (data.DataNotFoundError, FileNotFoundError):
-        return None
-
-
 def verify(teacher: catalog.Teacher, recorded: Optional[float], measured: Optional[float],
            tolerance: float) -> list[str]:
     """The failed checks (empty: verified)."""
@@ -201,10 +175,13 @@ def _same_as_installed(teacher: catalog.Teacher, installed: Optional[dict], dige
 
 def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
               from_file: Optional[str] = None, url: Optional[str] = None, force: bool = False,
-              tolerance: float = TOLERANCE, evaluate_test_set: bool = True,
-              data_dir: Optional[str] = None, batch_size: int = 256,
+              tolerance: float = TOLERANCE, measure: Optional[Measure] = None,
               log: Callable = print) -> dict:
-    """Fetches, converts, verifies and installs `teacher`; returns its teacher.json record."""
+    """Fetches, converts, verifies and installs `teacher`; returns its teacher.json record.
+
+    measure(teacher, model): the converted model's metrics on the teacher's test split
+    ({"top1", "top5", "loss", "count"}), or None where the split is not present; None: no
+    measurement."""
     root = teachers_dir(directory)
     target = os.path.join(root, teacher.name)
     installed = _installed_meta(target)
@@ -251,11 +228,8 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
         + (f", recorded top-1 {ckpt.accuracy:.2f}%" if ckpt.accuracy is not None else "")
         + (f", epoch {ckpt.epoch}" if ckpt.epoch is not None else "") + ")")
 
-    measured = None
-    ds = test_set(teacher, data_dir) if evaluate_test_set else None
-    if ds is not None:
-        from kd_jax import evaluate
-        measured = evaluate.evaluate(model, ds, batch_size, desc=f"{teacher.name} test")
+    measured = measure(teacher, model) if measure is not None else None
+    if measured is not None:
         log(f"  measured on the {teacher.dataset} test split ({measured['count']} images): "
             f"top-1 {measured['top1']:.2f}%  top-5 {measured['top5']:.2f}%")
     else:

@@ -152,7 +152,12 @@ def _clip(value, key: str) -> float:
     return float(value)
 
 
-def _student(name: str, method_config, init_seed: int, subdir: str, where: str,
+def _method_error(name: str, error: ValueError) -> ConfigError:
+    """A method's ValueError (which names `method.<key>`), prefixed with the lockstep entry."""
+    return ConfigError(str(error) if name == SOLO else f"students.{name}.method: {error}")
+
+
+def _student(name: str, method_config, init_seed: int, subdir: str,
              clip_grad_norm: float = 0.0) -> StudentPlan:
     block = method_config.to_dict()
     method_name = block.pop("name", None)
@@ -160,7 +165,7 @@ def _student(name: str, method_config, init_seed: int, subdir: str, where: str,
         spec = methods.get(method_name)
         spec.check(block)
     except ValueError as e:
-        raise ConfigError(f"{where}: {e}" if where != "method" else str(e)) from None
+        raise _method_error(name, e) from None
     return StudentPlan(name, spec, block, init_seed, subdir, clip_grad_norm)
 
 
@@ -169,7 +174,7 @@ def _students(config) -> tuple[StudentPlan, ...]:
     if not entries:
         _require("method" in config, "the config has neither `method` nor `students`")
         clip = _clip(config.optimizer.get("clip_grad_norm", 0.0), "optimizer.clip_grad_norm")
-        return (_student(SOLO, config.method, config.seed, "", "method", clip),)
+        return (_student(SOLO, config.method, config.seed, "", clip),)
     plans = []
     for name, entry in entries.items():
         _require(re.fullmatch(r"[A-Za-z0-9_.@-]+", name) is not None and name != SOLO,
@@ -181,8 +186,7 @@ def _students(config) -> tuple[StudentPlan, ...]:
         # block's value is the default for entries without their own.
         clip = _clip(entry.get("clip_grad_norm", config.optimizer.get("clip_grad_norm", 0.0)),
                      f"students.{name}.clip_grad_norm")
-        plans.append(_student(name, entry.method, config.seed + offset, name,
-                              f"students.{name}.method", clip))
+        plans.append(_student(name, entry.method, config.seed + offset, name, clip))
     return tuple(plans)
 
 
@@ -290,8 +294,7 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
                 s.spec.check_models(s.hparams, config.student.arch, config.teacher.arch,
                                     image_size)
             except ValueError as e:
-                raise ConfigError(f"students.{s.name}.method: {e}" if s.name != SOLO
-                                  else str(e)) from None
+                raise _method_error(s.name, e) from None
 
     if check_files:
         _check_init_from(config, d.num_classes)
