@@ -105,12 +105,12 @@ def test_set(teacher: catalog.Teacher, data_dir: Optional[str]):
 
 def measure_on_test_set(data_dir: Optional[str], batch_size: int):
     """kd_jax.teachers.fetch's `measure`: kd_jax.evaluate's metrics on the test split."""
+    from kd_jax import evaluate   # jax: only when fetching
 
     def measure(teacher: catalog.Teacher, model) -> Optional[dict]:
         ds = test_set(teacher, data_dir)
         if ds is None:
             return None
-        from kd_jax import evaluate
         return evaluate.evaluate(model, ds, batch_size, desc=f"{teacher.name} test")
 
     return measure
