@@ -95,6 +95,19 @@ def _published_teacher(c: ml_collections.ConfigDict, dataset: str) -> None:
         c.teacher.checkpoint = teachers.PUBLISHED
 
 
+def _pair_config(dataset: str, arg: str, teacher: str, student: str
+                 ) -> ml_collections.ConfigDict:
+    """base_config with the pair's models and lr, and its published teacher where fetchable."""
+    family = catalog.facts(dataset).model_family
+    c = base_config(dataset)
+    c.recipe = arg
+    c.teacher.arch = models.arch_name(teacher, family)
+    c.student.arch = models.arch_name(student, family)
+    c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    _published_teacher(c, dataset)
+    return c
+
+
 def reference_hparams(method: str, dataset: str, teacher: str, student: str,
                       variant: str = "") -> dict:
     """The reference hyperparameters of `method` for (teacher, student) on `dataset`."""
@@ -150,24 +163,20 @@ def build_config(method: str, dataset: str, arg: Optional[str], *, default_pair:
                  ) -> ml_collections.ConfigDict:
     """The full config of `method` on `dataset`; `arg` names the pair ("pair,base" for SDD)
     or, for method 'ce', the model trained alone."""
-    c = base_config(dataset)
     arg = arg or default_pair
-    family = catalog.facts(dataset).model_family
-    c.recipe = arg
     if method == "ce":
-        c.student.arch = models.arch_name(arg, family)
+        c = base_config(dataset)
+        c.recipe = arg
+        c.student.arch = models.arch_name(arg, catalog.facts(dataset).model_family)
         c.optimizer.lr = table.model_lr(dataset, arg)
         c.optimizer.clip_grad_norm = table.clip_grad_norm(dataset, "ce")
         c.method = method_block("ce", reference_hparams("ce", dataset, "", arg))
         return c
     pair_arg, variant = split_variant(method, arg)
     teacher, student = parse_pair(dataset, pair_arg, method, variant)
-    c.teacher.arch = models.arch_name(teacher, family)
-    c.student.arch = models.arch_name(student, family)
-    c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    c = _pair_config(dataset, arg, teacher, student)
     c.optimizer.clip_grad_norm = table.clip_grad_norm(dataset, method)
     c.method = method_block(method, reference_hparams(method, dataset, teacher, student, variant))
-    _published_teacher(c, dataset)
     return c
 
 
@@ -219,14 +228,8 @@ def build_lockstep_config(dataset: str, arg: Optional[str], *, default: str
     arg = arg or default
     pair_arg, _, entries = arg.partition(",")
     teacher, student = parse_pair(dataset, pair_arg, "kd")
-    family = catalog.facts(dataset).model_family
-    c = base_config(dataset)
-    c.recipe = arg
-    c.teacher.arch = models.arch_name(teacher, family)
-    c.student.arch = models.arch_name(student, family)
-    c.optimizer.lr = table.pair(dataset, teacher, student).lr
+    c = _pair_config(dataset, arg, teacher, student)
     c.students = ml_collections.ConfigDict({
         name: student_entry(key, dataset, teacher, student, offset)
         for name, key, offset in parse_students(entries)})
-    _published_teacher(c, dataset)
     return c
