@@ -47,11 +47,10 @@ EMBEDDINGS = ("logits", "projection")
 KEYS = ("windows", "tau", "complementary_weight", "ce_weight", "contrastive_weight",
         "kd_weight", "temperature", "embedding", "projection_dim", "chunk_size")
 DATASETS = (catalog.CIFAR100,)
-
-
+# The windows of a pair: WINDOWS, or those that fit the student's pre-pool map on 32x32 inputs
+# where it is smaller than 4x4 (MobileNetV2: 2x2; every teacher's and the other students' maps
+# are 8x8 or 4x4). check_models verifies them against the traced models.
 WINDOWS = (1, 2, 4)
-# The CIFAR students whose pre-pool map on 32x32 inputs is smaller than 4x4 (MobileNetV2: 2x2;
-# every teacher's and the other students' maps are 8x8 or 4x4), and the windows that fit it.
 SMALL_MAP_WINDOWS = {"MobileNetV2": (1, 2)}
 
 
