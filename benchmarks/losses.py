@@ -32,7 +32,7 @@ SIZES = {
     "cifar": dict(batch=64, classes=100, regions=21),
     "imagenet": dict(batch=256, classes=1000, regions=21),
 }
-T, ALPHA, BETA, GAMMA = 4.0, 1.0, 8.0, 8.0
+T, ALPHA, BETA, GAMMA, CW = 4.0, 1.0, 8.0, 8.0, 2.0   # CIFAR-100 recipes
 
 
 def _losses() -> dict[str, tuple[Callable, bool]]:
@@ -43,14 +43,16 @@ def _losses() -> dict[str, tuple[Callable, bool]]:
         "dkd": (lambda s, t, y: L.dkd_loss(s, t, y, ALPHA, BETA, T), False),
         "dkd_stable": (lambda s, t, y: L.dkd_loss(s, t, y, ALPHA, BETA, T, stable=True), False),
         "nkd": (lambda s, t, y: L.nkd_loss(s, t, y, GAMMA, T), False),
-        "clkd": (lambda s, t, y: L.clkd_objective(s, t, y)[0], False),
-        "sd_kd": (lambda s, t, y: L.sd_kd_loss(s, t, y, T), True),
-        "sd_dkd": (lambda s, t, y: L.sd_dkd_loss(s, t, y, ALPHA, BETA, T), True),
+        "clkd": (lambda s, t, y: L.clkd_objective(
+            s, t, y, ce_weight=0.1, instance_weight=0.5, class_weight_beta=2.0,
+            correlation_weight=0.4, correlation="batch", reduction="mean")[0], False),
+        "sd_kd": (lambda s, t, y: L.sd_kd_loss(s, t, y, T, CW), True),
+        "sd_dkd": (lambda s, t, y: L.sd_dkd_loss(s, t, y, ALPHA, BETA, T, CW), True),
         "sd_dkd_stable": (
-            lambda s, t, y: L.sd_dkd_loss(s, t, y, ALPHA, BETA, T, stable=True),
+            lambda s, t, y: L.sd_dkd_loss(s, t, y, ALPHA, BETA, T, CW, stable=True),
             True,
         ),
-        "sd_nkd": (lambda s, t, y: L.sd_nkd_loss(s, t, y, GAMMA, T), True),
+        "sd_nkd": (lambda s, t, y: L.sd_nkd_loss(s, t, y, GAMMA, T, CW), True),
     }
 
 

@@ -11,6 +11,8 @@ error (those change values at the 1e-2 level).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,9 @@ import test_losses_reference as ref
 T = 4.0
 B, K = 6, 7
 ALPHA, BETA, GAMMA = 1.0, 8.0, 2.0
+# CLKD's recipe (kd_jax.methods.clkd) but the correlation.
+CLKD_WEIGHTS = dict(ce_weight=0.1, instance_weight=0.5, class_weight_beta=2.0,
+                    correlation_weight=0.4, reduction="mean")
 
 
 def _data(seed: int = 0, b: int = B, k: int = K, scale: float = 3.0):
@@ -56,11 +61,11 @@ CASES = {
     "ce": (lambda s, t, y: L.ce_loss(s, y), lambda s, t, y: ref.ce(s, y)),
     # CLKD cases return the dict of the three terms.
     "clkd_batch": (
-        lambda s, t, y: L.clkd_terms(s, t, "batch"),
+        lambda s, t, y: L.clkd_terms(s, t, "batch", reduction="mean"),
         lambda s, t, y: ref.clkd_terms(s, t, "batch"),
     ),
     "clkd_class": (
-        lambda s, t, y: L.clkd_terms(s, t, "class"),
+        lambda s, t, y: L.clkd_terms(s, t, "class", reduction="mean"),
         lambda s, t, y: ref.clkd_terms(s, t, "class"),
     ),
 }
@@ -164,7 +169,7 @@ GRAD_FNS = {
     "dkd": lambda s, t, y: L.dkd_loss(s, t, y, ALPHA, BETA, T),
     "dkd_stable": lambda s, t, y: L.dkd_loss(s, t, y, ALPHA, BETA, T, stable=True),
     "nkd": lambda s, t, y: L.nkd_loss(s, t, y, GAMMA, T),
-    "clkd": lambda s, t, y: L.clkd_objective(s, t, y, correlation="class")[0],
+    "clkd": lambda s, t, y: L.clkd_objective(s, t, y, correlation="class", **CLKD_WEIGHTS)[0],
 }
 
 
@@ -299,9 +304,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="beta must be a scalar"):
         L.dkd_loss(s, t, y, 1.0, jnp.ones(2), T)
     with pytest.raises(ValueError, match="unknown correlation 'feature'"):
-        L.clkd_terms(s, t, "feature")
+        L.clkd_terms(s, t, "feature", reduction="mean")
     with pytest.raises(ValueError, match="unknown reduction"):
-        L.clkd_terms(s, t, reduction="sum")
+        L.clkd_terms(s, t, "batch", reduction="sum")
 
 
 # --- CLKD options --------------------------------------------------------------------------
@@ -309,8 +314,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_clkd_sum_per_row_reduction_scales_the_mean():
     s, t, _ = _data(seed=11)
-    mean_terms = L.clkd_terms(s, t)
-    sum_terms = L.clkd_terms(s, t, reduction="sum_per_row")
+    mean_terms = L.clkd_terms(s, t, "batch", reduction="mean")
+    sum_terms = L.clkd_terms(s, t, "batch", reduction="sum_per_row")
     np.testing.assert_allclose(sum_terms["instance"], K * mean_terms["instance"], rtol=1e-5)
     np.testing.assert_allclose(sum_terms["class"], B * mean_terms["class"], rtol=1e-5)
     np.testing.assert_allclose(sum_terms["correlation"], mean_terms["correlation"], rtol=1e-6)
@@ -344,13 +349,15 @@ def test_objectives_combine_terms_as_the_recipes():
     with jax.enable_x64(True):
         s_, t_, y_ = jnp.asarray(s), jnp.asarray(t), jnp.asarray(y)
         epoch = jnp.int32(5)  # a traced-style epoch: warmup 5/20
-        loss, terms = L.kd_objective(s_, t_, y_)
+        loss, terms = L.kd_objective(s_, t_, y_, temperature=4.0, ce_weight=0.1, kd_weight=0.9)
         kd = ref.kd_per_example(s, t, 4.0).mean()
         np.testing.assert_allclose(float(loss), 0.1 * ce + 0.9 * kd, rtol=1e-10)
         assert set(terms) == {"ce", "kd"}
         np.testing.assert_allclose(float(terms["kd"]), kd, rtol=1e-10)
 
-        loss, terms = jax.jit(L.dkd_objective)(s_, t_, y_, epoch)
+        loss, terms = jax.jit(functools.partial(
+            L.dkd_objective, alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+            warmup_epochs=20, stable=False))(s_, t_, y_, epoch)
         tckd, nckd = ref.dkd_terms_per_example(s, t, y, 4.0)
         dkd = (1.0 * tckd + 8.0 * nckd).mean()
         np.testing.assert_allclose(float(loss), ce + 0.25 * dkd, rtol=1e-10)
@@ -361,12 +368,13 @@ def test_objectives_combine_terms_as_the_recipes():
         )
         np.testing.assert_allclose(float(terms["warmup"]), 0.25, rtol=1e-7)
 
-        loss, terms = L.nkd_objective(s_, t_, y_, 30, gamma=0.5, temperature=1.0, warmup_epochs=1)
+        loss, terms = L.nkd_objective(s_, t_, y_, 30, gamma=0.5, temperature=1.0, ce_weight=1.0,
+                                        warmup_epochs=1)
         nkd = ref.nkd_per_example(s, t, y, 0.5, 1.0).mean()
         np.testing.assert_allclose(float(loss), ce + nkd, rtol=1e-10)
         np.testing.assert_allclose(float(terms["nkd"]), nkd, rtol=1e-10)
 
-        loss, terms = L.clkd_objective(s_, t_, y_)
+        loss, terms = L.clkd_objective(s_, t_, y_, correlation="batch", **CLKD_WEIGHTS)
         c = ref.clkd_terms(s, t)
         expected = 0.1 * ce + 0.5 * (c["instance"] + 2.0 * c["class"]) + 0.4 * c["correlation"]
         np.testing.assert_allclose(float(loss), expected, rtol=1e-10)

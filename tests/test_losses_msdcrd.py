@@ -116,6 +116,10 @@ def _case(seed, b, s_shape, t_shape, k, num_classes=None, scale=2.0):
 
 
 # name -> (data, options). Heterogeneous: student 8x8 C=16, teacher 4x4 C=32, same K.
+# The recipe's (kd_jax.methods.msdcrd) weights of the objective: CE 1, contrastive 0.8, no KD.
+MSDCRD_WEIGHTS = dict(ce_weight=1.0, contrastive_weight=0.8, kd_weight=0.0, temperature=4.0,
+                      chunk_size=None, teacher_head_trainable=False)
+
 CASES = {
     "hetero_default": (
         _case(0, 3, (8, 8, 16), (4, 4, 32), 5),
@@ -297,7 +301,7 @@ def test_sample_weights_hand_checked():
     # sample 0: right, wrong, wrong, right -> 1, 2, 2, 1 (global right)
     # sample 1: right, wrong, wrong (the same wrong class as global), right -> 2, 1, 1, 2
     expected = np.array([[1, 2, 2, 1], [2, 1, 1, 2]])
-    got = L.msdcrd_sample_weights(t_local, t_logits, labels)
+    got = L.msdcrd_sample_weights(t_local, t_logits, labels, 2.0)
     np.testing.assert_array_equal(np.asarray(got), expected)
     got3 = L.msdcrd_sample_weights(t_local, t_logits, labels, complementary_weight=3.0)
     np.testing.assert_array_equal(np.asarray(got3), np.where(expected == 2, 3, 1))
@@ -315,7 +319,7 @@ def test_sample_term_weights_in_msdcrd_terms_hand_checked():
     with jax.enable_x64(True):
         sample = {
             cw: float(_terms(s_map, t_map, head, head, labels, t_logits, windows=(1,),
-                             complementary_weight=cw)["sample"])
+                             tau=0.07, complementary_weight=cw)["sample"])
             for cw in (1.0, 2.0, 3.0)
         }
     rows = lambda m: [np_normalize(r) for r in m.reshape(8, 3)]  # noqa: E731
@@ -334,7 +338,8 @@ def test_global_window_has_no_complementary_samples():
     sm, tm, sh, th, y, _, _ = _args(data)
     t_logits = tm.mean(axis=(1, 2)) @ th[0] + th[1]
     with jax.enable_x64(True):
-        one, five = (_terms(sm, tm, sh, th, y, t_logits, windows=(4,), complementary_weight=cw)
+        one, five = (_terms(sm, tm, sh, th, y, t_logits, windows=(4,), tau=0.07,
+                            complementary_weight=cw)
                      for cw in (1.0, 5.0))
         np.testing.assert_allclose(float(one["sample"]), float(five["sample"]), rtol=1e-14)
 
@@ -476,7 +481,8 @@ def test_dtypes_shapes_and_jit_with_traced_hyperparameters():
     sm, tm, sh, th, y, tl, _ = _args(data, np.float32)
     low = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
     out = jax.eval_shape(
-        lambda *a: L.msdcrd_terms(*a, windows=(1, 2), chunk_size=8),
+        lambda *a: L.msdcrd_terms(*a, windows=(1, 2), tau=0.07, complementary_weight=2.0,
+                                  chunk_size=8),
         low(sm), low(tm), (low(sh[0]), low(sh[1])), (low(th[0]), low(th[1])), y, low(tl),
     )
     assert out["sample"].dtype == jnp.float32 and out["sample"].shape == ()
@@ -502,17 +508,20 @@ def test_msdcrd_objective_combines_the_terms():
     s_logits = np.random.default_rng(10).normal(size=tl.shape)
     terms = _expected(data, options)
     ce = ref.ce(s_logits, y)
-    objective = jax.jit(L.msdcrd_objective, static_argnames=("windows", "chunk_size"))
+    objective = jax.jit(L.msdcrd_objective,
+                        static_argnames=("windows", "chunk_size", "teacher_head_trainable"))
+    recipe = jax.jit(functools.partial(L.msdcrd_objective, **MSDCRD_WEIGHTS),
+                     static_argnames=("windows",))
     kwargs = dict(teacher_local_classifier=cls, **options)
     with jax.enable_x64(True):
-        loss, got = objective(s_logits, tl, y, sm, tm, sh, th, **kwargs)
+        loss, got = recipe(s_logits, tl, y, sm, tm, sh, th, **kwargs)
         assert set(got) == {"ce", "sample", "feature"}
         np.testing.assert_allclose(float(loss), ce + 0.8 * (terms["sample"] + terms["feature"]),
                                    rtol=1e-10)
         np.testing.assert_allclose(float(got["ce"]), ce, rtol=1e-10)
         loss, got = objective(s_logits, tl, y, sm, tm, sh, th, ce_weight=0.5,
                               contrastive_weight=0.3, kd_weight=1.0, temperature=4.0,
-                              chunk_size=4, **kwargs)
+                              chunk_size=4, teacher_head_trainable=False, **kwargs)
         kd = float(np.mean(ref.kd_per_example(s_logits, tl, 4.0)))
         assert set(got) == {"ce", "sample", "feature", "kd"}
         np.testing.assert_allclose(float(got["kd"]), kd, rtol=1e-10)
@@ -539,7 +548,8 @@ def test_bad_inputs_raise_clear_errors():
 
     def terms(**kwargs):
         args = dict(student_map=sm, teacher_map=tm, student_head=sh, teacher_head=th,
-                    labels=y, teacher_logits=tl)
+                    labels=y, teacher_logits=tl, windows=(1, 2, 4), tau=0.07,
+                    complementary_weight=2.0)
         args.update(kwargs)
         return L.msdcrd_terms(**args)
 
@@ -574,6 +584,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="anchors and candidates must have the same shape"):
         L.info_nce_rows(np.ones((3, 2)), np.ones((4, 2)), 0.1)
     with pytest.raises(ValueError, match=r"teacher_logits must have shape \(2, 3\)"):
-        L.msdcrd_sample_weights(np.ones((2, 4, 3)), np.ones((2, 4)), np.zeros(2, int))
+        L.msdcrd_sample_weights(np.ones((2, 4, 3)), np.ones((2, 4)), np.zeros(2, int), 2.0)
     with pytest.raises(ValueError, match="kd_weight must be finite"):
-        L.msdcrd_objective(tl, tl, y, sm, tm, sh, th, kd_weight=float("inf"))
+        L.msdcrd_objective(tl, tl, y, sm, tm, sh, th, windows=(1, 2, 4), tau=0.07,
+                           complementary_weight=2.0,
+                           **dict(MSDCRD_WEIGHTS, kd_weight=float("inf")))

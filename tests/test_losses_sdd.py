@@ -7,6 +7,8 @@ Expected values come from the loop-based numpy code in test_losses_reference.py
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,21 @@ import test_losses_reference as ref
 
 T = 4.0
 B, N, K, C = 5, 5, 4, 3  # few classes, so that teacher regions are right and wrong
+
+
+# SDD's recipes (CIFAR-100, beta 8) as sd_objective keyword arguments.
+_SD_COMMON = dict(temperature=T, complementary_weight=2.0, zero_nonfinite=True)
+SD_KD_RECIPE = dict(_SD_COMMON, ce_weight=0.1, kd_weight=0.9, warmup_epochs=0)
+SD_RECIPES = {
+    "kd": SD_KD_RECIPE,
+    "dkd": dict(_SD_COMMON, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, alpha=1.0,
+                beta=8.0, stable=False),
+    "nkd": dict(_SD_COMMON, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, gamma=8.0),
+}
+
+
+def _sd_objective(base: str):
+    return functools.partial(L.sd_objective, base=base, **SD_RECIPES[base])
 
 
 def _local(seed: int = 0, b: int = B, n: int = N, k: int = K):
@@ -130,7 +147,7 @@ def test_region_weights_cover_the_four_cases():
     teacher = np.array(
         [[right, right, wrong], [wrong, right, other_wrong]]  # global right: 1 (both), 2
     )  # global wrong: 2, 1 (both wrong)
-    got = L.sdd_region_weights(teacher, np.array([0, 0]))
+    got = L.sdd_region_weights(teacher, np.array([0, 0]), 2.0)
     np.testing.assert_array_equal(np.asarray(got), [[1, 1, 2], [1, 2, 1]])
     got3 = L.sdd_region_weights(teacher, np.array([0, 0]), complementary_weight=3.0)
     np.testing.assert_array_equal(np.asarray(got3), [[1, 1, 3], [1, 3, 1]])
@@ -146,17 +163,17 @@ def test_region_weights_match_numpy_loop():
 
 SD_CASES = {
     "sd_kd": (
-        lambda s, t, y: L.sd_kd_loss(s, t, y, T),
+        lambda s, t, y: L.sd_kd_loss(s, t, y, T, 2.0),
         lambda s, t, y: ref.scale_decoupled(lambda a, b: ref.kd_per_example(a, b, T), s, t, y),
     ),
     "sd_dkd": (
-        lambda s, t, y: L.sd_dkd_loss(s, t, y, 1.0, 8.0, T),
+        lambda s, t, y: L.sd_dkd_loss(s, t, y, 1.0, 8.0, T, 2.0),
         lambda s, t, y: ref.scale_decoupled(
             lambda a, b: ref.dkd_per_example(a, b, y, 1.0, 8.0, T), s, t, y
         ),
     ),
     "sd_dkd_stable": (
-        lambda s, t, y: L.sd_dkd_loss(s, t, y, 1.0, 8.0, T, stable=True),
+        lambda s, t, y: L.sd_dkd_loss(s, t, y, 1.0, 8.0, T, 2.0, stable=True),
         lambda s, t, y: ref.scale_decoupled(
             lambda a, b: ref.dkd_per_example(a, b, y, 1.0, 8.0, T), s, t, y
         ),
@@ -201,12 +218,15 @@ def test_scales_1_reduces_every_sd_loss_to_its_base_loss():
     def sd_and_base(fs, ft, s_global, t_global):
         s_local, t_local = L.local_logits(fs, ws, bs, "[1]"), L.local_logits(ft, wt, bt, (1,))
         return [
-            (L.sd_kd_loss(s_local, t_local, y, T), L.kd_loss(s_global, t_global, T)),
+            (L.sd_kd_loss(s_local, t_local, y, T, 2.0), L.kd_loss(s_global, t_global, T)),
             (
-                L.sd_dkd_loss(s_local, t_local, y, 1.0, 8.0, T),
+                L.sd_dkd_loss(s_local, t_local, y, 1.0, 8.0, T, 2.0),
                 L.dkd_loss(s_global, t_global, y, 1.0, 8.0, T),
             ),
-            (L.sd_nkd_loss(s_local, t_local, y, 2.0, T), L.nkd_loss(s_global, t_global, y, 2.0, T)),
+            (
+                L.sd_nkd_loss(s_local, t_local, y, 2.0, T, 2.0),
+                L.nkd_loss(s_global, t_global, y, 2.0, T),
+            ),
         ]
 
     with jax.enable_x64(True):
@@ -219,10 +239,10 @@ def test_scale_decoupled_lifts_a_user_loss():
         del labels
         return scale * jnp.sum((student - teacher) ** 2, axis=-1)
 
-    sd_squared_error = L.scale_decoupled(squared_error)
     s, t, y = _local(seed=9)
     with jax.enable_x64(True):
-        got = sd_squared_error(s, t, y, 0.5, complementary_weight=4.0)
+        got = L.scale_decoupled(functools.partial(squared_error, scale=0.5), s, t, y,
+                                complementary_weight=4.0, zero_nonfinite=True)
     expected = ref.scale_decoupled(
         lambda a, b: 0.5 * ((a - b) ** 2).sum(-1), s, t, y, complementary_weight=4.0
     )
@@ -252,12 +272,12 @@ def test_sd_dkd_inf_quirk_and_stable_option():
     t = np.random.default_rng(11).normal(size=(2, 2, 4)).astype(np.float32)
     y = np.array([0, 1])
     loss = jax.jit(jax.value_and_grad(L.sd_dkd_loss), static_argnames=("stable", "zero_nonfinite"))
-    raw = loss(s, t, y, 1.0, 8.0, 1.0, stable=False, zero_nonfinite=False)[0]
+    raw = loss(s, t, y, 1.0, 8.0, 1.0, 2.0, stable=False, zero_nonfinite=False)[0]
     assert np.isposinf(float(raw)), "stable=False must reproduce the inf of DKD's TCKD"
     # Default: the SDD reference's guard turns the non-finite loss into 0, gradient 0.
-    value, grad = loss(s, t, y, 1.0, 8.0, 1.0, stable=False)
+    value, grad = loss(s, t, y, 1.0, 8.0, 1.0, 2.0, stable=False)
     assert float(value) == 0.0 and not np.any(np.asarray(grad))
-    value, grad = loss(s, t, y, 1.0, 8.0, 1.0, stable=True)
+    value, grad = loss(s, t, y, 1.0, 8.0, 1.0, 2.0, stable=True)
     assert np.isfinite(float(value)) and float(value) > 0
     assert np.all(np.isfinite(np.asarray(grad))) and np.any(np.asarray(grad))
 
@@ -269,26 +289,26 @@ def test_sd_objective_recipes_jit_and_vmap():
     sd_kd = SD_CASES["sd_kd"][1](s, t, y)
     sd_dkd = SD_CASES["sd_dkd"][1](s, t, y)
     sd_nkd = ref.scale_decoupled(lambda a, b: ref.nkd_per_example(a, b, y, 8.0, T), s, t, y)
-    objective = jax.jit(L.sd_objective, static_argnames=("base",))
+    objective = {base: jax.jit(_sd_objective(base)) for base in SD_RECIPES}
     with jax.enable_x64(True):
         epoch = jnp.int32(4)
-        loss, terms = objective(s_global, s, t, y, epoch, base="kd")
+        loss, terms = objective["kd"](s_global, s, t, y, epoch)
         np.testing.assert_allclose(float(loss), 0.1 * ce + 0.9 * sd_kd, rtol=1e-10)  # no warmup
         assert set(terms) == {"ce", "sd_kd", "warmup"}
-        loss, terms = objective(s_global, s, t, y, epoch, base="dkd")
+        loss, terms = objective["dkd"](s_global, s, t, y, epoch)
         np.testing.assert_allclose(float(loss), ce + 0.2 * sd_dkd, rtol=1e-9)
         np.testing.assert_allclose(float(terms["sd_dkd"]), sd_dkd, rtol=1e-10)
-        loss, _ = objective(s_global, s, t, y, epoch, base="nkd")
+        loss, _ = objective["nkd"](s_global, s, t, y, epoch)
         np.testing.assert_allclose(float(loss), ce + 0.2 * sd_nkd, rtol=1e-9)
     # grad and vmap of the whole objective (float32).
-    grads = jax.jit(jax.grad(lambda g, l: L.sd_objective(g, l, t, y, 30)[0], argnums=(0, 1)))(
+    grads = jax.jit(jax.grad(lambda g, l: _sd_objective("dkd")(g, l, t, y, 30)[0], argnums=(0, 1)))(
         s_global.astype(np.float32), s.astype(np.float32)
     )
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
-    stacked = jax.jit(jax.vmap(lambda a, b: L.sd_objective(s_global, a, b, y, 30)[0]))(
+    stacked = jax.jit(jax.vmap(lambda a, b: _sd_objective("dkd")(s_global, a, b, y, 30)[0]))(
         np.stack([s, s[::-1]]).astype(np.float32), np.stack([t, t]).astype(np.float32)
     )
-    np.testing.assert_allclose(stacked[0], objective(s_global, s, t, y, 30)[0], rtol=1e-6)
+    np.testing.assert_allclose(stacked[0], objective["dkd"](s_global, s, t, y, 30)[0], rtol=1e-6)
 
 
 def test_sdd_bad_inputs_raise_clear_errors():
@@ -310,17 +330,17 @@ def test_sdd_bad_inputs_raise_clear_errors():
     with pytest.raises(
         ValueError, match="student_local and teacher_local must have the same shape"
     ):
-        L.sd_kd_loss(s, t[:, :-1], y, T)
+        L.sd_kd_loss(s, t[:, :-1], y, T, 2.0)
     with pytest.raises(
         ValueError, match=r"student_local must be a float array of shape \(B, N, K\)"
     ):
-        L.sd_kd_loss(s[:, 0], t[:, 0], y, T)
+        L.sd_kd_loss(s[:, 0], t[:, 0], y, T, 2.0)
     with pytest.raises(ValueError, match=r"labels must be an integer array of shape \(5,\)"):
-        L.sd_dkd_loss(s, t, y[:2], 1.0, 8.0, T)
+        L.sd_dkd_loss(s, t, y[:2], 1.0, 8.0, T, 2.0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        L.sd_nkd_loss(s, t, y, 1.0, -2.0)
+        L.sd_nkd_loss(s, t, y, 1.0, -2.0, 2.0)
     with pytest.raises(ValueError, match="unknown SDD base loss 'crd'"):
-        L.sd_objective(s[:, 0], s, t, y, 1, base="crd")
+        L.sd_objective(s[:, 0], s, t, y, 1, base="crd", **SD_KD_RECIPE)
 
 
 # --- SD-KD's NaN guards (SDD mdistiller/distillers/KD.py sdd_kd_loss) -------------------------
@@ -382,7 +402,7 @@ def test_sd_kd_zeroes_a_nan_kl_element_not_the_whole_loss():
     s, t = s.astype(np.float32), t.astype(np.float32)
     s[1, 2, 3] = -np.inf
     t[1, 2, 3] = -np.inf
-    got, grad = jax.value_and_grad(L.sd_kd_loss)(jnp.asarray(s), t, y, T)
+    got, grad = jax.value_and_grad(L.sd_kd_loss)(jnp.asarray(s), t, y, T, 2.0)
     s_torch = torch.tensor(s).permute(0, 2, 1).contiguous().requires_grad_(True)   # (B, K, N)
     want = _torch_sdd_kd_loss(s_torch, torch.tensor(t).permute(0, 2, 1), T,
                               torch.tensor(y).long())
@@ -393,4 +413,4 @@ def test_sd_kd_zeroes_a_nan_kl_element_not_the_whole_loss():
     want_grad = s_torch.grad.permute(0, 2, 1).numpy()
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-6)
     # Without the guards the raw loss is NaN (the element is NaN, not the whole input).
-    assert np.isnan(float(L.sd_kd_loss(s, t, y, T, zero_nonfinite=False)))
+    assert np.isnan(float(L.sd_kd_loss(s, t, y, T, 2.0, zero_nonfinite=False)))

@@ -539,7 +539,10 @@ def test_msdcrd_reference_on_unequal_maps(student_hw, teacher_hw, embedding):
         return jnp.asarray(h[0].T), jnp.asarray(h[1])
 
     s_head, t_head = heads if heads is not None else (s_fc, t_fc)
-    got, _ = jax.jit(functools.partial(losses.msdcrd_objective, windows=(1, 2, 4)))(
+    got, _ = jax.jit(functools.partial(   # the values of ref.msdcrd_objective's defaults
+        losses.msdcrd_objective, windows=(1, 2, 4), tau=0.07, complementary_weight=2.0,
+        chunk_size=None, ce_weight=1.0, contrastive_weight=0.8, kd_weight=0.0,
+        temperature=4.0, teacher_head_trainable=False))(
         jnp.asarray(s_logits), jnp.asarray(t_logits), jnp.asarray(y),
         jnp.asarray(np.transpose(s_map, (0, 2, 3, 1))),
         jnp.asarray(np.transpose(t_map, (0, 2, 3, 1))),

@@ -4,7 +4,8 @@ code computes them (mdistiller, SDD), and reimplementations of CLKD and of MSDCR
 All functions are pure and jittable, validate shapes/dtypes statically (ValueError on bad
 input), treat teacher inputs as constants (stop_gradient) and compute in float32 (float64
 when given float64 under x64). Shapes: logits (B, K), local logits (B, N, K), feature maps
-NHWC (B, H, W, C), labels (B,) int.
+NHWC (B, H, W, C), labels (B,) int. Hyperparameters have no defaults: their reference values
+live in the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.recipes.table`).
 """
 
 from kd_jax.losses.clkd import clkd_terms
@@ -34,7 +35,9 @@ from kd_jax.losses.sdd import (
     multiscale_pool,
     num_regions,
     parse_scales,
+    SD_BASE_HPARAMS,
     scale_decoupled,
+    sd_base_loss,
     sd_dkd_loss,
     sd_kd_loss,
     sd_nkd_loss,
@@ -67,6 +70,8 @@ __all__ = [
     "num_regions",
     "parse_scales",
     "scale_decoupled",
+    "SD_BASE_HPARAMS",
+    "sd_base_loss",
     "sd_dkd_loss",
     "sd_kd_loss",
     "sd_nkd_loss",

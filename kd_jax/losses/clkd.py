@@ -1,14 +1,15 @@
 """CLKD: class-aware logit KD (Zhang et al., arXiv 2211.14773), a reimplementation.
 
-No official code exists; the defaults are what independent reimplementations agree on and
-every open choice is an option:
+No official code exists; the recipe (kd_jax.methods.clkd) takes what independent
+reimplementations agree on (the values marked "recipe" below), and every open choice is an
+option:
 * instance term: rows of the (B, K) logit matrix L2-normalised, mean squared difference.
 * class term: the same on the columns (each class over the batch).
-* class correlation: correlation="batch" (default) compares the (B, B) matrices
+* class correlation: correlation="batch" (recipe) compares the (B, B) matrices
   D D^T / (K-1), D = logits centred over classes; correlation="class" compares the (K, K)
   class covariance over the batch, D^T D / (B-1), D centred over the batch. Both use
   1/K^2 * ||.||_F^2.
-* reduction="mean" (default) averages the instance/class squared errors over all B*K
+* reduction="mean" (recipe) averages the instance/class squared errors over all B*K
   entries; "sum_per_row" sums over each normalised row (instance: K times larger; class:
   B times larger), an ablation option.
 No softmax and no temperature anywhere.
@@ -54,7 +55,7 @@ def _correlation_matrix(z: Array, correlation: str) -> Array:
 
 
 def clkd_terms(
-    student_logits: Any, teacher_logits: Any, correlation: str = "batch", *, reduction: str = "mean"
+    student_logits: Any, teacher_logits: Any, correlation: str, *, reduction: str
 ) -> dict[str, Array]:
     """The three CLKD terms for (B, K) logits: {"instance", "class", "correlation"} scalars."""
     if correlation not in CORRELATIONS:

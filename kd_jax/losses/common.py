@@ -35,8 +35,8 @@ def _describe(x: Any) -> str:
     return f"shape {tuple(np.shape(x))}, dtype {getattr(x, 'dtype', type(x).__name__)}"
 
 
-def compute_dtype(*arrays: Any) -> jnp.dtype:
-    """float32 for low-precision / float32 inputs, float64 only when an input is float64.
+def loss_dtype(*arrays: Any) -> jnp.dtype:
+    """The dtype the losses compute in: float32, or float64 when an input is float64.
 
     bf16/f16 logits are upcast because softmax/log over 100-1000 classes loses too much
     precision in 16 bits; float64 is kept so the tests can compare at 1e-10 under x64.
@@ -144,7 +144,7 @@ def check_temperature(temperature: Any) -> None:
 def prepare_logit_pair(student: Any, teacher: Any) -> tuple[Array, Array]:
     """Validated (B, K) logits in the compute dtype, teacher under stop_gradient."""
     student, teacher = check_pair(student, teacher)
-    dtype = compute_dtype(student, teacher)
+    dtype = loss_dtype(student, teacher)
     return student.astype(dtype), jax.lax.stop_gradient(teacher.astype(dtype))
 
 
@@ -162,7 +162,7 @@ def ce_per_example(logits: Any, labels: Any) -> Array:
     """Cross-entropy -log softmax(z)_y per example: (B, K), (B,) -> (B,)."""
     logits = check_logits("logits", logits)
     labels = check_labels(labels, logits.shape[0])
-    logits = logits.astype(compute_dtype(logits))
+    logits = logits.astype(loss_dtype(logits))
     log_p = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
 

@@ -10,6 +10,15 @@ import jax.numpy as jnp
 from kd_jax.losses.common import Array, check_temperature, kl_rows, prepare_logit_pair
 
 
+def _log_probs(student_logits: Any, teacher_logits: Any, temperature: Any) -> tuple[Array, Array]:
+    """(log p^T, log p^S) = log softmax(z / T) of the validated teacher (constant) and student."""
+    check_temperature(temperature)
+    student, teacher = prepare_logit_pair(student_logits, teacher_logits)
+    log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
+    log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    return log_p_teacher, log_p_student
+
+
 def kd_per_example(student_logits: Any, teacher_logits: Any, temperature: Any) -> Array:
     """Per-example KD term, (B, K) x2 -> (B,).
 
@@ -17,11 +26,7 @@ def kd_per_example(student_logits: Any, teacher_logits: Any, temperature: Any) -
     Its mean over B is `kd_loss` (the reference's kl_div(...).sum(1).mean() * T^2).
     The teacher is a constant (stop_gradient).
     """
-    check_temperature(temperature)
-    student, teacher = prepare_logit_pair(student_logits, teacher_logits)
-    log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
-    log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
-    return kl_rows(log_p_teacher, log_p_student) * temperature**2
+    return kl_rows(*_log_probs(student_logits, teacher_logits, temperature)) * temperature**2
 
 
 def kd_per_example_nan_zeroed(student_logits: Any, teacher_logits: Any, temperature: Any) -> Array:
@@ -32,10 +37,7 @@ def kd_per_example_nan_zeroed(student_logits: Any, teacher_logits: Any, temperat
     teacher's and the student's probability both vanish, -inf - -inf) drops that element
     only, not the whole row or the whole loss. Its gradient through a zeroed element is 0.
     """
-    check_temperature(temperature)
-    student, teacher = prepare_logit_pair(student_logits, teacher_logits)
-    log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
-    log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    log_p_teacher, log_p_student = _log_probs(student_logits, teacher_logits, temperature)
     elements = jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student)   # kl_rows' terms
     return jnp.sum(jnp.where(jnp.isnan(elements), 0.0, elements), axis=-1) * temperature**2
 

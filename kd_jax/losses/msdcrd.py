@@ -49,7 +49,7 @@ from kd_jax.losses.common import (
     check_linear_head,
     check_logits,
     check_scalar,
-    compute_dtype,
+    loss_dtype,
 )
 from kd_jax.losses.kd import kd_loss
 from kd_jax.losses.sdd import _window_matrix, sdd_region_weights
@@ -99,7 +99,7 @@ def sliding_window_pool(feature_map: Any, window: int) -> Array:
     average pool. Computed in float32 (float64 for float64 inputs).
     """
     x = check_logits("feature_map", feature_map, rank=4)
-    x = x.astype(compute_dtype(x))
+    x = x.astype(loss_dtype(x))
     batch, height, width, channels = x.shape
     if not _is_int(window) or not 1 <= window <= min(height, width):
         raise ValueError(
@@ -120,7 +120,7 @@ def adaptive_pool_to(feature_map: Any, size: tuple[int, int]) -> Array:
     (h <= H, w <= W) is allowed: MSDCRD pools the larger map to the smaller.
     """
     x = check_logits("feature_map", feature_map, rank=4)
-    x = x.astype(compute_dtype(x))
+    x = x.astype(loss_dtype(x))
     _, height, width, _ = x.shape
     if (
         not isinstance(size, (tuple, list))
@@ -233,7 +233,7 @@ def info_nce_rows(
         chex.assert_equal_shape([a, c])
     check_scalar("tau", tau, positive=True)
     _check_chunk_size(chunk_size)
-    dtype = compute_dtype(a, c)
+    dtype = loss_dtype(a, c)
     a = a.astype(dtype) / jnp.asarray(tau, dtype)  # fold 1/tau into the anchors
     c = c.astype(dtype)
     positive = jnp.sum(a * c, axis=1)
@@ -284,7 +284,7 @@ def _embed(pooled: Array, kernel: Array, bias: Array, dtype: Any) -> Array:
 
 
 def msdcrd_sample_weights(
-    teacher_local_logits: Any, teacher_logits: Any, labels: Any, complementary_weight: Any = 2.0
+    teacher_local_logits: Any, teacher_logits: Any, labels: Any, complementary_weight: Any
 ) -> Array:
     """Complementary-sample weights (B, P) for one window size; constants.
 
@@ -301,7 +301,7 @@ def msdcrd_sample_weights(
         f"teacher_local_logits {local.shape}; got {global_.shape}"
     ):
         chex.assert_shape(global_, (local.shape[0], local.shape[2]))
-    dtype = compute_dtype(local, global_)
+    dtype = loss_dtype(local, global_)
     regions = jnp.concatenate([global_[:, None, :].astype(dtype), local.astype(dtype)], axis=1)
     return sdd_region_weights(regions, labels, complementary_weight)[:, 1:]
 
@@ -314,10 +314,10 @@ def msdcrd_terms(
     labels: Any,
     teacher_logits: Any,
     *,
+    windows: Sequence[int],
+    tau: Any,
+    complementary_weight: Any,
     teacher_local_classifier: Head | None = None,
-    windows: Sequence[int] = DEFAULT_WINDOWS,
-    tau: Any = 0.07,
-    complementary_weight: Any = 2.0,
     chunk_size: int | None = None,
     teacher_head_trainable: bool = False,
 ) -> dict[str, Array]:
@@ -391,7 +391,7 @@ def msdcrd_terms(
     grid = (min(s_map.shape[1], t_map.shape[1]), min(s_map.shape[2], t_map.shape[2]))
     windows = _check_windows(windows, *grid)
 
-    dtype = compute_dtype(s_map, t_map, s_kernel, s_bias, t_kernel, t_bias, c_kernel, c_bias)
+    dtype = loss_dtype(s_map, t_map, s_kernel, s_bias, t_kernel, t_bias, c_kernel, c_bias)
     stop = jax.lax.stop_gradient
     s_map = adaptive_pool_to(s_map.astype(dtype), grid)
     t_map = stop(adaptive_pool_to(t_map.astype(dtype), grid))
@@ -437,25 +437,23 @@ def msdcrd_objective(
     student_head: Head,
     teacher_head: Head,
     *,
+    windows: Sequence[int],
+    tau: float,
+    complementary_weight: float,
+    chunk_size: int | None,
+    ce_weight: float,
+    contrastive_weight: float,
+    kd_weight: float,
+    temperature: float,
+    teacher_head_trainable: bool,
     teacher_local_classifier: Head | None = None,
-    windows: Sequence[int] = DEFAULT_WINDOWS,
-    tau: float = 0.07,
-    complementary_weight: float = 2.0,
-    chunk_size: int | None = None,
-    ce_weight: float = 1.0,
-    contrastive_weight: float = 0.8,
-    kd_weight: float = 0.0,
-    temperature: float = 4.0,
-    teacher_head_trainable: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     """ce_weight*CE + contrastive_weight*(sample + feature) + kd_weight*KD(T).
 
-    Defaults of the reconstruction: 1.0 * CE + 0.8 * mean over windows (1, 2, 4) of
-    (L_sample + L_feature), tau 0.07, complementary weight 2, no KD (the optional KD
-    uses T=4, weight 1). CE and KD are on the (B, Kc) global logits; the other arguments
-    go to `msdcrd_terms`. Terms (raw, unweighted): ce, sample, feature, and kd when
-    kd_weight is not a concrete 0 (a traced kd_weight always computes it).
-    teacher_head_trainable: see `msdcrd_terms` (True for trainable projection heads).
+    CE and KD are on the (B, Kc) global logits; the other arguments go to `msdcrd_terms`
+    (teacher_head_trainable: True for trainable projection heads). Terms (raw, unweighted):
+    ce, sample, feature, and kd when kd_weight is not a concrete 0 (a traced kd_weight
+    always computes it). The reconstruction's values: `kd_jax.methods.msdcrd`.
     """
     for name, value in (
         ("ce_weight", ce_weight),

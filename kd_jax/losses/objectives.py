@@ -5,13 +5,9 @@ warmup factor where there is one) for logging. All are pure and jittable; `epoch
 a traced int32 scalar, counted from 1 (the reference's `kwargs["epoch"]`), and the warmup
 factor changes per epoch, not per step.
 
-Defaults are the published CIFAR-100 recipes (mdistiller / SDD code):
-KD T=4, CE 0.1, KD 0.9; DKD alpha 1, beta 8 (resnet32x4->resnet8x4; beta is per pair,
-see kd_jax.recipes.table), T=4, CE 1, warmup 20; NKD gamma 8 (SDD reads gamma from DKD.BETA,
-whose mdistiller default is 8), T=4, CE 1, warmup 20; SD-* as SDD's distillers; CLKD as the
-paper's weights (arXiv 2211.14773). The trainer passes every value explicitly.
-ImageNet recipes: KD T=1, CE 0.5, KD 0.5; DKD/NKD/SD-* T=1, warmup 1, beta/gamma 0.5
-(R34->R18) or 2.0 (R50->MobileNetV1).
+Every hyperparameter is a required keyword argument: the reference values live in one
+place, the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.recipes.table`), and the
+trainer passes them all (`MethodSpec.build`).
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from kd_jax.losses.common import Array, as_value_error, ce_loss, check_scalar
 from kd_jax.losses.dkd import dkd_terms_per_example
 from kd_jax.losses.kd import kd_loss
 from kd_jax.losses.nkd import nkd_loss
-from kd_jax.losses.sdd import sd_dkd_loss, sd_kd_loss, sd_nkd_loss
+from kd_jax.losses.sdd import scale_decoupled, sd_base_loss
 
 Terms = dict[str, Array]
 
@@ -58,9 +54,9 @@ def kd_objective(
     teacher_logits: Any,
     labels: Any,
     *,
-    temperature: float = 4.0,
-    ce_weight: float = 0.1,
-    kd_weight: float = 0.9,
+    temperature: float,
+    ce_weight: float,
+    kd_weight: float,
 ) -> tuple[Array, Terms]:
     """ce_weight * CE + kd_weight * KD. Terms: ce, kd."""
     ce = ce_loss(student_logits, labels)
@@ -74,12 +70,12 @@ def dkd_objective(
     labels: Any,
     epoch: Any,
     *,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
-    ce_weight: float = 1.0,
-    warmup_epochs: int = 20,
-    stable: bool = False,
+    alpha: float,
+    beta: float,
+    temperature: float,
+    ce_weight: float,
+    warmup_epochs: int,
+    stable: bool,
 ) -> tuple[Array, Terms]:
     """ce_weight * CE + warmup(epoch) * (alpha * TCKD + beta * NCKD).
 
@@ -105,20 +101,16 @@ def nkd_objective(
     labels: Any,
     epoch: Any,
     *,
-    gamma: float = 8.0,
-    temperature: float = 4.0,
-    ce_weight: float = 1.0,
-    warmup_epochs: int = 20,
+    gamma: float,
+    temperature: float,
+    ce_weight: float,
+    warmup_epochs: int,
 ) -> tuple[Array, Terms]:
     """ce_weight * CE + warmup(epoch) * NKD. Terms: ce, nkd, warmup."""
     ce = ce_loss(student_logits, labels)
     nkd = nkd_loss(student_logits, teacher_logits, labels, gamma, temperature)
     warm = warmup_factor(epoch, warmup_epochs, nkd.dtype)
     return ce_weight * ce + warm * nkd, {"ce": ce, "nkd": nkd, "warmup": warm}
-
-
-# Per-base defaults of SDD step 7: (ce_weight, kd_weight, warmup_epochs).
-SD_DEFAULTS = {"kd": (0.1, 0.9, 0), "dkd": (1.0, 1.0, 20), "nkd": (1.0, 1.0, 20)}
 
 
 def sd_objective(
@@ -128,64 +120,28 @@ def sd_objective(
     labels: Any,
     epoch: Any,
     *,
-    base: str = "dkd",
-    temperature: float = 4.0,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    gamma: float = 8.0,
-    ce_weight: float | None = None,
-    kd_weight: float | None = None,
-    warmup_epochs: int | None = None,
-    complementary_weight: float = 2.0,
-    stable: bool = False,
-    zero_nonfinite: bool = True,
+    base: str,
+    temperature: float,
+    ce_weight: float,
+    kd_weight: float,
+    warmup_epochs: int,
+    complementary_weight: float,
+    zero_nonfinite: bool,
+    **base_hparams: Any,
 ) -> tuple[Array, Terms]:
     """SDD objective: ce_weight * CE(global student logits) + kd_weight * warmup * sd_<base>.
 
-    base "kd": defaults CE 0.1, kd_weight 0.9, no warmup (SD-KD);
-    base "dkd" / "nkd": CE 1.0, kd_weight 1.0, warmup 20 epochs (SD-DKD / SD-NKD; use 1 on
-    ImageNet). None selects these defaults. Local logits (B, N, K) get no CE.
-    `stable` (DKD only) and `zero_nonfinite` (the reference's inf/NaN -> 0 guard, default on)
-    are passed to the SD loss. Terms: ce, sd_<base>, warmup.
+    student_logits (B, K); student_local, teacher_local (B, N, K) (no CE on them). base
+    "kd" | "dkd" | "nkd" with its own hyperparameters in `base_hparams` (DKD: alpha, beta,
+    stable; NKD: gamma; see `sd_base_loss`); zero_nonfinite: `scale_decoupled`.
+    Terms: ce, sd_<base>, warmup.
     """
-    if base not in SD_DEFAULTS:
-        raise ValueError(f"unknown SDD base loss {base!r}; expected one of {tuple(SD_DEFAULTS)}")
-    default_ce, default_kd, default_warmup = SD_DEFAULTS[base]
-    ce_weight = default_ce if ce_weight is None else ce_weight
-    kd_weight = default_kd if kd_weight is None else kd_weight
-    warmup_epochs = default_warmup if warmup_epochs is None else warmup_epochs
+    base_loss = sd_base_loss(
+        base, temperature=temperature, zero_nonfinite=zero_nonfinite, **base_hparams
+    )
     ce = ce_loss(student_logits, labels)
-    if base == "kd":
-        sd = sd_kd_loss(
-            student_local,
-            teacher_local,
-            labels,
-            temperature,
-            complementary_weight,
-            zero_nonfinite=zero_nonfinite,
-        )
-    elif base == "dkd":
-        sd = sd_dkd_loss(
-            student_local,
-            teacher_local,
-            labels,
-            alpha,
-            beta,
-            temperature,
-            complementary_weight,
-            stable=stable,
-            zero_nonfinite=zero_nonfinite,
-        )
-    else:
-        sd = sd_nkd_loss(
-            student_local,
-            teacher_local,
-            labels,
-            gamma,
-            temperature,
-            complementary_weight,
-            zero_nonfinite=zero_nonfinite,
-        )
+    sd = scale_decoupled(base_loss, student_local, teacher_local, labels,
+                         complementary_weight=complementary_weight, zero_nonfinite=zero_nonfinite)
     warm = warmup_factor(epoch, warmup_epochs, sd.dtype)
     return ce_weight * ce + kd_weight * warm * sd, {"ce": ce, f"sd_{base}": sd, "warmup": warm}
 
@@ -195,17 +151,16 @@ def clkd_objective(
     teacher_logits: Any,
     labels: Any,
     *,
-    ce_weight: float = 0.1,
-    instance_weight: float = 0.5,
-    class_weight_beta: float = 2.0,
-    correlation_weight: float = 0.4,
-    correlation: str = "batch",
-    reduction: str = "mean",
+    ce_weight: float,
+    instance_weight: float,
+    class_weight_beta: float,
+    correlation_weight: float,
+    correlation: str,
+    reduction: str,
 ) -> tuple[Array, Terms]:
     """ce_weight*CE + instance_weight*(L_ins + beta*L_cla) + correlation_weight*L_cc.
 
-    Defaults 0.1 / 0.5 / beta=2 / 0.4 (the paper's weights). Terms: ce, instance, class,
-    correlation.
+    correlation, reduction: see `clkd_terms`. Terms: ce, instance, class, correlation.
     """
     ce = ce_loss(student_logits, labels)
     terms = clkd_terms(student_logits, teacher_logits, correlation, reduction=reduction)

@@ -7,8 +7,9 @@ Pipeline (as SDD's code, shicaiwei123/SDD-CVPR2024, computes it):
 2. `local_logits`: the model's own final linear layer on every region -> (B, N, K).
 3. `sdd_region_weights`: teacher-only weights, 2 for "complementary" regions (exactly one
    of region / global teacher prediction correct), 1 otherwise.
-4. `scale_decoupled`: lifts any per-example logit loss l(z^S, z^T, y) -> (B,) to
-   1/(B*N) sum_{b,n} w_bn l(z^S_bn, z^T_bn, y_b) by vmapping it over the region axis.
+4. `scale_decoupled`: any per-example logit loss l(z^S, z^T, y) -> (B,) (SDD's bases:
+   `sd_base_loss`) becomes 1/(B*N) sum_{b,n} w_bn l(z^S_bn, z^T_bn, y_b), vmapped over the
+   region axis. `sd_kd_loss`, `sd_dkd_loss` and `sd_nkd_loss` are the three SDD losses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kd_jax.losses.common import (
     check_logits,
     check_pair,
     check_scalar,
-    compute_dtype,
+    loss_dtype,
 )
 from kd_jax.losses.dkd import dkd_per_example
 from kd_jax.losses.kd import kd_per_example, kd_per_example_nan_zeroed
@@ -124,7 +125,7 @@ def multiscale_pool(feature_map: Any, scales: ScalesLike) -> Array:
     """
     scales = parse_scales(scales)
     x = check_logits("feature_map", feature_map, rank=4)
-    x = x.astype(compute_dtype(x))
+    x = x.astype(loss_dtype(x))
     grid = adaptive_avg_pool(x, BASE_GRID)
     batch, channels = x.shape[0], x.shape[-1]
     parts = []
@@ -142,7 +143,7 @@ def local_logits(feature_map: Any, kernel: Any, bias: Any, scales: ScalesLike) -
     """
     pooled = multiscale_pool(feature_map, scales)
     kernel, bias = check_linear_head(kernel, bias, pooled.shape[-1])
-    dtype = compute_dtype(pooled, kernel, bias)
+    dtype = loss_dtype(pooled, kernel, bias)
     logits = jnp.einsum(
         "bnc,ck->bnk",
         pooled.astype(dtype),
@@ -152,9 +153,7 @@ def local_logits(feature_map: Any, kernel: Any, bias: Any, scales: ScalesLike) -
     return logits + bias.astype(dtype)
 
 
-def sdd_region_weights(
-    teacher_local_logits: Any, labels: Any, complementary_weight: Any = 2.0
-) -> Array:
+def sdd_region_weights(teacher_local_logits: Any, labels: Any, complementary_weight: Any) -> Array:
     """Region weights (B, N) from the teacher's local logits (B, N, K); constants.
 
     w_bn = complementary_weight if exactly one of (argmax z^T_bn == y_b) and
@@ -167,82 +166,103 @@ def sdd_region_weights(
     teacher = jax.lax.stop_gradient(teacher)
     correct = jnp.argmax(teacher, axis=-1) == labels[:, None]  # (B, N)
     complementary = correct != correct[:, :1]
-    dtype = compute_dtype(teacher)
+    dtype = loss_dtype(teacher)
     return jnp.where(
         complementary, jnp.asarray(complementary_weight, dtype), jnp.asarray(1.0, dtype)
     )
 
 
-PerExampleLoss = Callable[..., Array]
+# student (B, K), teacher (B, K), labels (B,) -> (B,), its hyperparameters bound.
+PerExampleLoss = Callable[[Array, Array, Array], Array]
+
+
+def _weighted_mean(weights: Array, losses: Array) -> Array:
+    """1/(B*N) sum_{b,n} w_bn l_bn of (B, N) region losses."""
+    chex.assert_equal_shape([losses, weights])
+    return jnp.sum(weights * losses) / losses.size
 
 
 def scale_decoupled(
-    per_example_loss: PerExampleLoss, *, uses_labels: bool = True
-) -> Callable[..., Array]:
-    """Lifts a per-example logit loss to its scale-decoupled (SD) version.
+    per_example_loss: PerExampleLoss,
+    student_local: Any,
+    teacher_local: Any,
+    labels: Any,
+    *,
+    complementary_weight: Any,
+    zero_nonfinite: bool,
+) -> Array:
+    """The scale-decoupled (SD) version of a per-example logit loss l, a scalar:
 
-    per_example_loss(student (B, K), teacher (B, K), [labels (B,),] *args, **kwargs) -> (B,)
-    (pass `uses_labels=False` for losses without labels, e.g. `kd_per_example`), with the
-    convention that its mean over B is the batch loss.
+        1/(B*N) * sum_{b,n} w_bn * l(z^S_bn, z^T_bn, y_b),
+        w = sdd_region_weights(teacher_local, labels, complementary_weight)   (B, N).
 
-    Returns sd_loss(student_local (B, N, K), teacher_local (B, N, K), labels (B,), *args,
-    complementary_weight=2.0, zero_nonfinite=True, **kwargs) -> scalar
-        = 1/(B*N) * sum_{b,n} w_bn * l(z^S_bn, z^T_bn, y_b)
-    where w = `sdd_region_weights(teacher_local, labels, complementary_weight)`. The base
-    loss is vmapped over the region axis; hyperparameters are shared by all regions.
+    per_example_loss(student (B, K), teacher (B, K), labels (B,)) -> (B,): the base loss with
+    its hyperparameters bound (e.g. `sd_base_loss("dkd", ...)`, or functools.partial of your
+    own), whose mean over B is its batch loss. It is vmapped over the region axis N of
+    student_local, teacher_local (B, N, K); labels (B,) int are shared by the regions. The
+    teacher is a constant (stop_gradient).
 
     zero_nonfinite=True reproduces the SDD reference's guard (`if isnan(loss) or
     isinf(loss): loss = 0`): a non-finite SD loss becomes 0 with a zero (not NaN) gradient,
-    so such a step trains on CE alone. Pass False to see the raw inf/NaN.
+    so such a step trains on CE alone. False returns the raw inf/NaN.
     """
-
-    def sd_loss(
-        student_local: Any,
-        teacher_local: Any,
-        labels: Any,
-        *args: Any,
-        complementary_weight: Any = 2.0,
-        zero_nonfinite: bool = True,
-        **kwargs: Any,
-    ) -> Array:
-        student, teacher = check_pair(
-            student_local, teacher_local, rank=3, names=("student_local", "teacher_local")
-        )
-        labels = check_labels(labels, student.shape[0])
-        teacher = jax.lax.stop_gradient(teacher)
-        weights = sdd_region_weights(teacher, labels, complementary_weight)
-
-        def region_loss(s: Array, t: Array) -> Array:  # one region: (B, K) -> (B,)
-            if uses_labels:
-                return per_example_loss(s, t, labels, *args, **kwargs)
-            return per_example_loss(s, t, *args, **kwargs)
-
-        def weighted_mean(s: Array) -> Array:
-            losses = jax.vmap(region_loss, in_axes=1, out_axes=1)(s, teacher)  # (B, N)
-            chex.assert_equal_shape([losses, weights])
-            return jnp.sum(weights * losses) / losses.size
-
-        if not zero_nonfinite:
-            return weighted_mean(student)
-        # Where the loss is not finite, route the student through stop_gradient so that the
-        # NaN cotangents of the dead branch never reach it (a plain where would leak them).
-        finite = jnp.isfinite(weighted_mean(jax.lax.stop_gradient(student)))
-        safe_student = jnp.where(finite, student, jax.lax.stop_gradient(student))
-        return jnp.where(finite, weighted_mean(safe_student), 0.0)
-
-    sd_loss.__name__ = f"sd_{getattr(per_example_loss, '__name__', 'loss')}"
-    sd_loss.__doc__ = (
-        f"Scale-decoupled version of {sd_loss.__name__[3:]} "
-        "(see kd_jax.losses.sdd.scale_decoupled)."
+    student, teacher = check_pair(
+        student_local, teacher_local, rank=3, names=("student_local", "teacher_local")
     )
-    return sd_loss
+    labels = check_labels(labels, student.shape[0])
+    teacher = jax.lax.stop_gradient(teacher)
+    weights = sdd_region_weights(teacher, labels, complementary_weight)
+    region_losses = jax.vmap(per_example_loss, in_axes=(1, 1, None), out_axes=1)  # (B, N)
+    if not zero_nonfinite:
+        return _weighted_mean(weights, region_losses(student, teacher, labels))
+    # Where the loss is not finite, route the student through stop_gradient so that the
+    # NaN cotangents of the dead branch never reach it (a plain where would leak them).
+    frozen = jax.lax.stop_gradient(student)
+    finite = jnp.isfinite(_weighted_mean(weights, region_losses(frozen, teacher, labels)))
+    safe_student = jnp.where(finite, student, frozen)
+    loss = _weighted_mean(weights, region_losses(safe_student, teacher, labels))
+    return jnp.where(finite, loss, 0.0)
 
 
-_sd_kd = scale_decoupled(kd_per_example, uses_labels=False)
-# SDD's SD-KD also zeroes NaN elements of the per-class KL before summing (KD.py).
-_sd_kd_nan_zeroed = scale_decoupled(kd_per_example_nan_zeroed, uses_labels=False)
-_sd_dkd = scale_decoupled(dkd_per_example)
-_sd_nkd = scale_decoupled(nkd_per_example)
+def _kd_region_loss(
+    student: Array, teacher: Array, labels: Array, *, temperature: Any, nan_zeroed: bool
+) -> Array:
+    del labels  # KD compares the two distributions only
+    if nan_zeroed:
+        return kd_per_example_nan_zeroed(student, teacher, temperature)
+    return kd_per_example(student, teacher, temperature)
+
+
+# The hyperparameters of each SDD base loss besides temperature and zero_nonfinite.
+SD_BASE_HPARAMS = {"kd": (), "dkd": ("alpha", "beta", "stable"), "nkd": ("gamma",)}
+
+
+def sd_base_loss(
+    base: str, *, temperature: Any, zero_nonfinite: bool, **hparams: Any
+) -> PerExampleLoss:
+    """SD-<base>'s per-example loss for `scale_decoupled`, its hyperparameters bound.
+
+    base "kd": `kd_per_example`, or with zero_nonfinite `kd_per_example_nan_zeroed` (SDD's
+    SD-KD also zeroes NaN elements of the per-class KL before the class sum, KD.py);
+    "dkd": `dkd_per_example` (hparams alpha, beta, stable); "nkd": `nkd_per_example`
+    (hparams gamma). `hparams` must hold exactly the base's keys.
+    """
+    if base not in SD_BASE_HPARAMS:
+        raise ValueError(
+            f"unknown SDD base loss {base!r}; expected one of {tuple(SD_BASE_HPARAMS)}"
+        )
+    expected = SD_BASE_HPARAMS[base]
+    if set(hparams) != set(expected):
+        raise ValueError(
+            f"SD-{base.upper()} takes the hyperparameters temperature, zero_nonfinite"
+            + "".join(f", {k}" for k in expected) + f"; got {sorted(hparams)} besides them"
+        )
+    if base == "kd":
+        return functools.partial(
+            _kd_region_loss, temperature=temperature, nan_zeroed=zero_nonfinite
+        )
+    per_example = dkd_per_example if base == "dkd" else nkd_per_example
+    return functools.partial(per_example, temperature=temperature, **hparams)
 
 
 def sd_kd_loss(
@@ -250,24 +270,20 @@ def sd_kd_loss(
     teacher_local: Any,
     labels: Any,
     temperature: Any,
-    complementary_weight: Any = 2.0,
+    complementary_weight: Any,
     *,
     zero_nonfinite: bool = True,
 ) -> Array:
     """SD-KD: region-weighted mean of per-example KD over (B, N, K) local logits.
 
-    zero_nonfinite=True applies both of the reference's guards (SDD `KD.py` sdd_kd_loss):
+    zero_nonfinite=True (the reference's) applies both guards of SDD's `KD.py` sdd_kd_loss:
     NaN elements of the per-class KL become 0 before the class sum, then a non-finite total
     becomes 0. False: neither.
     """
-    return (_sd_kd_nan_zeroed if zero_nonfinite else _sd_kd)(
-        student_local,
-        teacher_local,
-        labels,
-        temperature,
-        complementary_weight=complementary_weight,
-        zero_nonfinite=zero_nonfinite,
-    )
+    base_loss = sd_base_loss("kd", temperature=temperature, zero_nonfinite=zero_nonfinite)
+    return scale_decoupled(base_loss, student_local, teacher_local, labels,
+                           complementary_weight=complementary_weight,
+                           zero_nonfinite=zero_nonfinite)
 
 
 def sd_dkd_loss(
@@ -277,23 +293,18 @@ def sd_dkd_loss(
     alpha: Any,
     beta: Any,
     temperature: Any,
-    complementary_weight: Any = 2.0,
+    complementary_weight: Any,
     *,
     stable: bool = False,
     zero_nonfinite: bool = True,
 ) -> Array:
-    """SD-DKD: region-weighted mean of alpha*TCKD_b + beta*NCKD_b (see `dkd_loss` for `stable`)."""
-    return _sd_dkd(
-        student_local,
-        teacher_local,
-        labels,
-        alpha,
-        beta,
-        temperature,
-        complementary_weight=complementary_weight,
-        zero_nonfinite=zero_nonfinite,
-        stable=stable,
-    )
+    """SD-DKD: region-weighted mean of alpha*TCKD_b + beta*NCKD_b (see `dkd_loss` for `stable`;
+    zero_nonfinite: `scale_decoupled`)."""
+    base_loss = sd_base_loss("dkd", temperature=temperature, zero_nonfinite=zero_nonfinite,
+                             alpha=alpha, beta=beta, stable=stable)
+    return scale_decoupled(base_loss, student_local, teacher_local, labels,
+                           complementary_weight=complementary_weight,
+                           zero_nonfinite=zero_nonfinite)
 
 
 def sd_nkd_loss(
@@ -302,17 +313,13 @@ def sd_nkd_loss(
     labels: Any,
     gamma: Any,
     temperature: Any,
-    complementary_weight: Any = 2.0,
+    complementary_weight: Any,
     *,
     zero_nonfinite: bool = True,
 ) -> Array:
-    """SD-NKD: region-weighted mean of per-example NKD."""
-    return _sd_nkd(
-        student_local,
-        teacher_local,
-        labels,
-        gamma,
-        temperature,
-        complementary_weight=complementary_weight,
-        zero_nonfinite=zero_nonfinite,
-    )
+    """SD-NKD: region-weighted mean of per-example NKD (zero_nonfinite: `scale_decoupled`)."""
+    base_loss = sd_base_loss("nkd", temperature=temperature, zero_nonfinite=zero_nonfinite,
+                             gamma=gamma)
+    return scale_decoupled(base_loss, student_local, teacher_local, labels,
+                           complementary_weight=complementary_weight,
+                           zero_nonfinite=zero_nonfinite)

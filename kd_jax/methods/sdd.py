@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from kd_jax import losses
 from kd_jax.data import catalog
-from kd_jax.losses import objectives
 from kd_jax.methods.base import (MethodSpec, Recipe, Variants, check_choice, check_int,
                                  check_keys, check_number)
 from kd_jax.methods.registry import register
@@ -69,9 +68,10 @@ def check(hp):
         losses.parse_scales(hp["scales"])
     except ValueError as e:
         raise ValueError(f"method.scales: {e}") from None
-    for key in ("complementary_weight", "ce_weight", "kd_weight") + {
-            "kd": (), "dkd": ("alpha", "beta"), "nkd": ("gamma",)}[base]:
-        check_number(hp, key)
+    base_keys = losses.SD_BASE_HPARAMS[base]   # the base loss's own: alpha, beta, stable | gamma
+    for key in ("complementary_weight", "ce_weight", "kd_weight") + base_keys:
+        if key != "stable":
+            check_number(hp, key)
     check_number(hp, "temperature", strict=True)
     check_int(hp, "warmup_epochs")
     check_choice(hp, "zero_nonfinite", (True, False))
@@ -83,19 +83,22 @@ def build(hp):
     check(hp)
     base = hp["base"]
     scales = losses.parse_scales(hp["scales"])
-    base_kwargs = {"kd": {}, "nkd": {"gamma": hp.get("gamma")},
-                   "dkd": {"alpha": hp.get("alpha"), "beta": hp.get("beta"),
-                           "stable": hp.get("stable")}}[base]
+    # The per-example base loss is picked once, here; the step runs scale_decoupled over it
+    # (losses.sd_objective's formula, without its dispatch on the base).
+    base_loss = losses.sd_base_loss(base, temperature=hp["temperature"],
+                                    zero_nonfinite=hp["zero_nonfinite"],
+                                    **{key: hp[key] for key in losses.SD_BASE_HPARAMS[base]})
 
     def compute_loss(student, teacher, labels, epoch, extra):
         student_local = losses.local_logits(student.features["pre_pool"], *student.head, scales)
         teacher_local = losses.local_logits(teacher.features["pre_pool"], *teacher.head, scales)
-        return objectives.sd_objective(
-            student.logits, student_local, teacher_local, labels, epoch, base=base,
-            temperature=hp["temperature"], ce_weight=hp["ce_weight"],
-            kd_weight=hp["kd_weight"], warmup_epochs=hp["warmup_epochs"],
-            complementary_weight=hp["complementary_weight"],
-            zero_nonfinite=hp["zero_nonfinite"], **base_kwargs)
+        ce = losses.ce_loss(student.logits, labels)
+        sd = losses.scale_decoupled(base_loss, student_local, teacher_local, labels,
+                                    complementary_weight=hp["complementary_weight"],
+                                    zero_nonfinite=hp["zero_nonfinite"])
+        warm = losses.warmup_factor(epoch, hp["warmup_epochs"], sd.dtype)
+        return (hp["ce_weight"] * ce + hp["kd_weight"] * warm * sd,
+                {"ce": ce, f"sd_{base}": sd, "warmup": warm})
 
     return compute_loss
 
