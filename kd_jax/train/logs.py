@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
-
 import jax
 import numpy as np
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -159,11 +159,11 @@ class Setup:
     eval_batch_size: int
     batch_sharding: Any         # a host batch's sharding over the mesh ('data')
     ckpt: Checkpointer
-    device_train: Any = None    # on_device.DeviceTrainSet, or None: the host path
-    steps_per_dispatch: int = 1   # steps per call on the on-device path
+    device_train: Any           # on_device.DeviceTrainSet, or None: the host path
+    steps_per_dispatch: int     # steps per call on the on-device path (1 on the host path)
     # (state, batch or draws (k, B, 4), lr, epoch) -> (state, metrics): one dispatch of the
     # jitted step (k = 1 on the host path; metrics stacked (k,) on the on-device path).
-    dispatch: Optional[Callable] = None
+    dispatch: Callable
 
     @property
     def students(self) -> dict:

@@ -57,16 +57,20 @@ from kd_jax.train import (config_validation, exports, inputs, resume, schedules,
 from kd_jax.train import logs as logs_lib
 from kd_jax.train import setup as setup_lib
 from kd_jax.train import summary as summary_lib
-from kd_jax.train.timing import Clock
-# Public names of the trainer (the CLI, the pipeline, tests, benchmarks and the notebook
-# import them from here).
-from kd_jax.train.config_validation import ConfigError  # noqa: F401
-from kd_jax.train.exports import BEST_MODEL_DIR, EXPORT_DIRS, FINAL_MODEL_DIR  # noqa: F401
-from kd_jax.train.finite import NonFiniteLossError  # noqa: F401
-from kd_jax.train.inputs import use_on_device  # noqa: F401
-from kd_jax.train.setup import Built, build, init_from, load_teacher, model_dtype  # noqa: F401
-from kd_jax.train.step import make_mesh  # noqa: F401
+from kd_jax.train.config_validation import ConfigError
+from kd_jax.train.exports import BEST_MODEL_DIR, EXPORT_DIRS, FINAL_MODEL_DIR
+from kd_jax.train.finite import NonFiniteLossError
+from kd_jax.train.inputs import use_on_device
+from kd_jax.train.setup import Built, build, load_teacher
+from kd_jax.train.step import make_mesh
 from kd_jax.train.stops import RunStopped
+from kd_jax.train.timing import Clock
+
+# The trainer's public names (the CLI, the pipeline, tests, benchmarks and the notebook
+# import them from here).
+__all__ = ["train", "train_and_evaluate", "build", "Built", "load_teacher", "make_mesh",
+           "use_on_device", "FINAL_MODEL_DIR", "BEST_MODEL_DIR", "EXPORT_DIRS", "RunStopped",
+           "NonFiniteLossError", "ConfigError"]
 
 
 def train(config, workdir: str) -> tuple[dict, Any]:
@@ -96,24 +100,20 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
     workdir = os.path.abspath(workdir)
     s, loop = setup_lib.setup(config, plan, ds, workdir)
     clock = Clock(loop.step, t0)
-    logs = None
-    try:
+    with contextlib.closing(s.ckpt):
         if loop.step >= s.total_steps:
             return _report_finished(s, loop), loop.state
-        logs = logs_lib.open_logs(s, loop.step)
-        logs_lib.save_config(config, workdir)
-        logs.message(logs_lib.header(s, loop.state) if loop.step == 0 else
-                     f"resuming from step {loop.step} of {s.total_steps} "
-                     f"(epoch {loop.step // s.schedule.steps_per_epoch + 1}) "
-                     f"in {s.ckpt.directory}")
-        # --- for each dispatch: step, log, evaluate, checkpoint ---------------------------
-        metrics = logs_lib.StepMetrics()   # on the device until a logging point
-        compiled = set()                   # dispatch lengths (k) compiled
-        stop.check()
-        stop.immediate = False             # a first signal now stops at the next action point
-        try:
-            with contextlib.closing(inputs.dispatches(s, loop.step)) as dispatches:
-                for d in dispatches:
+        with contextlib.closing(logs_lib.open_logs(s, loop.step)) as logs:
+            logs_lib.save_config(config, workdir)
+            logs.message(logs_lib.header(s, loop.state) if loop.step == 0 else
+                         f"resuming from step {loop.step} of {s.total_steps} "
+                         f"(epoch {loop.step // s.schedule.steps_per_epoch + 1}) "
+                         f"in {s.ckpt.directory}")
+            # --- for each dispatch: step, log, evaluate, checkpoint -----------------------
+            metrics = logs_lib.StepMetrics()   # on the device until a logging point
+            compiled = set()                   # the dispatch lengths (k) compiled
+            with stop.deferred(), contextlib.closing(inputs.dispatches(s, loop.step)) as it:
+                for d in it:
                     compiles = clock.compiled and d.steps not in compiled
                     if compiles:   # a new call length: keep its compilation out of train time
                         jax.block_until_ready(metrics.pending)
@@ -138,13 +138,8 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
                         metrics.restart_timer()
                     if due.stop:
                         break
-            s.ckpt.wait()
-        finally:
-            stop.immediate = True
-    finally:
-        s.ckpt.close()
-        if logs is not None:
-            logs.close()
+                it.close()      # the prefetch thread stops before the wait
+                s.ckpt.wait()   # the last save is complete
     # --- finish --------------------------------------------------------------------------
     summary = _finish(s, loop, clock)
     stopped_by = stop.signum if loop.step < s.total_steps else 0
