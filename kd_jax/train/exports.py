@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import jax
 from flax import nnx
@@ -28,6 +28,10 @@ from kd_jax import convert
 from kd_jax.convert import converted
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import raise_if_storage
+
+if TYPE_CHECKING:
+    from kd_jax.train.resume import LoopState
+    from kd_jax.train.setup import Setup, Student
 
 TMP_MARK = ".orbax-checkpoint-tmp"
 FINAL_MODEL_DIR = "final_model"   # the last step's student, loadable as a teacher.
@@ -60,13 +64,12 @@ def clear_partial(path: str) -> None:
             shutil.rmtree(os.path.join(path, name), ignore_errors=True)
 
 
-def save_model(s, state, student, dirname: str, evaluation: dict) -> None:
+def save_model(s: Setup, state, student: Student, dirname: str, evaluation: dict) -> None:
     """The student's weights in `state` (a TrainState) as a teacher-loadable
     <out_dir>/<dirname>, with the accuracy of `evaluation` ({"epoch", "step", "top1",
-    "top5"}: an evaluation of THESE weights) in its teacher.json (s: a
-    kd_jax.train.setup.Setup; student: a setup.Student). Written to <dirname>.tmp, then
-    renamed into place (process 0), so a kill never leaves a half-written model under the
-    final name."""
+    "top5"}: an evaluation of THESE weights) in its teacher.json. Written to <dirname>.tmp,
+    then renamed into place (process 0), so a kill never leaves a half-written model under
+    the final name."""
     st = state.students[student.plan.name]
     model = nnx.merge(student.graphdef, jax.device_get(st.params["model"]),
                       jax.device_get(st.model_state))
@@ -85,7 +88,7 @@ def save_model(s, state, student, dirname: str, evaluation: dict) -> None:
         shutil.rmtree(path + ".old", ignore_errors=True)
 
 
-def export_final(s, loop, student) -> None:
+def export_final(s: Setup, loop: LoopState, student: Student) -> None:
     """final_model/: the last step's weights with the last evaluation's accuracy."""
     save_model(s, loop.state, student, FINAL_MODEL_DIR, loop.history[student.plan.name][-1])
 
@@ -102,14 +105,14 @@ def model_records(out_dir: str) -> dict:
     return records
 
 
-def export_dirs(s) -> list[str]:
+def export_dirs(s: Setup) -> list[str]:
     """Every export directory a finished run must hold (all students)."""
     if not s.config.export_model:
         return []
     return [os.path.join(st.out_dir, d) for st in s.students.values() for d in EXPORT_DIRS]
 
 
-def export_all(s, loop, summaries: dict) -> None:
+def export_all(s: Setup, loop: LoopState, summaries: dict) -> None:
     """Exports every student (the state checked finite first) and records the exported
     models in its summary; a failed write (disk full, permission) is one StorageError line."""
     s.check_finite(loop)

@@ -9,7 +9,7 @@ same data as an uninterrupted one. Prefetched to the mesh by a thread, one epoch
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from kd_jax import data
 from kd_jax.data import on_device
 from kd_jax.train import schedules
 from kd_jax.train.config_validation import ConfigError
+
+if TYPE_CHECKING:
+    from kd_jax.train.setup import Setup
 
 
 def use_on_device(config, ds) -> bool:
@@ -38,10 +41,9 @@ class Dispatch(NamedTuple):
     epoch: np.int32      # the epoch (from 1)
 
 
-def dispatches(s, step: int) -> Iterator[Dispatch]:
-    """The dispatches from `step` on to the end (s: a kd_jax.train.setup.Setup). Close the
-    generator when done (contextlib.closing): that stops the epoch's prefetch thread, also
-    when a step raised."""
+def dispatches(s: Setup, step: int) -> Iterator[Dispatch]:
+    """The dispatches from `step` on to the end. Close the generator when done
+    (contextlib.closing): that stops the epoch's prefetch thread, also when a step raised."""
     c, spe = s.config, s.schedule.steps_per_epoch
     while step < s.total_steps:
         epoch = step // spe + 1

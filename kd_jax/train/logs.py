@@ -8,9 +8,11 @@ one record per multiple of log_every_steps, the mean of the steps since the prev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
@@ -19,15 +21,19 @@ from kd_jax.train import summary as summary_lib
 from kd_jax.train.metric_log import MetricLog
 from kd_jax.train.state import param_count
 
+if TYPE_CHECKING:
+    from kd_jax.train.setup import Setup
+
 CONFIG_FILE = "config.json"
 
 
+@dataclasses.dataclass(frozen=True)
 class Logs:
     """progress: the run's progress and messages; students: name -> its records' log (in a
     solo run both are the same MetricLog)."""
 
-    def __init__(self, progress: MetricLog, students: dict):
-        self.progress, self.students = progress, students
+    progress: MetricLog
+    students: dict
 
     def message(self, text: str) -> None:
         self.progress.message(text)
@@ -39,8 +45,8 @@ class Logs:
         self.progress.close()
 
 
-def open_logs(s, step: int) -> Logs:
-    """The logs of the run (s: a kd_jax.train.setup.Setup) resumed at `step` (records after
+def open_logs(s: Setup, step: int) -> Logs:
+    """The logs of the run resumed at `step` (records after
     `step`, from a segment cut short after its last checkpoint, are dropped)."""
     c = s.config
     if s.plan.lockstep:
@@ -63,9 +69,9 @@ def save_config(config, workdir: str) -> None:
                                json.loads(config.to_json_best_effort()))
 
 
-def header(s, state) -> str:
+def header(s: Setup, state) -> str:
     """The first lines of a new run: what trains on what, the input path, each student's
-    method and clip, the optimizer (s: a Setup; state: the initial TrainState)."""
+    method and clip, the optimizer (state: the initial TrainState)."""
     c = s.config
     first = next(iter(state.students.values()))
     what = ", ".join(st.plan.label if st.plan.name == config_validation.SOLO
@@ -121,8 +127,8 @@ class StepMetrics:
         """After an evaluation or a save: not time the steps took."""
         self._t0 = time.perf_counter()
 
-    def flush(self, s, logs: Logs, step: int, through: bool = True) -> None:
-        """Fetches and checks the metrics of the steps up to `step` (s: a Setup), and logs
+    def flush(self, s: Setup, logs: Logs, step: int, through: bool = True) -> None:
+        """Fetches and checks the metrics of the steps up to `step`, and logs
         one record per multiple of log_every_steps among their steps (the mean of the steps
         since the previous record) and, if `through`, one for the steps after the last
         multiple. A non-finite loss raises NonFiniteLossError."""

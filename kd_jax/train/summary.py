@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import jax
 
 from kd_jax import models
 from kd_jax.recipes import published
+
+if TYPE_CHECKING:
+    from kd_jax.train.resume import LoopState
+    from kd_jax.train.setup import Setup
 
 SUMMARY_FILE = "summary.json"
 
@@ -70,16 +74,17 @@ def make_summary(config, student, history: Sequence[dict], *, steps: int,
     }
 
 
-def run_summaries(s, loop, segments: Sequence[dict], images_seen: int) -> dict:
-    """{student name: make_summary} of a run (s: a kd_jax.train.setup.Setup; loop: its
-    resume.LoopState; segments and images_seen: of every segment so far)."""
+def run_summaries(s: Setup, loop: LoopState, segments: Sequence[dict],
+                  images_seen: int) -> dict:
+    """{student name: make_summary} of a run (segments and images_seen: of every segment so
+    far)."""
     finished = loop.step >= s.total_steps
     return {name: make_summary(s.config, st.plan, loop.history[name], steps=loop.step,
                                segments=segments, images_seen=images_seen, finished=finished)
             for name, st in s.students.items()}
 
 
-def report(s, loop, summaries: dict) -> dict:
+def report(s: Setup, loop: LoopState, summaries: dict) -> dict:
     """Writes (process 0) and prints the run's summaries; returns the run's summary (a
     lockstep run's: {"lockstep": True, "students": summaries, "seed", "finished"}, and each
     student's also in <workdir>/<name>/summary.json)."""
