@@ -303,7 +303,7 @@ def test_rolled_and_unrolled_calls_equal_single_steps():
     built = trainer.build(c, config_validation.validate(c), 10)
     ds = data.get_dataset(c.dataset)
     mesh = built.mesh
-    students = {n: step_lib.StepStudent(s.graphdef, s.plan.spec.build(s.plan.hparams))
+    students = {n: step_lib.StepStudent(s.graphdef, s.compute_loss)
                 for n, s in built.students.items()}
     tx = make_optimizer(c.optimizer)
     teacher_graphdef, _ = nnx.split(trainer.load_teacher(c, 10))   # the run's (random) teacher

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
-from kd_jax.train import config_validation, finite, schedules, trainer
+from kd_jax.train import config_validation, exports, finite, schedules, trainer
 from kd_jax.train.checkpoint import Checkpointer
 from kd_jax.train.config_validation import ConfigError
 from test_train_resume import tiny_config
@@ -122,21 +122,21 @@ def test_export_cut_short_by_a_full_disk_is_redone_by_the_rerun(tmp_path, monkey
     from kd_jax.train import summary as summary_lib
     from kd_jax.train.checkpoint import StorageError
 
-    real_export = trainer._export
+    real_export = exports.export_final
 
-    def full_disk(run, student):
+    def full_disk(s, loop, student):
         os.makedirs(os.path.join(student.out_dir, trainer.FINAL_MODEL_DIR, "state"
                                  ".orbax-checkpoint-tmp-1"), exist_ok=True)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(trainer, "_export", full_disk)
+    monkeypatch.setattr(exports, "export_final", full_disk)
     wd = str(tmp_path)
     with pytest.raises(StorageError, match=rf"could not export the model to {wd}/final_model: No space "
                                            r"left on device; checkpoint step 2 in .* is kept"):
         trainer.train(exporting_config(), wd)
     saved = summary_lib.read_json(os.path.join(wd, summary_lib.SUMMARY_FILE))
     assert saved is None or not saved["finished"]
-    monkeypatch.setattr(trainer, "_export", real_export)
+    monkeypatch.setattr(exports, "export_final", real_export)
     capsys.readouterr()
     summary, _ = trainer.train(exporting_config(), wd)
     out = capsys.readouterr().out
@@ -182,10 +182,10 @@ def test_sigterm_after_the_last_step_of_a_seed_stops_before_the_next(tmp_path, m
     hooked = trainer._evaluate if where == "last_evaluation" else trainer._save
     name = hooked.__name__
 
-    def signalling(run):
-        if run.step == run.total_steps and run.config.seed == 0:
+    def signalling(s, loop, *args):
+        if loop.step == s.total_steps and s.config.seed == 0:
             os.kill(os.getpid(), signal.SIGTERM)
-        return hooked(run)
+        return hooked(s, loop, *args)
 
     monkeypatch.setattr(trainer, name, signalling)
     with pytest.raises(trainer.RunStopped, match=r"SIGTERM: seed 0 finished; stopped before "
@@ -527,9 +527,9 @@ def test_sigterm_at_the_end_of_the_quickstart_teacher_stops_before_the_students(
 
     real_save = trainer._save
 
-    def save(run):
-        real_save(run)
-        if run.step == run.total_steps and "teacher" in run.workdir:
+    def save(s, loop, clock):
+        real_save(s, loop, clock)
+        if loop.step == s.total_steps and "teacher" in s.workdir:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(trainer, "_save", save)

@@ -5,7 +5,7 @@ All functions are pure and jittable, validate shapes/dtypes statically (ValueErr
 input), treat teacher inputs as constants (stop_gradient) and compute in float32 (float64
 when given float64 under x64). Shapes: logits (B, K), local logits (B, N, K), feature maps
 NHWC (B, H, W, C), labels (B,) int. Hyperparameters have no defaults: their reference values
-live in the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.recipes.table`).
+live in the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.reference.table`).
 """
 
 from kd_jax.losses.clkd import clkd_terms

@@ -6,7 +6,7 @@ a traced int32 scalar, counted from 1 (the reference's `kwargs["epoch"]`), and t
 factor changes per epoch, not per step.
 
 Every hyperparameter is a required keyword argument: the reference values live in one
-place, the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.recipes.table`), and the
+place, the recipes (`kd_jax.methods.<name>.hparams`, `kd_jax.reference.table`), and the
 trainer passes them all (`MethodSpec.build`).
 """
 

@@ -1,23 +1,44 @@
-"""Exports are part of finishing: a run is finished only when every export is complete.
+"""A run's exported students: final_model/ and best_model/, each loadable as a teacher.
 
-An export directory (kd_jax.convert.save_converted) is complete when its orbax `state/` has
+final_model/ holds the last step's weights with the last evaluation's accuracy (the run
+evaluates after its last step); best_model/ the weights of the best evaluation
+(mdistiller's student_best), written at the evaluation that improves on the best, before
+the checkpoint recording it (a run killed in between redoes the same steps on resume and
+rewrites the same weights). Each is written to <dir>.tmp and renamed into place.
+
+Exports are part of finishing: a run is finished only when every export is complete. An
+export directory (kd_jax.convert.save_converted) is complete when its orbax `state/` has
 been finalized and its `teacher.json` written: save_converted removes teacher.json before it
 overwrites anything and writes it last, so teacher.json marks a complete export. A run killed
 after its last checkpoint, or whose export hit a full disk, leaves an export that is missing
 or partial (an empty directory, or only `*.orbax-checkpoint-tmp*`); the next run of the same
 command redoes it from the last checkpoint (kd_jax.train.trainer).
-
-Generic over the export directories of a student (final_model today; more may follow).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable
+import shutil
+from typing import TYPE_CHECKING, Iterable
 
+import jax
+from flax import nnx
+
+from kd_jax import convert
 from kd_jax.convert import converted
+from kd_jax.train import summary as summary_lib
+from kd_jax.train.checkpoint import raise_if_storage
+
+if TYPE_CHECKING:
+    from kd_jax.train.resume import LoopState
+    from kd_jax.train.setup import Setup, Student
 
 TMP_MARK = ".orbax-checkpoint-tmp"
+FINAL_MODEL_DIR = "final_model"   # the last step's student, loadable as a teacher.
+BEST_MODEL_DIR = "best_model"     # the student of the best evaluation (mdistiller's student_best).
+# What finishing a run exports for each student (and redoes when a rerun finds it missing).
+# best_model/ is not here: it cannot be rebuilt from the last checkpoint.
+EXPORT_DIRS = (FINAL_MODEL_DIR,)
 
 
 def is_complete(path: str) -> bool:
@@ -36,10 +57,77 @@ def missing(paths: Iterable[str]) -> list[str]:
 def clear_partial(path: str) -> None:
     """Removes what an export cut short left in `path` (orbax's *.orbax-checkpoint-tmp*
     directories), before the export is redone; finished files are left alone."""
-    import shutil
-
     if not os.path.isdir(path):
         return
     for name in os.listdir(path):
         if TMP_MARK in name:
             shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+
+
+def save_model(s: Setup, state, student: Student, dirname: str, evaluation: dict) -> None:
+    """The student's weights in `state` (a TrainState) as a teacher-loadable
+    <out_dir>/<dirname>, with the accuracy of `evaluation` ({"epoch", "step", "top1",
+    "top5"}: an evaluation of THESE weights) in its teacher.json. Written to <dirname>.tmp,
+    then renamed into place (process 0), so a kill never leaves a half-written model under
+    the final name."""
+    st = state.students[student.plan.name]
+    model = nnx.merge(student.graphdef, jax.device_get(st.params["model"]),
+                      jax.device_get(st.model_state))
+    model.eval()
+    path = os.path.join(student.out_dir, dirname)
+    # Every process: the orbax save synchronises them all (process 0 writes).
+    convert.save_converted(model, path + ".tmp", {
+        "arch": s.config.student.arch, "num_classes": s.ds.info.num_classes,
+        "weights": dirname, **{k: evaluation[k] for k in ("epoch", "step", "top1", "top5")},
+        "source": "kd_jax.train"}, overwrite=True)
+    if jax.process_index() == 0:
+        shutil.rmtree(path + ".old", ignore_errors=True)
+        if os.path.exists(path):
+            os.rename(path, path + ".old")
+        os.rename(path + ".tmp", path)
+        shutil.rmtree(path + ".old", ignore_errors=True)
+
+
+def export_final(s: Setup, loop: LoopState, student: Student) -> None:
+    """final_model/: the last step's weights with the last evaluation's accuracy."""
+    save_model(s, loop.state, student, FINAL_MODEL_DIR, loop.history[student.plan.name][-1])
+
+
+def model_records(out_dir: str) -> dict:
+    """{"final_model": ..., "best_model": ...}: each exported model's teacher.json record
+    (epoch, step, top1, top5 of its own weights) and path, or None where it is absent."""
+    records = {}
+    for dirname in (FINAL_MODEL_DIR, BEST_MODEL_DIR):
+        path = os.path.join(out_dir, dirname)
+        meta = summary_lib.read_json(os.path.join(path, "teacher.json"))
+        records[dirname] = None if meta is None else {
+            "path": path, **{k: meta.get(k) for k in ("epoch", "step", "top1", "top5")}}
+    return records
+
+
+def export_dirs(s: Setup) -> list[str]:
+    """Every export directory a finished run must hold (all students)."""
+    if not s.config.export_model:
+        return []
+    return [os.path.join(st.out_dir, d) for st in s.students.values() for d in EXPORT_DIRS]
+
+
+def export_all(s: Setup, loop: LoopState, summaries: dict) -> None:
+    """Exports every student (the state checked finite first) and records the exported
+    models in its summary; a failed write (disk full, permission) is one StorageError line."""
+    s.check_finite(loop)
+    if not s.config.export_model:
+        return
+    if jax.process_index() == 0:
+        for path in export_dirs(s):
+            clear_partial(path)
+    for name, st in s.students.items():
+        try:
+            # Every process: the orbax save synchronises them all (process 0 writes).
+            export_final(s, loop, st)
+            summaries[name].update(model_records(st.out_dir))
+        except Exception as e:  # noqa: BLE001  an OS cause becomes one line, others re-raise
+            where = os.path.normpath(os.path.join(st.out_dir, FINAL_MODEL_DIR))
+            raise_if_storage(e, f"could not export the model to {where}", loop.step,
+                             s.ckpt.directory)
+            raise

@@ -1,4 +1,9 @@
-"""Finite checks of the training state: no checkpoint or export ever holds a NaN or inf.
+"""Finite checks of the losses and the training state: no checkpoint or export ever holds a
+NaN or inf.
+
+The step losses stay on the device until the next logging point, where they are fetched in
+one transfer and checked (check_losses), so the loop never waits for the device between
+steps; logging points come before every evaluation and save.
 
 A loss can stay finite while an update makes the weights non-finite (an lr of 1e6: the loss
 climbs to 1e32, the weights overflow; an lr turning inf: step n's loss is finite, its update
@@ -10,15 +15,20 @@ of the state alone, so it holds at any dispatch boundary, whatever the steps per
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
+import numpy as np
 
 from kd_jax.train.state import non_finite_counts
 
 
 class NonFiniteError(FloatingPointError):
     """The loss or the weights became NaN or inf; the message names the last good checkpoint."""
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The loss became NaN or inf."""
 
 
 def last_good(latest_step: Optional[int], directory: str) -> str:
@@ -42,3 +52,17 @@ def check_state(state: Any, *, step: int, epoch: int, lockstep: bool,
                 f"of {total[name]:,} values of the state are NaN or inf, although the loss "
                 f"was finite (an update too large: optimizer.lr?). Stopped without saving; "
                 + last_good(latest_step, directory))
+
+
+def check_losses(steps: Sequence[dict], *, first_step: int, epoch: int, lockstep: bool,
+                 latest_step: Optional[int], directory: str) -> None:
+    """steps: fetched metrics {student: {term: value}} of the steps from `first_step` on;
+    raises NonFiniteLossError naming the first step, student and terms with a NaN/inf loss."""
+    for i, metrics in enumerate(steps):
+        for name, m in metrics.items():
+            if not np.isfinite(m["loss"]):
+                terms = ", ".join(f"{k}={float(v):.6g}" for k, v in m.items())
+                who = f" of student {name!r}" if lockstep else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss{who} at step {first_step + i} (epoch {epoch}): "
+                    f"{terms}. Stopped; " + last_good(latest_step, directory))

@@ -67,6 +67,17 @@ class StopSignal:
         if self.signum == signal.SIGINT and jax.process_count() == 1:
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """The training loop: check() first, then a first signal is only recorded (the loop
+        saves and stops at the next agreed action point) until the block ends."""
+        self.check()
+        self.immediate = False
+        try:
+            yield
+        finally:
+            self.immediate = True
+
     def _handle(self, signum, frame):
         first = not self.signum
         self.signum = self.signum or signum

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import jax
 
 from kd_jax import models
-from kd_jax.recipes import published
+from kd_jax.reference import published
+
+if TYPE_CHECKING:
+    from kd_jax.train.resume import LoopState
+    from kd_jax.train.setup import Setup
 
 SUMMARY_FILE = "summary.json"
 
@@ -66,6 +72,37 @@ def make_summary(config, student, history: Sequence[dict], *, steps: int,
         "final_model": None,
         "best_model": None,
     }
+
+
+def run_summaries(s: Setup, loop: LoopState, segments: Sequence[dict],
+                  images_seen: int) -> dict:
+    """{student name: make_summary} of a run (segments and images_seen: of every segment so
+    far)."""
+    finished = loop.step >= s.total_steps
+    return {name: make_summary(s.config, st.plan, loop.history[name], steps=loop.step,
+                               segments=segments, images_seen=images_seen, finished=finished)
+            for name, st in s.students.items()}
+
+
+def report(s: Setup, loop: LoopState, summaries: dict) -> dict:
+    """Writes (process 0) and prints the run's summaries; returns the run's summary (a
+    lockstep run's: {"lockstep": True, "students": summaries, "seed", "finished"}, and each
+    student's also in <workdir>/<name>/summary.json)."""
+    lockstep = s.plan.lockstep
+    if lockstep:
+        result = {"lockstep": True, "students": summaries, "seed": s.config.seed,
+                  "finished": loop.step >= s.total_steps}
+        table = format_lockstep_table(summaries)
+    else:
+        (result,) = summaries.values()
+        table = format_table(result)
+    if jax.process_index() == 0:
+        if lockstep:
+            for name, st in s.students.items():
+                write_json(os.path.join(st.out_dir, SUMMARY_FILE), summaries[name])
+        write_json(os.path.join(s.workdir, SUMMARY_FILE), result)
+        print(table, flush=True)
+    return result
 
 
 def format_or_dash(v, fmt="{:.2f}") -> str:

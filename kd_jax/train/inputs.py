@@ -1,0 +1,69 @@
+"""The input of the training loop: each dispatch's batch (host path) or draws (on-device).
+
+Host path: the augmented batches of (seed, epoch), one per dispatch (k = 1). On-device path
+(kd_jax.data.on_device): the train set is on the devices and the host sends each dispatch's
+draws (k, B, 4), k = steps_per_dispatch (fewer at an epoch's end or at total_steps). Either
+way the data of a step is a function of (seed, epoch, step), so a resumed run sees the
+same data as an uninterrupted one. Prefetched to the mesh by a thread, one epoch at a time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+
+import numpy as np
+
+from kd_jax import data
+from kd_jax.data import on_device
+from kd_jax.train import schedules
+from kd_jax.train.config_validation import ConfigError
+
+if TYPE_CHECKING:
+    from kd_jax.train.setup import Setup
+
+
+def use_on_device(config, ds) -> bool:
+    """dataset.on_device: None (auto) = an in-memory train set within
+    on_device.DEVICE_BUDGET_BYTES; True where the set cannot go there is an error."""
+    wanted = config.dataset.get("on_device", None)
+    if wanted is None:
+        return on_device.fits(ds)
+    if wanted and not isinstance(ds, data.InMemoryDataset):
+        raise ConfigError(f"dataset.on_device=True, but {ds.info.name} is not held in memory "
+                          "(its batches come from tf.data): set dataset.on_device=False")
+    return bool(wanted)
+
+
+class Dispatch(NamedTuple):
+    steps: int           # k: the steps of this call
+    item: Any            # a batch (host path) or draws (k, B, 4), on the mesh
+    lr: np.float32       # the epoch's learning rate
+    epoch: np.int32      # the epoch (from 1)
+
+
+def dispatches(s: Setup, step: int) -> Iterator[Dispatch]:
+    """The dispatches from `step` on to the end. Close the generator when done
+    (contextlib.closing): that stops the epoch's prefetch thread, also when a step raised."""
+    c, spe = s.config, s.schedule.steps_per_epoch
+    while step < s.total_steps:
+        epoch = step // spe + 1
+        lr = np.float32(schedules.learning_rate(c.optimizer, c.num_epochs, epoch))
+        epoch_arr = np.int32(epoch)
+        first = step % spe
+        if s.device_train is None:
+            items = data.prefetch_to_mesh(
+                s.ds.train_batches(epoch, s.batch_size, c.seed, start_step=first),
+                s.batch_sharding)
+        else:
+            last = min(spe, s.total_steps - (epoch - 1) * spe)
+            items = data.prefetch_to_mesh(
+                on_device.dispatches(s.ds, epoch, s.batch_size, c.seed, first, last,
+                                     s.steps_per_dispatch),
+                on_device.draws_sharding(s.built.mesh))
+        try:
+            for item in items:
+                yield Dispatch(1 if s.device_train is None else item.shape[0], item, lr,
+                               epoch_arr)
+        finally:
+            items.close()
+        step = epoch * spe
