@@ -22,7 +22,7 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 RUN = """
 import json, sys
-import kd_jax.train.testing  # registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # registers tiny_cnn / tiny_cnn_wide
 from kd_jax import main
 main.main(["kd_jax.main"] + sys.argv[1:])
 tf = ("tensorflow", "tensorflow_datasets")
