@@ -179,7 +179,7 @@ def time_steps(pair: str, method: str, batch: int, dtype: str, repeats: int,
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import train_step as ts   # the train-step benchmark's config and step
     from kd_jax.train import config_validation, trainer
-    from kd_jax.train.testing import random_batch
+    from kd_jax.testing import random_batch
 
     config = ts.make_config(pair, method, dtype)
     plan = config_validation.validate(config, num_devices=1)

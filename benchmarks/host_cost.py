@@ -50,12 +50,12 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import kd_jax.train.testing  # noqa: E402,F401  registers tiny_cnn
+import kd_jax.testing  # noqa: E402,F401  registers tiny_cnn
 import results_md  # noqa: E402  (benchmarks/results_md.py)
 from kd_jax import data  # noqa: E402
 from kd_jax.data import on_device  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
-from kd_jax.train.testing import random_batch  # noqa: E402
+from kd_jax.testing import random_batch  # noqa: E402
 import train_step as ts  # noqa: E402  (its config builder, machine facts and table helpers)
 
 NUM_CLASSES, IMAGE_SIZE = 100, 32

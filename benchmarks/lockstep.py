@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from kd_jax import data, recipes  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
-from kd_jax.train.testing import random_batch  # noqa: E402
+from kd_jax.testing import random_batch  # noqa: E402
 
 
 def step_time(pair: str, students: list[str], batch: int, steps: int) -> float:

@@ -57,7 +57,7 @@ import results_md  # noqa: E402  (benchmarks/results_md.py)
 from kd_jax import data, methods, recipes  # noqa: E402
 from kd_jax import machine as machine_lib  # noqa: E402
 from kd_jax.train import config_validation, trainer  # noqa: E402
-from kd_jax.train.testing import random_batch  # noqa: E402
+from kd_jax.testing import random_batch  # noqa: E402
 
 PAIRS = "resnet32x4-resnet8x4,resnet32x4-ShuffleV1"
 METHODS = "kd,dkd,sd_dkd,clkd"

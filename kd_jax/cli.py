@@ -7,7 +7,7 @@ config_flags.DEFINE_config_dict converts each override to the field's type, on a
 FlagValues: no global flag state is defined or shared between runs in one process. A
 mistyped key, a bad value, an unknown pair, a missing flag or file ends in one
 `kd_jax: error: ...` line (`exit_with_error`), not a traceback. Nothing here imports
-TensorFlow, and JAX only through the config file (kd_jax.train.recipes).
+TensorFlow, and JAX only through the config file (kd_jax.recipes).
 """
 
 from __future__ import annotations

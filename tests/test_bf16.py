@@ -24,11 +24,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, recipes
 from kd_jax.models import layers
 from kd_jax.train import config_validation, trainer
-from kd_jax.train.testing import random_batch
+from kd_jax.testing import random_batch
 
 TOLERANCE = 2.0 ** -7
 LR, EPOCH = np.float32(0.05), np.int32(30)   # epoch 30: SD-DKD's 20-epoch warmup is over

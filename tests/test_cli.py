@@ -1,6 +1,6 @@
 """The command line, in-process: a few steps of every method on synthetic data.
 
-Tiny models (kd_jax.train.testing: tiny_cnn student, tiny_cnn_wide random teacher), batch 8,
+Tiny models (kd_jax.testing: tiny_cnn student, tiny_cnn_wide random teacher), batch 8,
 2 steps; one run with the real resnet14 -> resnet8 checks every output file.
 """
 
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import cli as kd_cli
 from kd_jax import main as kd_main
 from kd_jax.train.config_validation import ConfigError

@@ -8,7 +8,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A zoo model pair small enough for a subprocess run (registered without kd_jax.train.testing).
+# A zoo model pair small enough for a subprocess run (registered without kd_jax.testing).
 ARGS = ["--config", "cifar_kd.py:resnet32x4-resnet8x4", "--config.student.arch=resnet8",
         "--config.teacher.arch=resnet8", "--config.teacher.checkpoint=random",
         "--config.dataset.name=synthetic", "--config.dataset.num_train=16",

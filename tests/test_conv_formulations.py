@@ -235,7 +235,7 @@ def test_quickstart_passes_cpu_conv_to_its_runs():
 
 
 def test_trainer_build_sets_the_switch_from_the_config():
-    import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+    import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
     from kd_jax import data, recipes
     from kd_jax.train import trainer
     config = recipes.build_config("kd", data.CIFAR100, None, default_pair="resnet32x4-resnet8x4")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import convert, data, models, recipes, teachers
 from kd_jax.train import config_validation, trainer
 from kd_jax.train.config_validation import ConfigError

@@ -6,7 +6,7 @@
   each student has its own summary; re-running a finished run trains nothing.
 - `--config.seeds`: one run per seed in seed_<s>/, and the top summary's mean ± sample std.
 - `python -m kd_jax.results` collects workdirs into markdown and CSV.
-Tiny models (kd_jax.train.testing) on synthetic data.
+Tiny models (kd_jax.testing) on synthetic data.
 """
 
 import csv
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, recipes, results
 from kd_jax.train import seeds as seeds_lib
 from kd_jax.train import trainer

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 import test_losses_msdcrd as np_ref
 import test_losses_reference as ref
 from kd_jax import convert, losses, methods, models, recipes

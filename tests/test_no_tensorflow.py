@@ -22,7 +22,7 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 RUN = """
 import json, sys
-import kd_jax.train.testing  # registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # registers tiny_cnn / tiny_cnn_wide
 from kd_jax import main
 main.main(["kd_jax.main"] + sys.argv[1:])
 tf = ("tensorflow", "tensorflow_datasets")
@@ -75,7 +75,9 @@ def test_fashion_mnist_run_imports_no_tensorflow(tmp_path):
 
 def test_the_check_sees_tensorflow_when_it_is_imported(tmp_path):
     """The check itself can fail: the same module listing after importing tfds names it."""
+    # This tree's kd_jax (as `run` does), not whichever one the interpreter has installed.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = ROOT
     probe = RUN.replace('main.main(["kd_jax.main"] + sys.argv[1:])', "import tensorflow_datasets")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, recipes
 from kd_jax.data import augment, on_device
 from kd_jax.train import config_validation, trainer

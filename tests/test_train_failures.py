@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax.train import config_validation, exports, finite, schedules, trainer
 from kd_jax.train.checkpoint import Checkpointer
 from kd_jax.train.config_validation import ConfigError

@@ -28,7 +28,7 @@ def tiny_config():
 
 def train(workdir):
     """SD-DKD, 3 steps; returns ({"devices", "losses", "top1"}, state leaves)."""
-    import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+    import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
     from kd_jax.train import trainer
     summary, state = trainer.train(tiny_config(), workdir)
     leaves = [np.asarray(x) for x in

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
-    import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+    import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
     from kd_jax import data, main, recipes
     from kd_jax.train import config_validation, trainer
     from kd_jax.train.checkpoint import Checkpointer

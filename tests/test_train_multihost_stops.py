@@ -37,7 +37,7 @@ CONFIG = textwrap.dedent("""
     import os, signal
     import jax
     jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
-    import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+    import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
     from kd_jax import data, recipes
     from kd_jax.train import checkpoint
 

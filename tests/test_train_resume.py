@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kd_jax.train.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, recipes
 from kd_jax.methods import registry
 from kd_jax.train import trainer

@@ -4,7 +4,7 @@ For each of KD, DKD, NKD, SD-KD, SD-DKD, SD-NKD, CLKD and MSDCRD (its parameter-
 "logits" embedding, and trainable projection heads with a streamed sample-wise similarity
 whose chunk divides no S): the config is built by
 `recipes.build_config` from the method and a CIFAR-100 pair, and only what a small test
-needs is overridden (synthetic 16x16 data, the tiny models of kd_jax.train.testing, batch 8,
+needs is overridden (synthetic 16x16 data, the tiny models of kd_jax.testing, batch 8,
 2 steps per epoch, 3 epochs, milestones (1, 2), a 37-image test set with eval batch 16, and
 for the methods with a warmup warmup_epochs=2 so that it is crossed); the method's other
 hyperparameters stay the recipe's. `trainer.train` then runs for real (data pipeline,
@@ -54,7 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from flax import nnx  # noqa: E402
 
-import kd_jax.train.testing  # noqa: F401,E402  registers tiny_cnn / tiny_cnn_wide
+import kd_jax.testing  # noqa: F401,E402  registers tiny_cnn / tiny_cnn_wide
 import torch_losses as ref  # noqa: E402
 from kd_jax import convert, data, losses, models, recipes  # noqa: E402
 from kd_jax.data import synthetic  # noqa: E402
@@ -153,7 +153,7 @@ def reference_lr(base_lr: float, epoch: int) -> float:
     return base_lr * DECAY ** sum(1 for m in MILESTONES if epoch > m)
 
 
-# --- the torch twin of kd_jax.train.testing.TinyCNN ------------------------------------------
+# --- the torch twin of kd_jax.testing.TinyCNN ------------------------------------------
 
 class TorchTinyCNN(nn.Module):
     def __init__(self, width, num_classes):

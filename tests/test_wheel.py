@@ -18,8 +18,11 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The wheel is built without tests, benchmarks, docs and CI scripts (.ci/check_verdict.py):
+# the package must need none of them.
 IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "runs", "build", "dist", "*.egg-info",
-                                "__pycache__", ".pytest_cache", "tests", "benchmarks", "docs")
+                                "__pycache__", ".pytest_cache", "tests", "benchmarks", "docs",
+                                ".ci")
 
 
 def sh(*args, **kwargs):

@@ -15,7 +15,7 @@ def register(name: str, *, reference: bool = True):
     """Decorator: `@register("resnet8")` on a function (num_classes, dtype, rngs) -> Module.
 
     reference=False marks a model that is not a port of a reference architecture (e.g. the
-    tiny test networks of kd_jax.train.testing); `names(reference_only=True)` leaves it out.
+    tiny test networks of kd_jax.testing); `names(reference_only=True)` leaves it out.
     """
 
     def wrap(fn):

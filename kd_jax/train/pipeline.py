@@ -15,9 +15,9 @@
    printed from the numbers, with the table, and written to DIR/quickstart_summary.json; the
    plot DIR/quickstart_accuracy.png shows each run's mean and spread. The summary records the
    machine (kd_jax.machine), since XLA's CPU code and so every number depend on it.
-4. Check: `python -m kd_jax.train.pipeline --check-verdict DIR` compares the run's verdict with
-   the table README.md shows (between its quickstart-output markers); .ci/run does this on
-   every CI machine and fails if any method's verdict differs.
+4. Check (CI, outside the library): `python .ci/check_verdict.py DIR` compares the run's
+   verdict with the table README.md shows (between its quickstart-output markers); .ci/run
+   does this on every CI machine and fails if any method's verdict differs.
 
 Each student takes the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (DKD beta 8, T 4, SDD
 scales [1,2]; SDD's gradient clip 40 for the SD students), except that warmups of 20 epochs
@@ -32,7 +32,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import sys
 
@@ -153,75 +152,6 @@ def format_table(teacher: dict, result: dict, verdict: dict, machine: dict | Non
     if machine:
         lines.append("machine: " + machine_lib.one_line(machine))
     return "\n".join(lines)
-
-
-# --- the README's verdict, checked against a run (.ci/run does this on every CI machine) ---
-
-README_MARKERS = ("<!-- quickstart-output -->", "<!-- /quickstart-output -->")
-_ROW = re.compile(r"^(?P<label>\S.*?)\s{2,}(?P<best>\d+\.\d+(?: ± \d+\.\d+)?)\s+"
-                  r"(?P<last>\d+\.\d+(?: ± \d+\.\d+)?)"
-                  r"(?:\s+(?P<vs>[+-]\d+\.\d+ ± \d+\.\d+)\s+(?P<verdict>\S.*))?$")
-
-
-def parse_table(text: str) -> dict:
-    """The printed table -> {"rows": {label: {best, last, vs, verdict}}, "verdict": line}."""
-    rows, line_verdict = {}, None
-    for line in text.splitlines():
-        if line.startswith("verdict: "):
-            line_verdict = line.strip()
-        elif (m := _ROW.match(line.rstrip())) is not None:
-            rows[m["label"]] = {k: m[k] for k in ("best", "last", "vs", "verdict")}
-    if not rows or line_verdict is None:
-        raise ValueError("no quickstart table (rows and a 'verdict:' line) in the text")
-    return {"rows": rows, "verdict": line_verdict}
-
-
-def readme_table(readme: str) -> dict:
-    """parse_table of the block between README_MARKERS of the README at path `readme`."""
-    with open(readme) as fh:
-        text = fh.read()
-    start, end = (text.find(m) for m in README_MARKERS)
-    if start < 0 or end < start:
-        raise ValueError(f"{readme}: no {README_MARKERS[0]} ... {README_MARKERS[1]} block")
-    return parse_table(text[start + len(README_MARKERS[0]):end])
-
-
-def compare_verdicts(expected: dict, summary: dict) -> list[str]:
-    """The differences between a parsed table's verdicts and a quickstart summary's: one
-    line per method whose verdict differs, is missing, or is extra (empty: the same)."""
-    got = {label_of(summary, name): v["verdict"] for name, v in summary["verdict"].items()}
-    want = {label: row["verdict"] for label, row in expected["rows"].items() if row["verdict"]}
-    problems = []
-    for label in sorted(set(want) | set(got)):
-        if label not in got:
-            problems.append(f"{label}: the README's table has it ({want[label]!r}); this run "
-                            "did not train it")
-        elif label not in want:
-            problems.append(f"{label}: not in the README's table; this run: {got[label]!r}")
-        elif want[label] != got[label]:
-            problems.append(f"{label}: the README says {want[label]!r}; this run: "
-                            f"{got[label]!r}")
-    return problems
-
-
-def check_verdict(workdir: str, readme: str = "README.md") -> int:
-    """Prints whether the quickstart run in `workdir` reached the README's verdict; 0 if so."""
-    summary = summary_lib.read_json(os.path.join(workdir, "quickstart_summary.json"))
-    if summary is None:
-        print(f"{workdir}: no quickstart_summary.json (run the quickstart first)")
-        return 2
-    try:
-        expected = readme_table(readme)
-    except (OSError, ValueError) as e:
-        print(f"cannot read the expected verdict: {e}")
-        return 2
-    print(format_table(summary["teacher"], summary, summary["verdict"], summary.get("machine")))
-    problems = compare_verdicts(expected, summary)
-    if problems:
-        print(f"\nthe verdict DIFFERS from {readme}'s:\n  " + "\n  ".join(problems))
-        return 1
-    print(f"\nsame verdict as {readme}: {expected['verdict'][len('verdict: '):]}")
-    return 0
 
 
 def _plot(result: dict, verdict: dict, path: str) -> None:
@@ -346,23 +276,14 @@ def ship_teacher(run_dir: str, asset_dir: str = quickstart.ASSET_DIR) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kd_jax.train.pipeline",
-        description="Ship a trained quickstart teacher, or check a quickstart run's verdict "
-                    "against the one README.md shows.")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--ship", metavar="RUN_DIR",
-                       help="copy a finished quickstart_teacher.py run into "
-                            f"{quickstart.ASSET_DIR} with its RECORD.json")
-    group.add_argument("--check-verdict", metavar="WORKDIR",
-                       help="compare WORKDIR/quickstart_summary.json's verdict with the "
-                            "README's (exit 1 if any method's verdict differs)")
-    parser.add_argument("--readme", default="README.md",
-                        help="the README whose quickstart-output block holds the expected "
-                             "table (default: %(default)s)")
+        description="Ship a trained quickstart teacher into the package. (A quickstart run's "
+                    "verdict is checked against README.md by .ci/check_verdict.py.)")
+    parser.add_argument("--ship", metavar="RUN_DIR", required=True,
+                        help="copy a finished quickstart_teacher.py run into "
+                             f"{quickstart.ASSET_DIR} with its RECORD.json")
     args = parser.parse_args(argv)
-    if args.ship:
-        print(json.dumps(ship_teacher(args.ship), indent=2))
-        return 0
-    return check_verdict(args.check_verdict, args.readme)
+    print(json.dumps(ship_teacher(args.ship), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

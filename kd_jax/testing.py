@@ -1,5 +1,8 @@
 """Helpers for tests, smoke runs and benchmarks: a tiny CNN, and a fixed random batch.
 
+Outside the training path: no module of kd_jax imports it (tests/test_architecture.py
+checks), so the tiny models exist in the registry only where a test or benchmark asks.
+
 Importing this module registers "tiny_cnn" (width 8) and "tiny_cnn_wide" (width 16):
 conv3x3 -> BN -> ReLU -> conv3x3/s2 -> BN -> ReLU -> global average pool -> fc. Attribute
 names follow a torch module tree (conv1, bn1, conv2, bn2, fc), so a torch twin can share
