@@ -17,19 +17,6 @@ PACKAGE = os.path.join(ROOT, "kd_jax")
 DOC = os.path.join(ROOT, "docs", "ARCHITECTURE.md")
 MARKERS = ("<!-- layers -->", "<!-- /layers -->")
 
-# Known upward imports on main: removed by the recipes helper's branch; the lead deletes this
-# allowlist at merge. (importer, imported module): methods -> kd_jax.recipes (its __init__
-# imports builder, which imports methods) via `from kd_jax.recipes import table`, and
-# teachers.catalog -> kd_jax.recipes via `from kd_jax.recipes import published`.
-KNOWN_UPWARD = {
-    ("kd_jax.methods.dkd", "kd_jax.recipes"),
-    ("kd_jax.methods.msdcrd", "kd_jax.recipes"),
-    ("kd_jax.methods.nkd", "kd_jax.recipes"),
-    ("kd_jax.methods.sdd", "kd_jax.recipes"),
-    ("kd_jax.teachers.catalog", "kd_jax.recipes"),
-}
-
-
 def read_layers(doc: str = DOC) -> dict[str, tuple[int, str]]:
     """{module prefix: (layer number, layer name)} from the doc's table."""
     with open(doc) as fh:
@@ -131,11 +118,8 @@ def test_every_row_names_a_module():
 
 def test_no_module_imports_a_higher_layer():
     found = upward_imports()
-    new = [f"{a} -> {b} ({why})" for a, b, why in found if (a, b) not in KNOWN_UPWARD]
-    assert not new, "upward imports (see docs/ARCHITECTURE.md):\n" + "\n".join(new)
-    gone = KNOWN_UPWARD - {(a, b) for a, b, _ in found}
-    assert not gone, (f"allowlisted upward imports no longer present: {sorted(gone)}; delete "
-                      "them from KNOWN_UPWARD")
+    assert not found, "upward imports (see docs/ARCHITECTURE.md):\n" + "\n".join(
+        f"{a} -> {b} ({why})" for a, b, why in found)
 
 
 def test_an_added_upward_import_fails(tmp_path):

@@ -5,15 +5,13 @@
 - `python -m kd_jax.recipes`: the README's recipe tables.
 
 The data the recipes are made of (solver, per-pair lr, DKD beta, SDD scales, gradient clips,
-published top-1) lives a layer below the methods, in `kd_jax.reference`; `table` and
-`published` are re-exported here.
+published top-1) lives a layer below the methods, in `kd_jax.reference`.
 """
 
 from kd_jax.recipes.builder import (base_config, build_config, build_lockstep_config,
                                     method_block, pairs, parse_pair, parse_students,
                                     reference_hparams, split_variant, student_entry)
-from kd_jax.reference import published, table
 
 __all__ = ["base_config", "build_config", "build_lockstep_config", "method_block", "pairs",
-           "parse_pair", "parse_students", "published", "reference_hparams", "split_variant",
-           "student_entry", "table"]
+           "parse_pair", "parse_students", "reference_hparams", "split_variant",
+           "student_entry"]
