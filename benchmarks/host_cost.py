@@ -10,7 +10,9 @@ For each case (resnet32x4 -> resnet8x4 with KD and SD-DKD, and tiny_cnn alone wi
 the device work is smallest, as on a fast accelerator), dtype and global batch:
 
 - raw step ms: the trainer's jitted step (`trainer.build`) on a fixed batch already on the
-  device, median of windows with one sync each: the device's time, no input;
+  device, median of windows with one sync each: the device's time, no input; timed right
+  before and right after each row's trainer run (their mean), so that a row's trainer and
+  raw step see the same machine load;
 - trainer ms/step and images/s: `trainer.train` on synthetic CIFAR-size data (32x32, 100
   classes) for `--steps` steps in one epoch, from its summary's train images/s (training time
   without compilation, evaluation or saving), on three paths: `host` (numpy augmentation and
@@ -90,22 +92,36 @@ def make_config(case: str, dtype: str, batch: int, steps: int):
     return config
 
 
+class RawStep:
+    """The trainer's jitted step (`trainer.build`) on a fixed batch already on the device,
+    built and compiled once, timed as often as asked."""
+
+    def __init__(self, config, batch: int):
+        plan = config_validation.validate(config, num_devices=1)
+        self.built = trainer.build(config, plan, NUM_CLASSES, devices=jax.devices()[:1])
+        self.images = random_batch(self.built.mesh, batch, NUM_CLASSES, IMAGE_SIZE)
+        self.state = self.built.state
+        self._run(1)   # compile
+
+    def _run(self, steps: int) -> None:
+        b = self.built
+        for _ in range(steps):
+            self.state, m = b.train_step(self.state, b.teacher_state, self.images, LR, EPOCH)
+        jax.block_until_ready((self.state, m))
+
+    def seconds(self, steps: int, repeats: int = 3) -> float:
+        """Median seconds per step over `repeats` windows of `steps` steps, one sync each."""
+        windows = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self._run(steps)
+            windows.append((time.perf_counter() - t0) / steps)
+        return float(np.median(windows))
+
+
 def raw_step(config, batch: int, steps: int, repeats: int = 3) -> float:
     """Seconds per step of the trainer's jitted step on a batch already on the device."""
-    plan = config_validation.validate(config, num_devices=1)
-    built = trainer.build(config, plan, NUM_CLASSES, devices=jax.devices()[:1])
-    images = random_batch(built.mesh, batch, NUM_CLASSES, IMAGE_SIZE)
-    state = built.state
-    state, m = built.train_step(state, built.teacher_state, images, LR, EPOCH)
-    jax.block_until_ready(state)
-    windows = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = built.train_step(state, built.teacher_state, images, LR, EPOCH)
-        jax.block_until_ready((state, m))
-        windows.append((time.perf_counter() - t0) / steps)
-    return float(np.median(windows))
+    return RawStep(config, batch).seconds(steps, repeats)
 
 
 def trainer_rate(config) -> float:
@@ -210,14 +226,20 @@ def max_batch(case: str, dtype: str, limit: int) -> int:
 
 
 def measure(case: str, dtype: str, batch: int, steps: int, ks: list[int], label: str) -> list:
+    """One row per path. The raw step is timed right before and right after each trainer
+    run and their mean is that row's `raw ms`, so `trainer / raw` compares two measurements
+    taken under the same machine load (the load of a shared machine drifts between rows)."""
     config = make_config(case, dtype, batch, steps)
-    raw = raw_step(config, batch, max(min(steps // 4, 50), 2))
+    raw_step_ = RawStep(config, batch)
+    raw_steps = max(min(steps // 4, 50), 2)
     rows = []
     for path, on, k in [("host", False, 0), ("device k=1", True, 1)] + [
             (f"device k={k}", True, k) for k in ks if k != 1]:
         c = make_config(case, dtype, batch, steps)
         c.dataset.on_device, c.steps_per_dispatch = on, max(k, 1)
+        before = raw_step_.seconds(raw_steps)
         rate = trainer_rate(c)
+        raw = (before + raw_step_.seconds(raw_steps)) / 2
         host = host_per_step(c, k, min(steps, 200))
         row = {"case": case, "dtype": dtype, "batch": label, "raw_ms": 1e3 * raw, "path": path,
                "trainer_ms": 1e3 * batch / rate, "rate": rate, "host_ms": 1e3 * host,
@@ -251,7 +273,8 @@ def write_results(path: str, info: dict, rows: list, args, command: str,
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores; load average (1/5/15 min) "
         f"{load(info['load_start'])} at the start, {load(info['load_end'])} at the end",
-        "- raw step: the jitted step on a batch already on the device; trainer: "
+        "- raw step: the jitted step on a batch already on the device, timed right before "
+        "and right after the row's trainer run (their mean); trainer: "
         "`trainer.train`'s train images/s over one epoch of synthetic 32x32 data "
         f"({args.steps_note}); host ms/step: input + call dispatch per step, measured alone; "
         "trainer / raw: the trainer's images/s as a share of the raw step's",
