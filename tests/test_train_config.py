@@ -118,6 +118,36 @@ def test_bad_values_fail_with_the_key(key, value, match):
         config_validation.validate(c, num_devices=1)
 
 
+# Validation order, as validate's docstring promises: with several mistakes, the first in
+# this list is reported. (key, bad value, the error it gives), in the order they are checked.
+ORDERED_MISTAKES = [
+    ("dataset.name", "mnist", r"^dataset.name='mnist'; allowed"),
+    ("dataset.num_train", -1, r"^dataset.num_train=-1: expected an integer >= 0"),
+    ("optimizer.lr", float("nan"), r"^optimizer.lr=nan: expected a finite number"),
+    ("total_steps", -1, r"^total_steps=-1: expected an integer >= 0"),
+    ("compute_dtype", "float16", r"^compute_dtype='float16'; allowed: float32, bfloat16"),
+    ("student.arch", "resnet9", r"^student.arch='resnet9'; allowed"),
+    ("method.name", "fitnet", r"^method.name='fitnet'; allowed"),
+    ("teacher.checkpoint", "/nonexistent/t.pth",
+     r"^teacher.checkpoint='/nonexistent/t.pth': no such file"),
+    ("teacher.arch", "imagenet_ResNet18",
+     r"^teacher.arch='imagenet_ResNet18' does not fit dataset.name='cifar100'"),
+    ("optimizer.schedule", "step", r"^optimizer.schedule='step'; allowed"),
+    ("batch_size", 0, r"^batch_size=0: expected an integer > 0"),
+    ("eval_batch_size", 12, r"^eval_batch_size=12 must be divisible by the number of devices"),
+]
+
+
+@pytest.mark.parametrize("first", range(len(ORDERED_MISTAKES)))
+def test_the_first_of_several_mistakes_is_reported(first):
+    c = _kd_config()
+    for key, value, _ in ORDERED_MISTAKES[first:]:
+        section, _, leaf = key.rpartition(".")
+        (c[section] if section else c)[leaf] = value
+    with pytest.raises(ConfigError, match=ORDERED_MISTAKES[first][2]):
+        config_validation.validate(c, num_devices=8)
+
+
 def test_method_specific_errors():
     c = load_config_module("cifar_sdd").get_config()
     c.teacher.checkpoint = "random"

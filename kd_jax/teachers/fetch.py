@@ -21,6 +21,7 @@ For each teacher:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -173,6 +174,122 @@ def _same_as_installed(teacher: catalog.Teacher, installed: Optional[dict], dige
     return False
 
 
+def _uncache(path: str, cached: bool) -> str:
+    """Removes a cached download that proved broken (the next fetch must not reuse it);
+    the note for the error message."""
+    if not cached:
+        return ""
+    os.remove(path)
+    return " (removed from the cache)"
+
+
+def _check_published_hash(teacher: catalog.Teacher, path: str, digest: str,
+                          cached: bool) -> None:
+    """A torchvision file's sha256 starts with the prefix in its published name."""
+    prefix = _hash_prefix(teacher.urls[0]) if teacher.member is None else None
+    if prefix and not digest.startswith(prefix):
+        removed = _uncache(path, cached)
+        raise FetchError(f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the "
+                         f"hash in the published name {teacher.urls[0].rsplit('/', 1)[1]}: "
+                         "a corrupt or different file" + removed)
+
+
+@contextlib.contextmanager
+def _reading(teacher: catalog.Teacher, path: str, cached: bool):
+    """Turns a failure to extract or convert `path` into a FetchError that says why, and
+    drops a cached download that cannot be read."""
+    try:
+        yield
+    except ChangedBytesError:
+        raise
+    except FetchError as e:
+        if cached:
+            os.remove(path)
+            raise FetchError(f"{e} Removed it from the cache; run the fetch again.") from e
+        raise
+    except convert.ConversionError as e:
+        raise FetchError(f"{teacher.name}: {path} is not a {teacher.name} checkpoint: "
+                         f"{e}") from e
+    except Exception as e:   # torch.load of a file that is no checkpoint
+        removed = _uncache(path, cached)
+        raise FetchError(f"{teacher.name}: {path} is neither a tar archive nor a readable "
+                         f"PyTorch checkpoint ({type(e).__name__}: {e})" + removed) from e
+
+
+def _log_converted(teacher: catalog.Teacher, member: str, ckpt, log: Callable) -> None:
+    """One line: the archive member converted, its entries, its recorded top-1 and epoch."""
+    log(f"{teacher.name}: converted {member} ({len(ckpt.state_dict)} entries"
+        + (f", recorded top-1 {ckpt.accuracy:.2f}%" if ckpt.accuracy is not None else "")
+        + (f", epoch {ckpt.epoch}" if ckpt.epoch is not None else "") + ")")
+
+
+def _measure_and_verify(teacher: catalog.Teacher, ckpt, model, measure: Optional[Measure],
+                        tolerance: float, log: Callable) -> Optional[dict]:
+    """The converted model's measured metrics (None: not measured), once the recorded and
+    measured top-1 both match the published one; else FetchError."""
+    measured = measure(teacher, model) if measure is not None else None
+    if measured is not None:
+        log(f"  measured on the {teacher.dataset} test split ({measured['count']} images): "
+            f"top-1 {measured['top1']:.2f}%  top-5 {measured['top5']:.2f}%")
+    else:
+        log(f"  the {teacher.dataset} test split is not present: accuracy not measured"
+            + ("" if teacher.dataset == "imagenet2012" else " (pass --data-dir)"))
+    failures = verify(teacher, ckpt.accuracy, None if measured is None else measured["top1"],
+                      tolerance)
+    if failures:
+        raise FetchError(f"{teacher.name} failed verification: {'; '.join(failures)}. Not "
+                         f"installed (--tolerance changes the allowed difference)")
+    return measured
+
+
+def _record(teacher: catalog.Teacher, ckpt, *, origin: str, path: str, digest: str,
+            member: str, pth_digest: str, tolerance: float, measured: Optional[dict],
+            installed: Optional[dict]) -> dict:
+    """The teacher.json record: where the teacher came from, its hashes and its checks."""
+    record = {"arch": teacher.name, "num_classes": teacher.num_classes,
+              "dataset": teacher.dataset, "source": origin, "archive": os.path.basename(path),
+              "archive_sha256": digest,
+              "member": member, "source_sha256": pth_digest,
+              "source_format": ckpt.source_format, "accuracy": ckpt.accuracy,
+              "epoch": ckpt.epoch, "notes": ckpt.notes,
+              "published_top1": teacher.published_top1, "tolerance": tolerance,
+              "measured": measured,
+              "fetched": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    first = (installed or {}).get("archive_sha256")
+    if first and first != digest:
+        record["replaced_archive_sha256"] = first
+    return record
+
+
+def _install(model, record: dict, root: str, target: str) -> None:
+    """Writes the converted teacher beside `target`, then renames it into place."""
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
+    try:
+        convert.save_converted(model, staging, record, overwrite=True)
+        if os.path.exists(target):
+            old = staging + ".old"
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _log_installed(teacher: catalog.Teacher, target: str, ckpt, measured: Optional[dict],
+                   tolerance: float, log: Callable) -> None:
+    """One line: where the teacher went and the checks it passed."""
+    checks = ["converted"]
+    if ckpt.accuracy is not None:
+        checks.append(f"recorded {ckpt.accuracy:.2f}%")
+    if measured is not None:
+        checks.append(f"measured {measured['top1']:.2f}%")
+    log(f"  installed {target} ({', '.join(checks)}; published {teacher.published_top1:.2f}%, "
+        f"tolerance {tolerance})")
+
+
 def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
               from_file: Optional[str] = None, url: Optional[str] = None, force: bool = False,
               tolerance: float = TOLERANCE, measure: Optional[Measure] = None,
@@ -192,87 +309,22 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
 
     path, origin, cached = source_file(teacher, from_file, url, log, directory)
     digest = sha256(path)
-    prefix = _hash_prefix(teacher.urls[0]) if teacher.member is None else None
-    if prefix and not digest.startswith(prefix):
-        if cached:
-            os.remove(path)
-        raise FetchError(f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the "
-                         f"hash in the published name {teacher.urls[0].rsplit('/', 1)[1]}: "
-                         "a corrupt or different file" + (" (removed from the cache)" if cached
-                                                          else ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            pth, member = extract_checkpoint(teacher, path, tmp)
-            pth_digest = sha256(pth)
-            if _same_as_installed(teacher, installed, digest, pth_digest, force, target, log):
-                return installed
-            ckpt = convert.read_checkpoint(pth)
-            model = convert.torch_to_flax(ckpt.state_dict, teacher.name, teacher.num_classes)
-        except ChangedBytesError:
-            raise
-        except FetchError as e:
-            if cached:   # a broken download must not be reused by the next fetch
-                os.remove(path)
-                raise FetchError(f"{e} Removed it from the cache; run the fetch again.") from e
-            raise
-        except convert.ConversionError as e:
-            raise FetchError(f"{teacher.name}: {path} is not a {teacher.name} checkpoint: "
-                             f"{e}") from e
-        except Exception as e:   # torch.load of a file that is no checkpoint
-            if cached:
-                os.remove(path)
-            raise FetchError(f"{teacher.name}: {path} is neither a tar archive nor a readable "
-                             f"PyTorch checkpoint ({type(e).__name__}: {e})"
-                             + (" (removed from the cache)" if cached else "")) from e
-    log(f"{teacher.name}: converted {member} ({len(ckpt.state_dict)} entries"
-        + (f", recorded top-1 {ckpt.accuracy:.2f}%" if ckpt.accuracy is not None else "")
-        + (f", epoch {ckpt.epoch}" if ckpt.epoch is not None else "") + ")")
+    _check_published_hash(teacher, path, digest, cached)
+    with tempfile.TemporaryDirectory() as tmp, _reading(teacher, path, cached):
+        pth, member = extract_checkpoint(teacher, path, tmp)
+        pth_digest = sha256(pth)
+        if _same_as_installed(teacher, installed, digest, pth_digest, force, target, log):
+            return installed
+        ckpt = convert.read_checkpoint(pth)
+        model = convert.torch_to_flax(ckpt.state_dict, teacher.name, teacher.num_classes)
+    _log_converted(teacher, member, ckpt, log)
+    measured = _measure_and_verify(teacher, ckpt, model, measure, tolerance, log)
 
-    measured = measure(teacher, model) if measure is not None else None
-    if measured is not None:
-        log(f"  measured on the {teacher.dataset} test split ({measured['count']} images): "
-            f"top-1 {measured['top1']:.2f}%  top-5 {measured['top5']:.2f}%")
-    else:
-        log(f"  the {teacher.dataset} test split is not present: accuracy not measured"
-            + ("" if teacher.dataset == "imagenet2012" else " (pass --data-dir)"))
-    failures = verify(teacher, ckpt.accuracy, None if measured is None else measured["top1"],
-                      tolerance)
-    if failures:
-        raise FetchError(f"{teacher.name} failed verification: {'; '.join(failures)}. Not "
-                         f"installed (--tolerance changes the allowed difference)")
-
-    record = {"arch": teacher.name, "num_classes": teacher.num_classes,
-              "dataset": teacher.dataset, "source": origin, "archive": os.path.basename(path),
-              "archive_sha256": digest,
-              "member": member, "source_sha256": pth_digest,
-              "source_format": ckpt.source_format, "accuracy": ckpt.accuracy,
-              "epoch": ckpt.epoch, "notes": ckpt.notes,
-              "published_top1": teacher.published_top1, "tolerance": tolerance,
-              "measured": measured,
-              "fetched": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    first = (installed or {}).get("archive_sha256")
-    if first and first != digest:
-        record["replaced_archive_sha256"] = first
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{teacher.name}.", dir=root)
-    try:
-        convert.save_converted(model, staging, record, overwrite=True)
-        if os.path.exists(target):
-            old = staging + ".old"
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    checks = ["converted"]
-    if ckpt.accuracy is not None:
-        checks.append(f"recorded {ckpt.accuracy:.2f}%")
-    if measured is not None:
-        checks.append(f"measured {measured['top1']:.2f}%")
-    log(f"  installed {target} ({', '.join(checks)}; published {teacher.published_top1:.2f}%, "
-        f"tolerance {tolerance})")
+    record = _record(teacher, ckpt, origin=origin, path=path, digest=digest, member=member,
+                     pth_digest=pth_digest, tolerance=tolerance, measured=measured,
+                     installed=installed)
+    _install(model, record, root, target)
+    _log_installed(teacher, target, ckpt, measured, tolerance, log)
     return convert.read_meta(target)
 
 

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 
@@ -29,6 +29,7 @@ from kd_jax.data import catalog
 RANDOM_TEACHER = "random"   # teacher.checkpoint value for smoke tests and benchmarks only.
 SOLO = "student"            # the name of the only student of a solo run
 COMPUTE_DTYPES = ("float32", "bfloat16")
+TORCH_SUFFIXES = (".pth", ".pt", ".tar")   # a checkpoint file torch.load reads (else a directory)
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,14 @@ def _check_finite(config) -> None:
         raise ConfigError(f"{found[0]}={found[1]!r}: expected a finite number")
 
 
+def _archs(config) -> Iterator[tuple[str, str]]:
+    """(key, arch) for student.arch and teacher.arch, those that are set."""
+    for key in ("student.arch", "teacher.arch"):
+        arch = _get(config, key)
+        if arch:
+            yield key, arch
+
+
 def _check_synthetic_size(config) -> None:
     """A synthetic image must be at least as large as the models' total stride: below it,
     every later stage sees only padding (image_size=1 would 'train')."""
@@ -120,10 +129,7 @@ def _check_synthetic_size(config) -> None:
     _int(config, "dataset.num_classes")
     _require(d.num_classes >= 2, f"dataset.num_classes={d.num_classes}: expected >= 2")
     from kd_jax.models.shapes import pre_pool_shape
-    for key in ("student.arch", "teacher.arch"):
-        arch = _get(config, key)
-        if not arch:
-            continue
+    for key, arch in _archs(config):
         nominal = catalog.facts(d.name).image_size
         stride = max(nominal // pre_pool_shape(arch, d.num_classes, nominal)[0], 1)
         _require(d.image_size >= stride,
@@ -211,7 +217,7 @@ def _check_init_from(config, num_classes: int) -> None:
     key, arch = f"student.init_from={path!r}", config.student.arch
     _require(os.path.exists(path), f"{key}: no such file or directory")
     if not os.path.isdir(path):
-        _require(path.endswith((".pth", ".pt", ".tar")),
+        _require(path.endswith(TORCH_SUFFIXES),
                  f"{key}: expected a final_model / best_model / converted directory or a .pth")
         return
     meta_path = os.path.join(path, META_FILE)
@@ -228,8 +234,10 @@ def _check_init_from(config, num_classes: int) -> None:
              "must match")
 
 
-def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
-    """Raises ConfigError on unknown or contradictory settings; returns the run's plan."""
+def _check_dataset(config) -> None:
+    """dataset.name and its sizes (>= 0; > 0 for synthetic data), with every number of the
+    config checked finite in between: a NaN size reads as a bad integer, and a NaN lr is
+    reported before a synthetic split of size 0."""
     d = config.dataset
     _require(d.name in catalog.DATASETS,
              f"dataset.name={d.name!r}; allowed: {', '.join(catalog.DATASETS)}")
@@ -239,6 +247,10 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     if d.name == catalog.SYNTHETIC:
         _require(d.num_train > 0 and d.num_test > 0,
                  "dataset.name='synthetic' needs dataset.num_train > 0 and dataset.num_test > 0")
+
+
+def _check_run_options(config) -> None:
+    """The seeds, the step budget and the numerics options."""
     for key in ("seed", "total_steps", "eval_batch_size"):
         _int(config, key, allow_zero=True)
     parse_seeds(config.get("seeds", ""))
@@ -247,47 +259,66 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     _require(config.get("cpu_conv", "auto") in models.CPU_CONV_CHOICES,
              f"cpu_conv={config.get('cpu_conv')!r}; allowed: {', '.join(models.CPU_CONV_CHOICES)}")
 
-    names = models.names()
-    _require(config.student.arch in names,
-             f"student.arch={config.student.arch!r}; allowed: {', '.join(names)}")
-    plan = RunPlan(_students(config))
 
+def _check_arch(key: str, arch: str) -> None:
+    """`arch`, the value of `key` (student.arch or teacher.arch), is a registered model."""
+    names = models.names()
+    _require(arch in names, f"{key}={arch!r}; allowed: {', '.join(names)}")
+
+
+def _teacher_users(plan: RunPlan) -> str:
+    """The students that need a teacher, as the config names them."""
+    return ", ".join(
+        f"method.name={s.spec.name!r}" if s.name == SOLO else f"students.{s.name} ({s.label})"
+        for s in plan.students if s.spec.needs_teacher)
+
+
+def _check_teacher(config, plan: RunPlan, check_files: bool) -> None:
+    """A run that distils names its teacher; a solo run without one leaves teacher.arch and
+    teacher.checkpoint empty."""
     ckpt = config.teacher.checkpoint
     if plan.needs_teacher:
-        needing = ", ".join(
-            f"method.name={s.spec.name!r}" if s.name == SOLO else f"students.{s.name} ({s.label})"
-            for s in plan.students if s.spec.needs_teacher)
-        _require(config.teacher.arch in names,
-                 f"teacher.arch={config.teacher.arch!r}; allowed: {', '.join(names)}")
+        needing = _teacher_users(plan)
+        _check_arch("teacher.arch", config.teacher.arch)
         _require(bool(ckpt),
                  f"{needing} needs teacher.checkpoint (a .pth file, a converted orbax "
                  f"directory or {teachers.PUBLISHED!r}; {RANDOM_TEACHER!r} for smoke tests only)")
-        if check_files and ckpt == teachers.PUBLISHED:
-            teacher_checkpoint(config)
-        elif check_files and ckpt != RANDOM_TEACHER:
-            _require(os.path.exists(ckpt),
-                     f"teacher.checkpoint={ckpt!r}: no such file or directory")
-            _require(os.path.isdir(ckpt) or ckpt.endswith((".pth", ".pt", ".tar")),
-                     f"teacher.checkpoint={ckpt!r}: expected a .pth file or a converted orbax "
-                     "directory")
+        if check_files:
+            _check_teacher_file(config)
     elif not plan.lockstep:   # a lockstep run of CE students simply leaves its teacher unused
         _require(not ckpt and not config.teacher.arch,
                  f"method.name={plan.students[0].spec.name!r} trains without a teacher, but "
                  f"teacher.arch="
                  f"{config.teacher.arch!r} / teacher.checkpoint={ckpt!r} are set; clear them")
 
-    # The input size must fit the model family: ImageNet models for imagenet2012, the
-    # 224-input CUB variants for caltech_birds2011, CIFAR-size models otherwise.
-    family = catalog.facts(d.name).model_family
-    for key in ("student.arch", "teacher.arch"):
-        arch = _get(config, key)
-        if arch:
-            _require(models.family_of(arch) == family,
-                     f"{key}={arch!r} does not fit dataset.name={d.name!r}: use a "
-                     f"{family} model" + {"cifar": " (no imagenet_/cub_ prefix)",
-                                          "imagenet": " (imagenet_*)", "cub": " (cub_*)"}[family])
 
-    image_size = catalog.facts(d.name).image_size
+def _check_teacher_file(config) -> None:
+    """teacher.checkpoint: the published teacher installed, or a .pth / converted directory."""
+    ckpt = config.teacher.checkpoint
+    if ckpt == teachers.PUBLISHED:
+        teacher_checkpoint(config)
+    elif ckpt != RANDOM_TEACHER:
+        _require(os.path.exists(ckpt), f"teacher.checkpoint={ckpt!r}: no such file or directory")
+        _require(os.path.isdir(ckpt) or ckpt.endswith(TORCH_SUFFIXES),
+                 f"teacher.checkpoint={ckpt!r}: expected a .pth file or a converted orbax "
+                 "directory")
+
+
+def _check_model_family(config) -> None:
+    """The input size must fit the model family: ImageNet models for imagenet2012, the
+    224-input CUB variants for caltech_birds2011, CIFAR-size models otherwise."""
+    name = config.dataset.name
+    family = catalog.facts(name).model_family
+    for key, arch in _archs(config):
+        _require(models.family_of(arch) == family,
+                 f"{key}={arch!r} does not fit dataset.name={name!r}: use a "
+                 f"{family} model" + {"cifar": " (no imagenet_/cub_ prefix)",
+                                      "imagenet": " (imagenet_*)", "cub": " (cub_*)"}[family])
+
+
+def _check_pair_models(config, plan: RunPlan) -> None:
+    """Each student's method accepts the (student, teacher) pair (`MethodSpec.check_models`)."""
+    image_size = catalog.facts(config.dataset.name).image_size
     for s in plan.students:
         if s.spec.check_models is not None and config.teacher.arch:
             try:
@@ -296,10 +327,9 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
             except ValueError as e:
                 raise _method_error(s.name, e) from None
 
-    if check_files:
-        _check_init_from(config, d.num_classes)
 
-    o = config.optimizer
+def _check_optimizer(o) -> None:
+    """The optimizer block: schedule, lr, decay_rate, weight_decay, momentum, milestones."""
     _require(o.schedule in ("multistep", "cosine"),
              f"optimizer.schedule={o.schedule!r}; allowed: multistep, cosine")
     _require(o.lr > 0, f"optimizer.lr={o.lr!r}: expected > 0")
@@ -312,11 +342,19 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     _require(all(isinstance(m, int) and m > 0 for m in ms) and ms == sorted(set(ms)),
              f"optimizer.milestones={o.milestones!r}: expected strictly increasing positive epochs")
 
+
+def _check_loop(config) -> None:
+    """The loop's sizes and periods: positive integers (steps_per_dispatch 0: automatic)."""
     for key in ("batch_size", "num_epochs", "log_every_steps", "eval_every_epochs",
                 "keep_checkpoints", "checkpoint_every_epochs"):
         _int(config, key)
     if "steps_per_dispatch" in config:
         _int(config, "steps_per_dispatch", allow_zero=True)
+
+
+def _check_placement(config, num_devices: int | None) -> None:
+    """dataset.on_device fits the dataset; the batches split evenly over the devices."""
+    d = config.dataset
     on_device = d.get("on_device", None)
     _require(on_device is None or isinstance(on_device, bool),
              f"dataset.on_device={on_device!r}: expected True, False or None (auto: the train "
@@ -330,6 +368,25 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
         value = config[key]
         _require(value % n == 0,
                  f"{key}={value} must be divisible by the number of devices ({n})")
-    if d.name == catalog.SYNTHETIC:
+
+
+def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
+    """Raises ConfigError on unknown or contradictory settings; returns the run's plan.
+
+    The checks run in this order, so a config with several mistakes reports the same first
+    one every time."""
+    _check_dataset(config)
+    _check_run_options(config)
+    _check_arch("student.arch", config.student.arch)
+    plan = RunPlan(_students(config))
+    _check_teacher(config, plan, check_files)
+    _check_model_family(config)
+    _check_pair_models(config, plan)
+    if check_files:
+        _check_init_from(config, config.dataset.num_classes)
+    _check_optimizer(config.optimizer)
+    _check_loop(config)
+    _check_placement(config, num_devices)
+    if config.dataset.name == catalog.SYNTHETIC:
         _check_synthetic_size(config)
     return plan
