@@ -55,7 +55,6 @@ from kd_jax.losses.kd import kd_loss
 from kd_jax.losses.sdd import _window_matrix, sdd_region_weights
 
 NORM_EPS = 1e-12  # torch F.normalize's eps: x / max(||x||, eps)
-DEFAULT_WINDOWS = (1, 2, 4)
 # Full float32 matmuls on accelerators too (their default may be TF32/bf16 passes).
 _HIGHEST = jax.lax.Precision.HIGHEST
 
