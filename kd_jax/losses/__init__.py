@@ -22,6 +22,7 @@ from kd_jax.losses.msdcrd import (
 )
 from kd_jax.losses.nkd import nkd_loss, nkd_per_example
 from kd_jax.losses.objectives import (
+    ce_plus_warmed_up,
     clkd_objective,
     dkd_objective,
     kd_objective,
@@ -48,6 +49,7 @@ __all__ = [
     "adaptive_avg_pool",
     "adaptive_pool_to",
     "ce_loss",
+    "ce_plus_warmed_up",
     "ce_per_example",
     "clkd_objective",
     "clkd_terms",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import chex
 import jax
@@ -55,7 +55,6 @@ from kd_jax.losses.kd import kd_loss
 from kd_jax.losses.sdd import _window_matrix, sdd_region_weights
 
 NORM_EPS = 1e-12  # torch F.normalize's eps: x / max(||x||, eps)
-DEFAULT_WINDOWS = (1, 2, 4)
 # Full float32 matmuls on accelerators too (their default may be TF32/bf16 passes).
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -306,6 +305,144 @@ def msdcrd_sample_weights(
     return sdd_region_weights(regions, labels, complementary_weight)[:, 1:]
 
 
+class _Inputs(NamedTuple):
+    """msdcrd_terms' inputs, checked, cast to the loss dtype and pooled to the common grid
+    (h, w); the teacher's parts are constants (the teacher head unless trainable)."""
+
+    student_map: Array       # (B, h, w, Cs)
+    teacher_map: Array       # (B, h, w, Ct)
+    student_head: Head       # kernel (Cs, K), bias (K,)
+    teacher_head: Head       # kernel (Ct, K), bias (K,)
+    classifier: Head         # the teacher's local classifier: kernel (Ct, Kc), bias (Kc,)
+    teacher_logits: Array    # (B, Kc)
+    labels: Array            # (B,) int
+    windows: tuple[int, ...]
+    dtype: Any               # float32, or float64 for float64 inputs
+
+
+def _check_terms_inputs(
+    student_map: Any,
+    teacher_map: Any,
+    student_head: Head,
+    teacher_head: Head,
+    labels: Any,
+    teacher_logits: Any,
+    teacher_local_classifier: Head | None,
+    windows: Sequence[int],
+    tau: Any,
+    complementary_weight: Any,
+    chunk_size: int | None,
+    teacher_head_trainable: bool,
+) -> tuple[_Inputs, tuple[int, int]]:
+    """Validates `msdcrd_terms`' arguments (one ValueError naming the problem) and returns
+    them as arrays, uncast and unpooled, with the common grid (h, w) = (min(Hs, Ht),
+    min(Ws, Wt)) of the (B, Hs, Ws, Cs) and (B, Ht, Wt, Ct) maps."""
+    s_map = check_logits("student_map", student_map, rank=4)
+    t_map = check_logits("teacher_map", teacher_map, rank=4)
+    batch = s_map.shape[0]
+    if t_map.shape[0] != batch:
+        raise ValueError(
+            f"student_map and teacher_map must have the same batch size; got "
+            f"{s_map.shape} and {t_map.shape}"
+        )
+    s_kernel, s_bias = _check_head("student_head", student_head, s_map.shape[3], "student_map")
+    t_kernel, t_bias = _check_head("teacher_head", teacher_head, t_map.shape[3], "teacher_map")
+    if s_kernel.shape[1] != t_kernel.shape[1]:
+        raise ValueError(
+            f"student_head and teacher_head must embed into the same K dimensions; got "
+            f"kernels {s_kernel.shape} and {t_kernel.shape}"
+        )
+    if teacher_local_classifier is None:
+        c_kernel, c_bias = t_kernel, t_bias
+    else:
+        c_kernel, c_bias = _check_head(
+            "teacher_local_classifier", teacher_local_classifier, t_map.shape[3], "teacher_map"
+        )
+    t_logits = check_logits("teacher_logits", teacher_logits)
+    with as_value_error(
+        f"teacher_logits must have shape {(batch, c_kernel.shape[1])} (batch, classes of "
+        f"the teacher's local classifier); got {t_logits.shape}"
+    ):
+        chex.assert_shape(t_logits, (batch, c_kernel.shape[1]))
+    labels = check_labels(labels, batch)
+    check_scalar("tau", tau, positive=True)
+    check_scalar("complementary_weight", complementary_weight)
+    _check_chunk_size(chunk_size)
+    if not isinstance(teacher_head_trainable, bool):
+        raise ValueError(f"teacher_head_trainable must be a bool, got {teacher_head_trainable!r}")
+    grid = (min(s_map.shape[1], t_map.shape[1]), min(s_map.shape[2], t_map.shape[2]))
+    windows = _check_windows(windows, *grid)
+    dtype = loss_dtype(s_map, t_map, s_kernel, s_bias, t_kernel, t_bias, c_kernel, c_bias)
+    checked = _Inputs(s_map, t_map, (s_kernel, s_bias), (t_kernel, t_bias), (c_kernel, c_bias),
+                      t_logits, labels, windows, dtype)
+    return checked, grid
+
+
+def _pool_and_freeze(
+    checked: _Inputs, grid: tuple[int, int], teacher_head_trainable: bool
+) -> _Inputs:
+    """Both maps cast to the loss dtype and pooled to the common grid (`adaptive_pool_to`):
+    (B, Hs, Ws, Cs) -> (B, h, w, Cs), likewise the teacher's; then every teacher part under
+    stop_gradient but a trainable teacher head."""
+    stop = jax.lax.stop_gradient
+    s_map = adaptive_pool_to(checked.student_map.astype(checked.dtype), grid)
+    t_map = stop(adaptive_pool_to(checked.teacher_map.astype(checked.dtype), grid))
+    t_head = checked.teacher_head
+    if not teacher_head_trainable:
+        t_head = (stop(t_head[0]), stop(t_head[1]))
+    return checked._replace(
+        student_map=s_map,
+        teacher_map=t_map,
+        teacher_head=t_head,
+        classifier=(stop(checked.classifier[0]), stop(checked.classifier[1])),
+        teacher_logits=stop(checked.teacher_logits),
+    )
+
+
+def _sample_term(
+    s_rows: Array, t_rows: Array, weights: Array, tau: Any, chunk_size: int | None
+) -> Array:
+    """Sample-wise term of one window: 1/S sum_a w_a InfoNCE_a over the S rows of the
+    (S, K) embeddings, rows L2-normalised; weights (S,) are constants."""
+    per_row = info_nce_rows(
+        _l2_normalize(s_rows, axis=1),
+        _l2_normalize(t_rows, axis=1),
+        tau,
+        chunk_size=chunk_size,
+    )
+    return jnp.sum(jax.lax.stop_gradient(weights) * per_row) / s_rows.shape[0]
+
+
+def _feature_term(s_rows: Array, t_rows: Array, tau: Any) -> Array:
+    """Feature-wise term of one window: the mean InfoNCE over the K columns of the (S, K)
+    embeddings, each L2-normalised over the S rows (the transposed view, (K, S))."""
+    per_column = info_nce_rows(
+        _l2_normalize(s_rows, axis=0).T, _l2_normalize(t_rows, axis=0).T, tau
+    )
+    return jnp.mean(per_column)
+
+
+def _window_terms(
+    x: _Inputs, window: int, tau: Any, complementary_weight: Any, chunk_size: int | None
+) -> tuple[Array, Array]:
+    """(sample_k, feature_k) for window size k: the (B, h, w, C) maps pooled by k x k
+    sliding windows to (B, P, C), embedded to (B, P, K) and flattened to S = B*P rows
+    ordered (b, p); the teacher's local logits (B, P, Kc) give the sample weights."""
+    s_pooled = sliding_window_pool(x.student_map, window)  # (B, P, Cs)
+    t_pooled = sliding_window_pool(x.teacher_map, window)
+    s_embed = _embed(s_pooled, *x.student_head, x.dtype)  # (B, P, K)
+    t_embed = _embed(t_pooled, *x.teacher_head, x.dtype)
+    t_local = _embed(t_pooled, *x.classifier, x.dtype)  # (B, P, Kc)
+    weights = msdcrd_sample_weights(t_local, x.teacher_logits, x.labels, complementary_weight)
+
+    num_rows, dim = s_embed.shape[0] * s_embed.shape[1], s_embed.shape[2]
+    s_rows, t_rows = s_embed.reshape(num_rows, dim), t_embed.reshape(num_rows, dim)
+    return (
+        _sample_term(s_rows, t_rows, weights.reshape(num_rows), tau, chunk_size),
+        _feature_term(s_rows, t_rows, tau),
+    )
+
+
 def msdcrd_terms(
     student_map: Any,
     teacher_map: Any,
@@ -355,76 +492,20 @@ def msdcrd_terms(
     feature-wise (K, K) matrix is always built whole (K x K, e.g. 1000^2: small next to
     S^2 = 12544^2 at k=1 on ImageNet).
     """
-    s_map = check_logits("student_map", student_map, rank=4)
-    t_map = check_logits("teacher_map", teacher_map, rank=4)
-    batch = s_map.shape[0]
-    if t_map.shape[0] != batch:
-        raise ValueError(
-            f"student_map and teacher_map must have the same batch size; got "
-            f"{s_map.shape} and {t_map.shape}"
-        )
-    s_kernel, s_bias = _check_head("student_head", student_head, s_map.shape[3], "student_map")
-    t_kernel, t_bias = _check_head("teacher_head", teacher_head, t_map.shape[3], "teacher_map")
-    if s_kernel.shape[1] != t_kernel.shape[1]:
-        raise ValueError(
-            f"student_head and teacher_head must embed into the same K dimensions; got "
-            f"kernels {s_kernel.shape} and {t_kernel.shape}"
-        )
-    if teacher_local_classifier is None:
-        c_kernel, c_bias = t_kernel, t_bias
-    else:
-        c_kernel, c_bias = _check_head(
-            "teacher_local_classifier", teacher_local_classifier, t_map.shape[3], "teacher_map"
-        )
-    t_logits = check_logits("teacher_logits", teacher_logits)
-    with as_value_error(
-        f"teacher_logits must have shape {(batch, c_kernel.shape[1])} (batch, classes of "
-        f"the teacher's local classifier); got {t_logits.shape}"
-    ):
-        chex.assert_shape(t_logits, (batch, c_kernel.shape[1]))
-    labels = check_labels(labels, batch)
-    check_scalar("tau", tau, positive=True)
-    check_scalar("complementary_weight", complementary_weight)
-    _check_chunk_size(chunk_size)
-    if not isinstance(teacher_head_trainable, bool):
-        raise ValueError(f"teacher_head_trainable must be a bool, got {teacher_head_trainable!r}")
-    grid = (min(s_map.shape[1], t_map.shape[1]), min(s_map.shape[2], t_map.shape[2]))
-    windows = _check_windows(windows, *grid)
-
-    dtype = loss_dtype(s_map, t_map, s_kernel, s_bias, t_kernel, t_bias, c_kernel, c_bias)
-    stop = jax.lax.stop_gradient
-    s_map = adaptive_pool_to(s_map.astype(dtype), grid)
-    t_map = stop(adaptive_pool_to(t_map.astype(dtype), grid))
-    if not teacher_head_trainable:
-        t_kernel, t_bias = stop(t_kernel), stop(t_bias)
-    c_kernel, c_bias = stop(c_kernel), stop(c_bias)
-    t_logits = stop(t_logits)
-
+    checked, grid = _check_terms_inputs(
+        student_map, teacher_map, student_head, teacher_head, labels, teacher_logits,
+        teacher_local_classifier, windows, tau, complementary_weight, chunk_size,
+        teacher_head_trainable,
+    )
+    inputs = _pool_and_freeze(checked, grid, teacher_head_trainable)
     sample_terms, feature_terms = [], []
-    for window in windows:  # static loop over a few window sizes
-        s_pooled = sliding_window_pool(s_map, window)  # (B, P, Cs)
-        t_pooled = sliding_window_pool(t_map, window)
-        s_embed = _embed(s_pooled, s_kernel, s_bias, dtype)  # (B, P, K)
-        t_embed = _embed(t_pooled, t_kernel, t_bias, dtype)
-        t_local = _embed(t_pooled, c_kernel, c_bias, dtype)  # (B, P, Kc)
-        weights = msdcrd_sample_weights(t_local, t_logits, labels, complementary_weight)
-
-        num_rows, dim = batch * s_embed.shape[1], s_embed.shape[2]
-        s_rows, t_rows = s_embed.reshape(num_rows, dim), t_embed.reshape(num_rows, dim)
-        per_row = info_nce_rows(
-            _l2_normalize(s_rows, axis=1),
-            _l2_normalize(t_rows, axis=1),
-            tau,
-            chunk_size=chunk_size,
-        )
-        sample_terms.append(jnp.sum(stop(weights.reshape(num_rows)) * per_row) / num_rows)
-        per_column = info_nce_rows(
-            _l2_normalize(s_rows, axis=0).T, _l2_normalize(t_rows, axis=0).T, tau
-        )
-        feature_terms.append(jnp.mean(per_column))
+    for window in inputs.windows:  # static loop over a few window sizes
+        sample, feature = _window_terms(inputs, window, tau, complementary_weight, chunk_size)
+        sample_terms.append(sample)
+        feature_terms.append(feature)
     return {
-        "sample": sum(sample_terms) / len(windows),
-        "feature": sum(feature_terms) / len(windows),
+        "sample": sum(sample_terms) / len(inputs.windows),
+        "feature": sum(feature_terms) / len(inputs.windows),
     }
 
 

@@ -49,6 +49,31 @@ def warmup_factor(epoch: Any, warmup_epochs: Any, dtype: Any = jnp.float32) -> A
     return jnp.where(warmup_epochs > 0, jnp.minimum(epoch / safe, 1.0), 1.0)
 
 
+def ce_plus_warmed_up(
+    ce: Array,
+    name: str,
+    distill: Array,
+    epoch: Any,
+    *,
+    ce_weight: float,
+    kd_weight: float | None,
+    warmup_epochs: int,
+    parts: Terms | None = None,
+) -> tuple[Array, Terms]:
+    """ce_weight * ce + [kd_weight *] warmup_factor(epoch, warmup_epochs) * distill.
+
+    The combine of every warmed-up objective (DKD, NKD, SD-<base>): ce and distill are
+    scalars already computed; kd_weight=None for the objectives without a distillation
+    weight (DKD's and NKD's warmup multiplies their term directly). The warmup is in
+    distill's dtype. Terms: ce, *parts (the distillation term's components), <name>
+    (= distill), warmup.
+    """
+    warm = warmup_factor(epoch, warmup_epochs, distill.dtype)
+    weight = warm if kd_weight is None else kd_weight * warm
+    terms = {"ce": ce, **(parts or {}), name: distill, "warmup": warm}
+    return ce_weight * ce + weight * distill, terms
+
+
 def kd_objective(
     student_logits: Any,
     teacher_logits: Any,
@@ -88,11 +113,10 @@ def dkd_objective(
     tckd_b, nckd_b = dkd_terms_per_example(
         student_logits, teacher_logits, labels, temperature, stable=stable
     )
-    tckd, nckd = jnp.mean(tckd_b), jnp.mean(nckd_b)
     dkd = jnp.mean(alpha * tckd_b + beta * nckd_b)
-    warm = warmup_factor(epoch, warmup_epochs, dkd.dtype)
-    terms = {"ce": ce, "tckd": tckd, "nckd": nckd, "dkd": dkd, "warmup": warm}
-    return ce_weight * ce + warm * dkd, terms
+    return ce_plus_warmed_up(ce, "dkd", dkd, epoch, ce_weight=ce_weight, kd_weight=None,
+                             warmup_epochs=warmup_epochs,
+                             parts={"tckd": jnp.mean(tckd_b), "nckd": jnp.mean(nckd_b)})
 
 
 def nkd_objective(
@@ -109,8 +133,8 @@ def nkd_objective(
     """ce_weight * CE + warmup(epoch) * NKD. Terms: ce, nkd, warmup."""
     ce = ce_loss(student_logits, labels)
     nkd = nkd_loss(student_logits, teacher_logits, labels, gamma, temperature)
-    warm = warmup_factor(epoch, warmup_epochs, nkd.dtype)
-    return ce_weight * ce + warm * nkd, {"ce": ce, "nkd": nkd, "warmup": warm}
+    return ce_plus_warmed_up(ce, "nkd", nkd, epoch, ce_weight=ce_weight, kd_weight=None,
+                             warmup_epochs=warmup_epochs)
 
 
 def sd_objective(
@@ -142,8 +166,8 @@ def sd_objective(
     ce = ce_loss(student_logits, labels)
     sd = scale_decoupled(base_loss, student_local, teacher_local, labels,
                          complementary_weight=complementary_weight, zero_nonfinite=zero_nonfinite)
-    warm = warmup_factor(epoch, warmup_epochs, sd.dtype)
-    return ce_weight * ce + kd_weight * warm * sd, {"ce": ce, f"sd_{base}": sd, "warmup": warm}
+    return ce_plus_warmed_up(ce, f"sd_{base}", sd, epoch, ce_weight=ce_weight,
+                             kd_weight=kd_weight, warmup_epochs=warmup_epochs)
 
 
 def clkd_objective(

@@ -265,6 +265,26 @@ def sd_base_loss(
     return functools.partial(per_example, temperature=temperature, **hparams)
 
 
+def _sd_loss(
+    base: str,
+    student_local: Any,
+    teacher_local: Any,
+    labels: Any,
+    *,
+    temperature: Any,
+    complementary_weight: Any,
+    zero_nonfinite: bool,
+    **hparams: Any,
+) -> Array:
+    """`scale_decoupled` over `sd_base_loss(base, ...)`, both with the same zero_nonfinite:
+    (B, N, K) local logits -> scalar. The body of the sd_<base>_loss wrappers."""
+    base_loss = sd_base_loss(base, temperature=temperature, zero_nonfinite=zero_nonfinite,
+                             **hparams)
+    return scale_decoupled(base_loss, student_local, teacher_local, labels,
+                           complementary_weight=complementary_weight,
+                           zero_nonfinite=zero_nonfinite)
+
+
 def sd_kd_loss(
     student_local: Any,
     teacher_local: Any,
@@ -280,10 +300,8 @@ def sd_kd_loss(
     NaN elements of the per-class KL become 0 before the class sum, then a non-finite total
     becomes 0. False: neither.
     """
-    base_loss = sd_base_loss("kd", temperature=temperature, zero_nonfinite=zero_nonfinite)
-    return scale_decoupled(base_loss, student_local, teacher_local, labels,
-                           complementary_weight=complementary_weight,
-                           zero_nonfinite=zero_nonfinite)
+    return _sd_loss("kd", student_local, teacher_local, labels, temperature=temperature,
+                    complementary_weight=complementary_weight, zero_nonfinite=zero_nonfinite)
 
 
 def sd_dkd_loss(
@@ -300,11 +318,9 @@ def sd_dkd_loss(
 ) -> Array:
     """SD-DKD: region-weighted mean of alpha*TCKD_b + beta*NCKD_b (see `dkd_loss` for `stable`;
     zero_nonfinite: `scale_decoupled`)."""
-    base_loss = sd_base_loss("dkd", temperature=temperature, zero_nonfinite=zero_nonfinite,
-                             alpha=alpha, beta=beta, stable=stable)
-    return scale_decoupled(base_loss, student_local, teacher_local, labels,
-                           complementary_weight=complementary_weight,
-                           zero_nonfinite=zero_nonfinite)
+    return _sd_loss("dkd", student_local, teacher_local, labels, temperature=temperature,
+                    complementary_weight=complementary_weight, zero_nonfinite=zero_nonfinite,
+                    alpha=alpha, beta=beta, stable=stable)
 
 
 def sd_nkd_loss(
@@ -318,8 +334,6 @@ def sd_nkd_loss(
     zero_nonfinite: bool = True,
 ) -> Array:
     """SD-NKD: region-weighted mean of per-example NKD (zero_nonfinite: `scale_decoupled`)."""
-    base_loss = sd_base_loss("nkd", temperature=temperature, zero_nonfinite=zero_nonfinite,
-                             gamma=gamma)
-    return scale_decoupled(base_loss, student_local, teacher_local, labels,
-                           complementary_weight=complementary_weight,
-                           zero_nonfinite=zero_nonfinite)
+    return _sd_loss("nkd", student_local, teacher_local, labels, temperature=temperature,
+                    complementary_weight=complementary_weight, zero_nonfinite=zero_nonfinite,
+                    gamma=gamma)

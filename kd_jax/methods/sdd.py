@@ -84,7 +84,8 @@ def build(hp):
     base = hp["base"]
     scales = losses.parse_scales(hp["scales"])
     # The per-example base loss is picked once, here; the step runs scale_decoupled over it
-    # (losses.sd_objective's formula, without its dispatch on the base).
+    # (losses.sd_objective's formula, without its dispatch on the base; the combine with CE
+    # and the warmup is the objectives' one, losses.ce_plus_warmed_up).
     base_loss = losses.sd_base_loss(base, temperature=hp["temperature"],
                                     zero_nonfinite=hp["zero_nonfinite"],
                                     **{key: hp[key] for key in losses.SD_BASE_HPARAMS[base]})
@@ -96,9 +97,9 @@ def build(hp):
         sd = losses.scale_decoupled(base_loss, student_local, teacher_local, labels,
                                     complementary_weight=hp["complementary_weight"],
                                     zero_nonfinite=hp["zero_nonfinite"])
-        warm = losses.warmup_factor(epoch, hp["warmup_epochs"], sd.dtype)
-        return (hp["ce_weight"] * ce + hp["kd_weight"] * warm * sd,
-                {"ce": ce, f"sd_{base}": sd, "warmup": warm})
+        return losses.ce_plus_warmed_up(ce, f"sd_{base}", sd, epoch, ce_weight=hp["ce_weight"],
+                                        kd_weight=hp["kd_weight"],
+                                        warmup_epochs=hp["warmup_epochs"])
 
     return compute_loss
 

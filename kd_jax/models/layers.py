@@ -357,6 +357,20 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(1, 2))
 
 
+def pool_and_classify(
+    head: nnx.Module, pre_pool: jax.Array, stages: Any, preact_stages: Any
+) -> tuple[jax.Array, dict[str, Any]]:
+    """The end of every model: global average pool, final linear layer, features record.
+
+    pre_pool (B, H, W, C) -> logits (B, K) float32 and the features dict of kd_jax.models:
+    {"stages", "preact_stages", "pooled" (B, C), "pre_pool"}.
+    """
+    pooled = global_avg_pool(pre_pool)
+    logits = head(pooled).astype(jnp.float32)
+    return logits, {"stages": stages, "preact_stages": preact_stages, "pooled": pooled,
+                    "pre_pool": pre_pool}
+
+
 def run_stage(blocks: Sequence[nnx.Module], x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Runs blocks that each return (out, preact); returns the last block's (out, preact).
 

@@ -80,10 +80,8 @@ class MobileNetV1(nnx.Module):
             out = layers.relu(preact)
             if k in _FEATURE_UNITS:
                 preacts.append(preact)
-        pooled = layers.global_avg_pool(out)
-        logits = self.head(pooled).astype(jnp.float32)
-        return logits, {"stages": [layers.relu(p) for p in preacts], "preact_stages": preacts,
-                        "pooled": pooled, "pre_pool": out}
+        return layers.pool_and_classify(self.head, out, [layers.relu(p) for p in preacts],
+                                        preacts)
 
 
 @register("imagenet_MobileNetV1")

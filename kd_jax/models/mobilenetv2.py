@@ -132,10 +132,7 @@ class MobileNetV2(nnx.Module):
                 stages.append(out)
         c2 = self.conv2
         pre_pool = layers.relu(c2[1](c2[0](out)))
-        pooled = layers.global_avg_pool(pre_pool)
-        logits = self.head(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": None, "pooled": pooled,
-                        "pre_pool": pre_pool}
+        return layers.pool_and_classify(self.head, pre_pool, stages, None)
 
 
 @register("MobileNetV2")

@@ -159,9 +159,7 @@ class CifarResNet(nnx.Module):
             stages.append(x)
             preacts.append(preact)
         # AvgPool2d(8) on the 8x8 map of a 32x32 input is the global average.
-        pooled = layers.global_avg_pool(x)
-        logits = self.fc(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": preacts, "pooled": pooled, "pre_pool": x}
+        return layers.pool_and_classify(self.fc, x, stages, preacts)
 
 
 # name: (depth, widths)

@@ -57,9 +57,7 @@ class CifarResNetLarge(nnx.Module):
             x, preact = layers.run_stage(stage, x)
             stages.append(x)
             preacts.append(preact)
-        pooled = layers.global_avg_pool(x)
-        logits = self.linear(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": preacts, "pooled": pooled, "pre_pool": x}
+        return layers.pool_and_classify(self.linear, x, stages, preacts)
 
 
 CONFIGS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {

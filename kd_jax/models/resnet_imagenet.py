@@ -61,10 +61,8 @@ class ResNet(nnx.Module):
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             out, preact = layers.run_stage(layer, out)
             preacts.append(preact)
-        pooled = layers.global_avg_pool(out)
-        logits = self.head(pooled).astype(jnp.float32)
-        return logits, {"stages": [layers.relu(p) for p in preacts], "preact_stages": preacts,
-                        "pooled": pooled, "pre_pool": out}
+        return layers.pool_and_classify(self.head, out, [layers.relu(p) for p in preacts],
+                                        preacts)
 
 
 @register("imagenet_ResNet18")

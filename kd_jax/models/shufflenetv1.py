@@ -110,10 +110,7 @@ class ShuffleNetV1(nnx.Module):
             out, preact = layers.run_stage(layer, out)
             stages.append(out)
             preacts.append(preact)
-        pooled = layers.global_avg_pool(out)
-        logits = self.head(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": preacts, "pooled": pooled,
-                        "pre_pool": out}
+        return layers.pool_and_classify(self.head, out, stages, preacts)
 
 
 @register("ShuffleV1")

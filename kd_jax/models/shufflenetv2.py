@@ -125,10 +125,7 @@ class ShuffleNetV2(nnx.Module):
             stages.append(out)
             preacts.append(preact)
         pre_pool = layers.relu(self.bn2(self.conv2(out)))
-        pooled = layers.global_avg_pool(pre_pool)
-        logits = self.head(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": preacts, "pooled": pooled,
-                        "pre_pool": pre_pool}
+        return layers.pool_and_classify(self.head, pre_pool, stages, preacts)
 
 
 @register("ShuffleV2")

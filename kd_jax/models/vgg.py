@@ -85,9 +85,7 @@ class VGG(nnx.Module):
             stages.append(x)
             # The reference's first pre-activation feature is the activated block0 output.
             preacts.append(x if j == 0 else preact)
-        pooled = layers.global_avg_pool(x)
-        logits = self.classifier(pooled).astype(jnp.float32)
-        return logits, {"stages": stages, "preact_stages": preacts, "pooled": pooled, "pre_pool": x}
+        return layers.pool_and_classify(self.classifier, x, stages, preacts)
 
 
 CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {

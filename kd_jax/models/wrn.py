@@ -109,13 +109,11 @@ class WideResNet(nnx.Module):
         f2 = self.block2(f1)
         f3 = self.block3(f2)
         pre_pool = layers.relu(self.bn1(f3))
-        pooled = layers.global_avg_pool(pre_pool)  # = avg_pool2d(8) on the 8x8 map
-        logits = self.fc(pooled).astype(jnp.float32)
         # Second calls, as in the reference: in training mode they update the running
         # statistics of these BatchNorms a second time (see the module docstring).
         preacts = [f0, self.block2.layer[0].bn1(f1), self.block3.layer[0].bn1(f2), self.bn1(f3)]
-        return logits, {"stages": [f0, f1, f2, f3], "preact_stages": preacts,
-                        "pooled": pooled, "pre_pool": pre_pool}
+        # The global average pool = avg_pool2d(8) on the 8x8 map.
+        return layers.pool_and_classify(self.fc, pre_pool, [f0, f1, f2, f3], preacts)
 
 
 CONFIGS: dict[str, tuple[int, int]] = {  # name: (depth, widen factor)
