@@ -356,11 +356,12 @@ def test_objectives_combine_terms_as_the_recipes():
         np.testing.assert_allclose(float(terms["kd"]), kd, rtol=1e-10)
 
         loss, terms = jax.jit(functools.partial(
-            L.dkd_objective, alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+            L.dkd_objective, alpha=1.0, beta=8.0, temperature=4.0, ce_weight=0.7,
             warmup_epochs=20, stable=False))(s_, t_, y_, epoch)
         tckd, nckd = ref.dkd_terms_per_example(s, t, y, 4.0)
         dkd = (1.0 * tckd + 8.0 * nckd).mean()
-        np.testing.assert_allclose(float(loss), ce + 0.25 * dkd, rtol=1e-10)
+        # ce_weight 0.7 (the recipes' is 1): a dropped weight would go unnoticed at 1.
+        np.testing.assert_allclose(float(loss), 0.7 * ce + 0.25 * dkd, rtol=1e-10)
         np.testing.assert_allclose(
             [float(terms[k]) for k in ("tckd", "nckd", "dkd", "ce")],
             [tckd.mean(), nckd.mean(), dkd, ce],
@@ -373,6 +374,10 @@ def test_objectives_combine_terms_as_the_recipes():
         nkd = ref.nkd_per_example(s, t, y, 0.5, 1.0).mean()
         np.testing.assert_allclose(float(loss), ce + nkd, rtol=1e-10)
         np.testing.assert_allclose(float(terms["nkd"]), nkd, rtol=1e-10)
+        loss, terms = L.nkd_objective(s_, t_, y_, epoch, gamma=0.5, temperature=1.0,
+                                      ce_weight=1.3, warmup_epochs=20)   # mid-warmup: 5/20
+        np.testing.assert_allclose(float(loss), 1.3 * ce + 0.25 * nkd, rtol=1e-10)
+        np.testing.assert_allclose(float(terms["warmup"]), 0.25, rtol=1e-7)
 
         loss, terms = L.clkd_objective(s_, t_, y_, correlation="batch", **CLKD_WEIGHTS)
         c = ref.clkd_terms(s, t)
