@@ -12,3 +12,22 @@ import jax  # noqa: E402
 
 # Tests check numerics, not speed: most XLA optimisations only cost compile time here.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket.create_connection fails as with no DNS; returns the (host, port) list of
+    the connections tried, so a test can check there was one probe and no download."""
+    connects = []
+
+    def refuse(address, *args, **kwargs):
+        connects.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return connects

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
+import repo_files
 from test_cli import cli
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -98,12 +99,7 @@ README = os.path.join(ROOT, "README.md")
 
 def _check_verdict_script():
     """.ci/check_verdict.py (CI code, outside the package), imported by path."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "check_verdict", os.path.join(ROOT, ".ci", "check_verdict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return repo_files.load(os.path.join(".ci", "check_verdict.py"))
 
 
 def _mean_std(cell):

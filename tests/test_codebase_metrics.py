@@ -1,19 +1,16 @@
 """benchmarks/codebase_metrics.py: its counts on a hand-made tree, and its frame chain."""
 
-import importlib.util
 import os
 
 import pytest
+
+import repo_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _metrics():
-    spec = importlib.util.spec_from_file_location(
-        "codebase_metrics", os.path.join(ROOT, "benchmarks", "codebase_metrics.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return repo_files.load(os.path.join("benchmarks", "codebase_metrics.py"))
 
 
 def test_lines_and_longest_functions_of_a_small_tree(tmp_path):

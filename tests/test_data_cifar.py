@@ -14,7 +14,6 @@ import http.server
 import io
 import os
 import pickle
-import socket
 import tarfile
 import threading
 
@@ -134,17 +133,12 @@ def test_offline_and_missing_is_one_clear_error(tmp_path, empty_cache):
     assert os.listdir(tmp_path) == [] and not empty_cache.exists()   # nothing created
 
 
-def test_no_network_is_one_probe_and_no_download(tmp_path, empty_cache, monkeypatch):
+def test_no_network_is_one_probe_and_no_download(tmp_path, empty_cache, monkeypatch,
+                                                 no_network):
     monkeypatch.delenv(tfds_io.OFFLINE_ENV)
     for proxy in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(proxy, raising=False)
-    connects = []
-
-    def no_network(address, *args, **kwargs):
-        connects.append(address)
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
+    connects = no_network
     with pytest.raises(data.DataNotFoundError, match="www.cs.toronto.edu cannot be reached"):
         data.get_dataset({"name": "cifar10"})
     assert connects == [("www.cs.toronto.edu", 443)] and not empty_cache.exists()

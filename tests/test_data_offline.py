@@ -15,7 +15,7 @@ from kd_jax.data import tfds_io
 
 
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
+def offline(tmp_path, monkeypatch, no_network):
     """No network, an empty home, and tfds entry points that fail the test if called."""
     home = tmp_path / "home"
     home.mkdir()
@@ -23,13 +23,6 @@ def offline(tmp_path, monkeypatch):
     for name in ("TFDS_DATA_DIR", tfds_io.OFFLINE_ENV, "https_proxy", "HTTPS_PROXY",
                  "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    connects = []
-
-    def no_network(address, *args, **kwargs):
-        connects.append(address)
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
 
     def no_tfds(*args, **kwargs):
         raise AssertionError("tfds was called although the data cannot be there")
@@ -37,7 +30,7 @@ def offline(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
     monkeypatch.setattr(tfds, "builder", no_tfds)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_tfds)
-    return home, connects
+    return home, no_network
 
 
 def test_cub_offline_raises_without_download(offline, tmp_path):

@@ -13,7 +13,6 @@ NOT read back from kd_jax.recipes. Two checks per (config file, pair, method):
 """
 
 import glob
-import importlib.util
 import os
 
 import jax
@@ -24,6 +23,8 @@ from kd_jax import losses, methods
 from kd_jax.losses import objectives
 from kd_jax.train import config_validation
 from kd_jax.train.config_validation import ConfigError
+
+import repo_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,11 +148,7 @@ CASES = cases()
 
 
 def load_config(name, arg=None):
-    path = os.path.join(ROOT, "kd_jax", "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return repo_files.config_module(name).get_config(arg)
 
 
 # --- 1. resolved values ----------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Configs, recipes, schedules and config validation (no compilation: fast)."""
 
 import glob
-import importlib.util
 import math
 import os
 
@@ -11,16 +10,10 @@ import pytest
 from kd_jax.train import config_validation, schedules
 from kd_jax.train.config_validation import ConfigError
 
+import repo_files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "kd_jax", "configs", "[!_]*.py")))
-
-
-def load_config_module(name):
-    path = os.path.join(ROOT, "kd_jax", "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _valid(config):
@@ -58,7 +51,7 @@ def test_warmup_factor_matches_reference():
 def test_every_config_file_builds_and_validates():
     assert len(CONFIG_FILES) >= 13
     for path in CONFIG_FILES:
-        config = load_config_module(os.path.basename(path)[:-3]).get_config()
+        config = repo_files.config_module(os.path.basename(path)[:-3]).get_config()
         if config.get("pipeline"):   # e.g. quickstart: a list of runs, tested elsewhere
             continue
         _valid(config)
@@ -86,13 +79,13 @@ def test_published_numbers_follow_the_method_key():
 
 def test_unknown_pair_names_the_known_ones():
     with pytest.raises(ValueError, match="resnet32x4-resnet8x4"):
-        load_config_module("cifar_kd").get_config("resnet8-resnet99")
+        repo_files.config_module("cifar_kd").get_config("resnet8-resnet99")
 
 
 # --- validation errors name the key and the allowed values --------------------------------
 
 def _kd_config():
-    c = load_config_module("cifar_kd").get_config()
+    c = repo_files.config_module("cifar_kd").get_config()
     c.teacher.checkpoint = "random"
     return c
 
@@ -149,7 +142,7 @@ def test_the_first_of_several_mistakes_is_reported(first):
 
 
 def test_method_specific_errors():
-    c = load_config_module("cifar_sdd").get_config()
+    c = repo_files.config_module("cifar_sdd").get_config()
     c.teacher.checkpoint = "random"
     c.method.base = "crd"
     with pytest.raises(ConfigError, match="method.base='crd'; allowed: kd, dkd, nkd"):
@@ -162,7 +155,7 @@ def test_method_specific_errors():
     c.batch_size = 12
     with pytest.raises(ConfigError, match="divisible by the number of devices"):
         config_validation.validate(c, num_devices=8)
-    c = load_config_module("cifar_teacher").get_config()
+    c = repo_files.config_module("cifar_teacher").get_config()
     c.teacher.checkpoint = "random"
     with pytest.raises(ConfigError, match="trains without a teacher"):
         config_validation.validate(c, num_devices=1)
@@ -249,7 +242,7 @@ def test_clip_has_torchs_epsilon():
 
 
 def test_clip_grad_norm_must_be_a_number_at_least_0():
-    c = load_config_module("cifar_sdd").get_config("resnet32x4-ShuffleV1")
+    c = repo_files.config_module("cifar_sdd").get_config("resnet32x4-ShuffleV1")
     c.teacher.checkpoint = "random"
     c.optimizer.clip_grad_norm = -1.0
     with pytest.raises(ConfigError, match=r"optimizer\.clip_grad_norm=-1\.0: expected a number"):

@@ -36,11 +36,6 @@ def newest_checkpoint(workdir: str) -> int | None:
     return max(steps, default=None)
 
 
-def directory_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
-
-
 def pack(workdir: str, mirror: str) -> int | None:
     """Writes <mirror>/run.tar: workdir with only its newest checkpoint; returns that step."""
     step = newest_checkpoint(workdir)
