@@ -135,14 +135,23 @@ CASES["cub_dkd_clip"] = ("dkd", "vgg13-vgg8", 0.05, {"warmup_epochs": WARMUP, "b
                          lambda s, t, y, e: ref.dkd_objective(s, t, y, e, alpha=1.0, beta=18.0,
                                                               T=4.0, ce_w=1.0,
                                                               warmup_epochs=WARMUP))
-DATASET = {"cub_dkd_clip": data.CUB}
+# The other CUB baselines through the trainer (objective, the pair's lr, the clip at 40):
+# SDD's KD.py and SDD_nkd.py with --M [1] run plain KD / NKD on the global logits; KD's
+# weights are SD-KD's (CE 0.1, KD 0.9, T 4, no warmup), NKD's gamma is the pair's DKD beta
+# (vgg13->vgg8: 6), T 4, CE 1, warmup (20 -> WARMUP).
+CASES["cub_kd"] = ("kd", "vgg13-vgg8", 0.05, {},
+                   lambda s, t, y, e: ref.kd_objective(s, t, y, T=4.0, ce_w=0.1, kd_w=0.9))
+CASES["cub_nkd"] = ("nkd", "vgg13-vgg8", 0.05, {"warmup_epochs": WARMUP},
+                    lambda s, t, y, e: ref.nkd_objective(s, t, y, e, gamma=6.0, T=4.0, ce_w=1.0,
+                                                         warmup_epochs=WARMUP))
+DATASET = {"cub_dkd_clip": data.CUB, "cub_kd": data.CUB, "cub_nkd": data.CUB}
 BINDS = ("sd_dkd_clip", "cub_dkd_clip")
 # The reference trainer's clip (torch clip_grad_norm_ max_norm, after backward, before
 # SGD.step): SDD's BaseTrainer clips at 40 (SDD runs, NKD, every CUB run); mdistiller's
 # trainer does not (KD, DKD); CLKD / MSDCRD: no reference code, kd_jax's choice of none.
 CLIP = {"kd": 0.0, "dkd": 0.0, "nkd": 40.0, "sd_kd": 40.0, "sd_dkd": 40.0, "sd_nkd": 40.0,
         "clkd": 0.0, "msdcrd": 0.0, "msdcrd_projection": 0.0, "sd_dkd_clip": 40.0,
-        "cub_dkd_clip": 40.0}
+        "cub_dkd_clip": 40.0, "cub_kd": 40.0, "cub_nkd": 40.0}
 SDD_SCALES = {"sd_kd": (1, 2, 4), "sd_dkd": (1, 2, 4), "sd_nkd": (1, 2), "sd_dkd_clip": (1, 2, 4)}
 MSDCRD_WINDOWS = {"msdcrd": (1, 2, 4), "msdcrd_projection": (1, 2)}
 PROJECTION_DIM = {"msdcrd_projection": 128}     # the recipe's projection_dim
@@ -276,7 +285,7 @@ def make_config(key: str, teacher_path: str):
     c.batch_size, c.eval_batch_size, c.num_epochs = BATCH, EVAL_BATCH, EPOCHS
     c.optimizer.milestones = MILESTONES
     c.method.update(overrides)
-    # One seed per case (student init, data order): the eval checks see 9 students.
+    # One seed per case (student init, data order): the eval checks see a student per case.
     c.seed = list(CASES).index(key)
     c.log_every_steps, c.checkpoint_every_epochs = 1, EPOCHS
     c.tensorboard, c.progress_bar, c.export_model = False, False, False
