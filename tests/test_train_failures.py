@@ -396,6 +396,45 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
     assert summary["finished"] and int(state.step) == 6
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted at tmp_path/disk: a real disk that a test can fill."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the patched full-disk "
+                    f"tests above still run: {mount.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_at_a_save_is_one_line_and_the_run_goes_on_after(small_disk):
+    """The same as above on a real full disk: the run checkpoints step 3, a file then takes
+    all but 16 KiB of the disk (room for the logs, not for a checkpoint), so the save of step
+    6 fails with the writer's own ENOSPC. The user sees one StorageError; step 3 is kept;
+    once the space is freed the same command finishes the run."""
+    from kd_jax.train.checkpoint import StorageError
+
+    wd = str(small_disk / "run")
+    trainer.train(tiny_config(3), wd)
+    free = os.statvfs(small_disk)
+    with open(small_disk / "filler", "wb") as fh:
+        fh.write(b"\0" * (free.f_bavail * free.f_frsize - 16 * 1024))
+    with pytest.raises(StorageError, match=rf"could not save checkpoint step 6 in "
+                                           rf"{wd}/checkpoints: No space left on device; "
+                                           r"checkpoint step 3 in .* is kept"):
+        trainer.train(tiny_config(6), wd)
+    assert Checkpointer(wd).latest_step() == 3
+    os.remove(small_disk / "filler")
+    summary, state = trainer.train(tiny_config(6), wd)
+    assert summary["finished"] and int(state.step) == 6
+    assert Checkpointer(wd).latest_step() == 6
+
+
 # --- (7) rough edges ------------------------------------------------------------------------
 
 def test_metrics_hold_each_step_once_after_a_resume(tmp_path):

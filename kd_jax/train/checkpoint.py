@@ -47,10 +47,14 @@ def storage_cause(error: BaseException) -> Optional[str]:
 
 class _QuietStorageErrors(logging.Filter):
     """Drops orbax's own ERROR logs (with tracebacks, from its background threads) of a
-    storage failure: the save that surfaces it raises StorageError, reported in one line."""
+    storage failure: the save that surfaces it raises StorageError, reported in one line.
+    On absl's logger they come from orbax's modules; on asyncio's they are "Task exception
+    was never retrieved" reports of orbax's write tasks (the task's repr names orbax)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+        orbax = f"{os.sep}orbax{os.sep}"
+        if record.levelno < logging.ERROR or (orbax not in record.pathname
+                                              and orbax not in record.getMessage()):
             return True
         error = record.exc_info[1] if record.exc_info else None
         text = record.getMessage()
@@ -59,6 +63,7 @@ class _QuietStorageErrors(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietStorageErrors())
+logging.getLogger("asyncio").addFilter(_QuietStorageErrors())
 
 
 def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
@@ -90,9 +95,9 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
 
 
 def _quiet_closed_loop_callbacks() -> None:
-    """A failed orbax restore leaves tensorstore reads in flight whose callbacks reach the
-    restore's asyncio loop after it closed; each prints an 'Event loop is closed' traceback
-    through sys.unraisablehook. Those (and only those) are dropped: the failure itself is
+    """A failed orbax restore (or a save on a full disk) leaves tensorstore reads (writes) in
+    flight whose callbacks reach orbax's asyncio loop after it closed; each prints an 'Event
+    loop is closed' traceback through sys.unraisablehook. Those (and only those) are dropped: the failure itself is
     reported in one line."""
     previous = sys.unraisablehook
     if getattr(previous, "_kd_jax_quiet_loop", False):
@@ -115,6 +120,8 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=True))
         self._started: Optional[int] = None   # the step of the last save started
+        # Before any save or restore: a failed one's stray callbacks can fire at any time.
+        _quiet_closed_loop_callbacks()
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -166,7 +173,6 @@ class Checkpointer:
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         failures = []
-        _quiet_closed_loop_callbacks()
         for step in steps:
             try:
                 meta = self.read_meta(step)
