@@ -2,8 +2,11 @@
 
 - Every shell command naming `python -m kd_jax...` is checked: the module exists, its flags
   parse (argparse: parsed, not run; `kd_jax.main`: `kd_jax.cli.parse`, which builds the
-  `--config NAME[:ARG]`). Code blocks marked `<!-- file: NAME -->` are written into the
-  directory the commands are checked in first, so `--config my_method.py` resolves.
+  `--config NAME[:ARG]`). Commands are found in code blocks (continuation lines joined; not
+  in blocks fenced as python, json or text: fence program output as text) and in inline
+  code spans; a span naming a bare module (`python -m kd_jax.teachers`) needs only the
+  module. Code blocks marked `<!-- file: NAME -->` are written into the directory the
+  commands are checked in first, so `--config my_method.py` resolves.
 - Generated blocks (`<!-- generated: NAME -->`) equal `docs/generate.py`'s output now, and
   every config key has a description in kd_jax/recipes/keys.py.
 - docs/losses.md's signatures are the functions' own (inspect.signature).
