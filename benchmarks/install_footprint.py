@@ -10,7 +10,7 @@ file cache) and lists whether TensorFlow got installed. Venvs are deleted unless
 
 Needs network access to the package index (minutes: jaxlib, and the extras' wheels). [torch]
 is not measured by default: the index's default torch is the CUDA build (several GB); the
-README installs the CPU build first.
+docs/install.md installs the CPU build first.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ emits, as another processor would, which is what makes the quickstart's
 `XLA_FLAGS=--xla_cpu_max_isa=...` runs stand in for other processors. Which operations round
 differently depends on the ISA: on an AVX-512 machine this probe is unchanged under AVX2,
 while the quickstart's distilled students (not the student alone) print different numbers
-(README, quickstart section).
+(docs/quickstart.md).
 """
 
 from __future__ import annotations

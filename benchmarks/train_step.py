@@ -385,7 +385,7 @@ def parse_args(argv=None):
                         "torch runs on this kind of device)")
     p.add_argument("--cpu-conv", default="auto", choices=("auto", "xla", "im2col"),
                    help="the config's cpu_conv: how convolutions run on the CPU backend "
-                        "(README, 'CPU speed')")
+                        "(docs/benchmarks.md, 'CPU speed')")
     p.add_argument("--conv-floor", action=argparse.BooleanOptionalAction, default=True,
                    help="time one 3x3 conv fwd+bwd (32x32x64, batch 64) in XLA and PyTorch")
     p.add_argument("--devices", default="1,2,4,8",

@@ -32,8 +32,9 @@ def test_one_line():
 
 
 def test_isa_flag_changes_rounding():
-    """benchmarks/isa_rounding.py: XLA still takes --xla_cpu_max_isa (the README's stand-ins
-    for other processors), and SSE4.2 code (no AVX, no FMA) rounds the probe differently."""
+    """benchmarks/isa_rounding.py: XLA still takes --xla_cpu_max_isa (docs/quickstart.md's
+    stand-ins for other processors), and SSE4.2 code (no AVX, no FMA) rounds the probe
+    differently."""
     import re
     import subprocess
     import sys

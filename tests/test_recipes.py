@@ -286,23 +286,6 @@ def test_trainer_objective_equals_the_reference_objective(name, arg, key, datase
         assert jax.tree.map(float, got_terms).keys() == want_terms.keys()
 
 
-def test_readme_recipe_tables_are_the_command_output():
-    """README's effective-recipe tables are what `python -m kd_jax.recipes` prints now."""
-    import contextlib
-    import io
-    import re
-
-    from kd_jax.recipes import __main__ as recipes_main
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        recipes_main.main()
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        readme = fh.read()
-    block = re.search(r"<!-- recipe-tables: python -m kd_jax.recipes -->\n(.*?)\n"
-                      r"<!-- /recipe-tables -->", readme, re.S)
-    assert block is not None and block.group(1).strip() == out.getvalue().strip()
-
-
 # --- 3. the CUB baselines: SDD's distillers with --M [1] -------------------------------------
 
 def _np_adaptive_pool(x, out):

@@ -2,7 +2,7 @@
 
 - `kd_jax.recipes.builder`: the config builder over the methods' reference hyperparameters.
 - `kd_jax.recipes.quickstart`: the quickstart's teacher and pipeline configs.
-- `python -m kd_jax.recipes`: the README's recipe tables.
+- `python -m kd_jax.recipes`: the recipe tables of docs/recipes.md.
 
 The data the recipes are made of (solver, per-pair lr, DKD beta, SDD scales, gradient clips,
 published top-1) lives a layer below the methods, in `kd_jax.reference`.

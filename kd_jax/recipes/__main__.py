@@ -3,7 +3,7 @@
 Four tables, read from what the config builder resolves (kd_jax.recipes.builder) and from
 kd_jax.reference.published: the solver per dataset, the method values per dataset (the gradient
 clip included), the per-pair values (student lr, DKD beta, SDD scale sets) and the published
-top-1 per pair. The README's recipe tables are this command's output.
+top-1 per pair. docs/recipes.md's recipe tables are this command's output.
 """
 
 from __future__ import annotations
