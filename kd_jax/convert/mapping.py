@@ -11,8 +11,8 @@ every leaf of `nnx.state(model)` at path (..., name) corresponds to the torch ke
 
 `num_batches_tracked` has no Flax counterpart: it is consumed (dropped) with its BatchNorm, and
 written as 0 by `flax_to_torch`, the inverse mapping (kd_jax.export).
-torch need not be installed for this module: values may be numpy arrays or anything with
-`.numpy()` (torch tensors).
+torch need not be installed for this module: values may be numpy arrays (kd_jax.convert.pth
+reads .pth files into them) or anything with `.numpy()` (torch tensors).
 """
 
 from __future__ import annotations
@@ -109,12 +109,16 @@ def torch_shape(path: Path, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch.Tensor; fp16/bf16 go through fp32 (numpy has no bf16)
+    """A tensor's value as a numpy array of its own; floating point as float32, the way torch's
+    `.float()` converts (exact for float16 and bfloat16)."""
+    if hasattr(value, "detach"):  # a torch.Tensor (numpy has no bf16: go through fp32)
         value = value.detach().cpu()
         value = (value.float() if value.is_floating_point() else value).numpy()
+    value = np.asarray(value)   # kd_jax.convert.pth's arrays keep the stored dtype (bf16 too)
+    dtype = np.float32 if jnp.issubdtype(value.dtype, jnp.floating) else value.dtype
     # Copy: on CPU, jnp arrays built from a tensor's numpy view may share its memory, so a
     # later in-place torch update (e.g. BatchNorm statistics) would change the Flax model.
-    return np.array(value, copy=True)
+    return np.array(value, dtype=dtype, copy=True)
 
 
 def _listing(keys: list[str]) -> str:
