@@ -109,16 +109,15 @@ def torch_shape(path: Path, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _as_numpy(value: Any) -> np.ndarray:
-    """A tensor's value as a numpy array of its own; floating point as float32, the way torch's
-    `.float()` converts (exact for float16 and bfloat16)."""
-    if hasattr(value, "detach"):  # a torch.Tensor (numpy has no bf16: go through fp32)
+    """A tensor's value as a numpy array of its own. Floating point reaches the model as float32
+    either way: torch tensors through `.float()` here, numpy arrays (kd_jax.convert.pth keeps
+    the stored dtype, bfloat16 as ml_dtypes) through fill_model's cast, both exact for fp16/bf16."""
+    if hasattr(value, "detach"):  # a torch.Tensor; fp16/bf16 go through fp32 (numpy has no bf16)
         value = value.detach().cpu()
         value = (value.float() if value.is_floating_point() else value).numpy()
-    value = np.asarray(value)   # kd_jax.convert.pth's arrays keep the stored dtype (bf16 too)
-    dtype = np.float32 if jnp.issubdtype(value.dtype, jnp.floating) else value.dtype
     # Copy: on CPU, jnp arrays built from a tensor's numpy view may share its memory, so a
     # later in-place torch update (e.g. BatchNorm statistics) would change the Flax model.
-    return np.array(value, dtype=dtype, copy=True)
+    return np.array(value, copy=True)
 
 
 def _listing(keys: list[str]) -> str:
