@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
     if outcome.failed:
         print(f"{len(outcome.failed)} of {len(outcome.failed) + len(outcome.ready)} teacher(s) "
-              f"not installed: {', '.join(outcome.failed)}", file=sys.stderr)
+              f"failed: {', '.join(outcome.failed)}", file=sys.stderr)
         return 1
     if not outcome.ready:
         print(f"error: {args.from_file} holds none of the published teachers "
