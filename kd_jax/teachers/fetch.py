@@ -212,8 +212,7 @@ def _check_published_sha256(teacher: catalog.Teacher, pth: str, pth_digest: str,
 def files_sha256(directory: str) -> str:
     """sha256 over the files under `directory`: each one's relative path and sha256, sorted."""
     digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(directory)):
-        dirs.sort()
+    for root, _, files in sorted(os.walk(directory)):
         for name in sorted(files):
             path = os.path.join(root, name)
             digest.update(os.path.relpath(path, directory).encode() + b"\0")
@@ -223,11 +222,10 @@ def files_sha256(directory: str) -> str:
 
 def _check_cached_download(teacher: catalog.Teacher, installed: dict, target: str,
                            directory: Optional[str]) -> None:
-    """The cached download an installed teacher came from still has the recorded sha256."""
-    cached = os.path.join(downloads_dir(), teacher.archive)
-    from_download = installed.get("archive") == teacher.archive and "://" in str(
-        installed.get("source"))
-    if not (from_download and os.path.isfile(cached)):
+    """The cached download an installed teacher came from (the archive, or RepDistiller's
+    per-model file) still has the recorded sha256."""
+    cached = os.path.join(downloads_dir(), str(installed.get("archive")))
+    if not ("://" in str(installed.get("source")) and os.path.isfile(cached)):
         return
     digest, recorded = sha256(cached), installed.get("archive_sha256")
     if digest != recorded:
