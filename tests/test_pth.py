@@ -271,6 +271,23 @@ def test_objects_a_pickle_can_name_are_immutable(tmp_path):
     assert_same(pth.load(save(sd, tmp_path / "after.pth", "zip")), sd)
 
 
+class ArrayAsStorage:
+    """Pickles as _rebuild_tensor_v2 called on a numpy array instead of a file storage."""
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (np.arange(4.0), 0, (4,), (1,), False,
+                                                 collections.OrderedDict())
+
+
+def test_tensors_come_only_from_the_files_storages(tmp_path):
+    """A pickle cannot hand the tensor rebuilder memory of its own making (the rebuilder
+    reads with the strides it is given, so its storage must be one the reader made)."""
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(pickle.dumps({"x": ArrayAsStorage()}, protocol=2))
+    with pytest.raises(pth.PthError, match="a tensor's storage is a ndarray, not a storage"):
+        pth.load(str(path))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_truncated_and_garbage_files(tmp_path, layout):
     data = open(save(dump_state_dict("resnet8"), tmp_path / "ok.pth", layout), "rb").read()

@@ -104,17 +104,23 @@ class _Function(NamedTuple):
         return self.fn(*args)
 
 
+class _Storage(NamedTuple):
+    """A storage as the reader makes it from the file's bytes (a pickle cannot build one)."""
+
+    array: np.ndarray   # 1-d, C-contiguous, native byte order, of the storage's dtype
+
+
 _NOT_READ_YET = object()   # the legacy stream's storages during its first pass
 
 
 def _tensor(storage: Any, offset: int, size: Any, stride: Any) -> Any:
     """The tensor `storage[offset + sum_i idx_i * stride_i]` of shape `size`: a contiguous copy.
-
-    storage: 1-d array of the storage's dtype; offset, size, stride in elements."""
+    offset, size, stride in elements."""
     if storage is _NOT_READ_YET:
         return None
-    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+    if not isinstance(storage, _Storage):
         raise PthError(f"a tensor's storage is a {type(storage).__name__}, not a storage")
+    storage = storage.array
     size, stride = tuple(size), tuple(stride)
     if len(size) != len(stride) or not all(
             isinstance(n, int) and n >= 0 for n in (offset, *size, *stride)):
@@ -226,15 +232,15 @@ class _Unpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def _storage_array(raw: bytes, dtype: np.dtype, byteorder: str) -> np.ndarray:
-    """The 1-d native-order array of a storage's raw bytes written with `byteorder`."""
+def _storage(raw: bytes, dtype: np.dtype, byteorder: str) -> _Storage:
+    """The storage of raw bytes written with `byteorder`."""
     if len(raw) % dtype.itemsize:
         raise PthError(f"a {dtype} storage of {len(raw)} bytes: a truncated file?")
     if dtype.itemsize == 1 or byteorder == sys.byteorder:
-        return np.frombuffer(raw, dtype)
+        return _Storage(np.frombuffer(raw, dtype))
     # Swap whole elements (every supported dtype is one scalar): read as unsigned ints.
     swapped = np.frombuffer(raw, f"{'>' if byteorder == 'big' else '<'}u{dtype.itemsize}")
-    return swapped.astype(f"=u{dtype.itemsize}").view(dtype)
+    return _Storage(swapped.astype(f"=u{dtype.itemsize}").view(dtype))
 
 
 def _storage_id(pid: Any) -> tuple[_StorageType, str, int, Any]:
@@ -260,16 +266,16 @@ def _load_zip(f: BinaryIO) -> Any:
                      if prefix + "byteorder" in names else "little")
         if byteorder not in ("little", "big"):
             raise PthError(f"unknown byte order {byteorder!r} in {prefix}byteorder")
-        storages: dict[str, np.ndarray] = {}
+        storages: dict[str, _Storage] = {}
 
         def storage(pid):
             storage_type, key, numel, _ = _storage_id(pid)
             if key not in storages:
                 raw = zf.read(f"{prefix}data/{key}")
-                storages[key] = _storage_array(raw, storage_type.dtype, byteorder)
-            if storages[key].size < numel:
-                raise PthError(f"storage {key} holds {storages[key].size} elements, the pickle "
-                               f"{numel}: a truncated file?")
+                storages[key] = _storage(raw, storage_type.dtype, byteorder)
+            if storages[key].array.size < numel:
+                raise PthError(f"storage {key} holds {storages[key].array.size} elements, the "
+                               f"pickle {numel}: a truncated file?")
             return storages[key]
 
         with zf.open(pickles[0]) as p:
@@ -283,12 +289,12 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _read_counted_storage(f: BinaryIO, dtype: np.dtype) -> np.ndarray:
+def _read_counted_storage(f: BinaryIO, dtype: np.dtype) -> _Storage:
     """Element count (int64, little-endian), then that many elements, little-endian."""
     (numel,) = struct.unpack("<q", _read_exact(f, 8))
     if numel < 0:
         raise PthError(f"a storage of {numel} elements")
-    return _storage_array(_read_exact(f, numel * dtype.itemsize), dtype, "little")
+    return _storage(_read_exact(f, numel * dtype.itemsize), dtype, "little")
 
 
 def _no_persistent(pid: Any) -> Any:
@@ -323,8 +329,9 @@ def _load_legacy(f: BinaryIO) -> Any:
     for key in map(str, keys):
         storage_type, numel = types[key]
         storages[key] = _read_counted_storage(f, storage_type.dtype)
-        if storages[key].size != numel:
-            raise PthError(f"storage {key}: {storages[key].size} elements, the pickle {numel}")
+        if storages[key].array.size != numel:
+            raise PthError(f"storage {key}: {storages[key].array.size} elements, the pickle "
+                           f"{numel}")
     f.seek(start)
     return _Unpickler(f, lambda pid: storages[_storage_id(pid)[1]]).load()
 
@@ -339,7 +346,7 @@ def _load_tar(tar: tarfile.TarFile) -> Any:
                 raise PthError(f"storage {key}: type {storage_type!r} is not a storage type")
             objects[int(key)] = _read_counted_storage(f, storage_type.dtype)
         for target, root, offset, numel in _Unpickler(f, _no_persistent).load():
-            objects[int(target)] = objects[int(root)][offset: offset + numel]
+            objects[int(target)] = _Storage(objects[int(root)].array[offset: offset + numel])
     with tar.extractfile("tensors") as f:
         for _ in range(_Unpickler(f, _no_persistent).load()):
             key, storage_id, _ = _Unpickler(f, _no_persistent).load()
