@@ -16,11 +16,12 @@ The three layouts `torch.save` has written:
 Pickle policy, that of `torch.load(weights_only=True)` (torch/_weights_only_unpickler.py): a
 pickle may name only the globals of `_allowed_globals`: the tensor rebuilders, storage classes
 and dtypes, `torch.Size`, `torch.device`, `collections.OrderedDict`, and the data-only numpy
-types (scalars, arrays, dtypes) and `argparse.Namespace` (rebuilt as a types.SimpleNamespace,
-never as argparse's class) that training scripts store beside the weights. Any other global, such as
-`os.system` in a crafted `__reduce__`, raises UnsafePickleError before anything runs; no module
-is imported on a pickle's behalf. Persistent ids may only name storages (tensors in the tar
-layout).
+types (scalars, arrays, dtypes) and `argparse.Namespace` (rebuilt as a
+types.SimpleNamespace, never as argparse's class) that training scripts store beside the
+weights. Any other global, such as `os.system` in a crafted `__reduce__`, raises
+UnsafePickleError before anything runs; no module is imported on a pickle's behalf. Persistent
+ids may only name storages (tensors in the tar layout), and a tensor is rebuilt only from a
+storage the reader made from the file's bytes.
 
 Tensors are rebuilt from their storage, offset, sizes and strides (views and shared storages
 included) as contiguous copies in native byte order, in the storage's dtype (bfloat16 as
@@ -312,22 +313,22 @@ def _load_legacy(f: BinaryIO) -> Any:
     start = f.tell()
     # The storages' bytes follow the object pickle: a first pass records each storage's type,
     # then the bytes are read, then the pickle is read again with them.
-    types: dict[str, tuple[_StorageType, int]] = {}
+    seen: dict[str, tuple[_StorageType, int]] = {}   # key -> (type, element count)
 
     def record(pid):
         storage_type, key, numel, view = _storage_id(pid)
         if view is not None:
             raise UnsupportedPthError("a storage view (torch < 0.4)")
-        types[key] = (storage_type, numel)
+        seen[key] = (storage_type, numel)
         return _NOT_READ_YET
 
     _Unpickler(f, record).load()
     keys = _Unpickler(f, _no_persistent).load()
-    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(types):
+    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(seen):
         raise PthError("the storage list does not match the pickle's storages")
     storages = {}
     for key in map(str, keys):
-        storage_type, numel = types[key]
+        storage_type, numel = seen[key]
         storages[key] = _read_counted_storage(f, storage_type.dtype)
         if storages[key].array.size != numel:
             raise PthError(f"storage {key}: {storages[key].array.size} elements, the pickle "
