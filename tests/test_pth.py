@@ -151,8 +151,10 @@ def assert_same(got, want):
 
 @pytest.mark.parametrize("name", DUMP_NAMES)
 def test_every_zoo_state_dict_reads_back_bit_for_bit(tmp_path, name):
+    """Both layouts torch writes today; the tar layout for the ImageNet models, published in it
+    (test_views_offsets_shared_storages_and_dtypes covers it for every dtype and geometry)."""
     sd = dump_state_dict(name)
-    for layout in LAYOUTS:
+    for layout in LAYOUTS if name.startswith("imagenet_") else ["zip", "legacy"]:
         path = save(sd, tmp_path / f"{layout}.pth", layout, check_writer=False)
         assert_same(pth.load(path), sd)
         os.remove(path)
