@@ -225,26 +225,19 @@ print(f"Drive: about {(archive + runs * per_run) / 2**20:.0f} MiB in {PERSIST} "
 ## Teacher
 
 On an accelerator: the published CIFAR-100 teacher (mdistiller's `resnet32x4`), downloaded
-and converted once by `python -m kd_jax.teachers fetch` (torch, CPU build, is installed for
-the conversion if missing); or the `.pth` in `TEACHER_PTH`, converted by
+and converted once by `python -m kd_jax.teachers fetch` (no PyTorch needed: kd_jax reads
+`.pth` files itself); or the `.pth` in `TEACHER_PTH`, converted by
 `python -m kd_jax.convert`. Both convert exactly (same logits as PyTorch). In the CPU demo a
 small teacher is trained here."""),
     ("code", """\
-def ensure_torch():
-    if importlib.util.find_spec("torch") is None:
-        pip_install("torch", "--index-url", "https://download.pytorch.org/whl/cpu")
-
-
 teacher_run = None
 if ACCELERATOR and TEACHER_PTH:
-    ensure_torch()
     TEACHER_DIR = os.path.join(PERSIST, "teachers", TEACHER)
     if not os.path.isdir(TEACHER_DIR):
         subprocess.run([sys.executable, "-m", "kd_jax.convert", "--arch", TEACHER,
                         "--num-classes", "100", TEACHER_PTH, TEACHER_DIR], check=True)
     student_config.teacher.checkpoint = TEACHER_DIR
 elif ACCELERATOR:
-    ensure_torch()
     subprocess.run([sys.executable, "-m", "kd_jax.teachers", "fetch", TEACHER], check=True)
     student_config.teacher.checkpoint = "published"
 else:

@@ -10,6 +10,7 @@ test_model_parity.py. Tolerance: |flax - torch| <= 1e-5 * max(1, max|torch|) per
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import kd_jax.convert as kc  # noqa: E402
 import torch_models  # noqa: E402  (tests/torch_models.py)
 from kd_jax.convert.__main__ import main as cli_main  # noqa: E402
 from kd_jax.convert.mapping import abstract_model, torch_shape  # noqa: E402
+from kd_jax.convert.torch_files import load_torch_file  # noqa: E402
 
 DUMPS = os.path.join(os.path.dirname(__file__), "data", "torch_state_dicts")
 DUMP_NAMES = sorted(f[:-4] for f in os.listdir(DUMPS) if f.endswith(".txt"))
@@ -142,11 +144,20 @@ def test_plain_state_dict_with_dataparallel_prefix(tmp_path):
     assert_holds(kc.load_teacher(path, "resnet8", 10), sd)
 
 
+def test_training_options_load_without_pickle(tmp_path):
+    """argparse.Namespace beside the weights (training options) is data: no opt-in needed."""
+    sd = small_torch_model().state_dict()
+    path = str(tmp_path / "with_opt.pth")
+    torch.save({"model": sd, "opt": argparse.Namespace(lr=0.05), "accuracy": 71.5}, path)
+    assert kc.read_checkpoint(path).accuracy == 71.5
+    assert load_torch_file(path)["opt"].lr == 0.05
+
+
 def test_arbitrary_pickle_needs_opt_in(tmp_path):
     sd = small_torch_model().state_dict()
     path = str(tmp_path / "with_opt.pth")
-    torch.save({"model": sd, "opt": argparse.Namespace(lr=0.05)}, path)
-    with pytest.raises(kc.ConversionError, match="allow-pickle"):
+    torch.save({"model": sd, "opt": datetime.timedelta(days=1)}, path)
+    with pytest.raises(kc.ConversionError, match="global datetime.timedelta.*allow-pickle"):
         kc.read_checkpoint(path)
     with pytest.warns(UserWarning, match="executed as a pickle"):
         assert_holds(kc.load_torch_checkpoint(path, "resnet8", 10, allow_pickle=True), sd)

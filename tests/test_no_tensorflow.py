@@ -37,13 +37,20 @@ COMMON = ["--config=cifar_kd.py:resnet32x4-resnet8x4", "--config.student.arch=ti
           "--config.dataset.limit_test=8"]
 
 
-def run(tmp_path, *args):
+def core_env(tmp_path) -> dict:
+    """The environment of a fresh interpreter running this tree's kd_jax on CPU, offline, with
+    its own cache (tests/test_no_torch.py uses it too)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                KD_JAX_OFFLINE="1", KD_JAX_CACHE=str(tmp_path / "cache"))
+    return env
+
+
+def run(tmp_path, *args):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", RUN, *COMMON, f"--workdir={workdir}", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=core_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(workdir / "summary.json") as fh:
         assert json.load(fh)["finished"]

@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import socket
+import sys
 import tarfile
 import threading
 
@@ -284,7 +285,10 @@ def test_torchvision_file_must_match_the_hash_in_its_name(tmp_path, capsys):
     pth = str(tmp_path / "resnet34.pth")
     torch.save({"fc.weight": torch.zeros(2, 2)}, pth)
     rc, _, err = run(capsys, "fetch", "imagenet_ResNet34", "--from", pth)
-    assert rc == 1 and "does not start with 333f7ec4" in err
+    assert rc == 1
+    assert (f"{pth}: sha256 {sha(pth)}, but the published resnet34-333f7ec4.pth has sha256 "
+            "333f7ec4c6338da2cbed37f1fc0445f9624f1355633fa1d7eab79a91084c6cef. Nothing "
+            "installed") in err
 
 
 # --- measured accuracy -------------------------------------------------------------------------
@@ -321,3 +325,111 @@ def test_the_same_pth_from_another_file_is_not_a_change(tmp_path, capsys):
     assert rc == 0, err
     assert "from an identical .pth (another archive)" in out
     assert convert.read_meta(installed())["archive_sha256"] == sha(tar)
+
+
+# --- what an archive holds; sha256 on every fetch ----------------------------------------------
+
+def test_fetch_all_from_an_archive_installs_what_it_holds(tmp_path, capsys):
+    """cifar_teachers.tar with one teacher: it is installed, the others are named, exit 0."""
+    tar = make_tar(tmp_path / "cifar_teachers.tar")
+    rc, out, err = run(capsys, "fetch", "all", "--from", tar, "--no-evaluate")
+    assert rc == 0 and err == ""
+    others = [n for n in catalog.TEACHERS if n != ARCH]
+    assert f"not in {tar}: {', '.join(others)} (fetch them without --from" in out
+    assert f"1 teacher(s) ready in {teachers.teachers_dir()}: {ARCH};" in out
+    assert os.listdir(teachers.teachers_dir()) == [ARCH]
+    # A teacher named explicitly must be in the archive; an archive of none of them fails.
+    rc, _, err = run(capsys, "fetch", "resnet110", "--from", tar)
+    assert rc == 1 and f"{tar} holds no resnet110_vanilla/ckpt_epoch_240.pth" in err
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as t:
+        t.add(tar, arcname="other/ckpt.pth")
+    rc, _, err = run(capsys, "fetch", "all", "--from", str(empty))
+    assert rc == 1 and f"{empty} holds none of the published teachers" in err
+
+
+def test_a_tar_layout_pth_published_alone(tmp_path, capsys, monkeypatch):
+    """A teacher published as one .pth in torch's tar layout of 2017 (as torchvision's
+    resnet34-333f7ec4.pth is): not taken for an archive, its full sha256 checked, read
+    without torch; inside an archive it is found by its published name."""
+    from test_pth import save_tar_layout   # tests/test_pth.py
+    pth = str(tmp_path / "resnet56-0123abcd.pth")
+    save_tar_layout(torch_teacher().state_dict(), pth)
+    monkeypatch.setitem(catalog.TEACHERS, ARCH, dataclasses.replace(
+        catalog.TEACHERS[ARCH], urls=("http://127.0.0.1:9/resnet56-0123abcd.pth",),
+        archive="resnet56-0123abcd.pth", member=None, sha256=sha(pth)))
+    assert not fetch.is_archive(pth)
+    rc, out, err = run(capsys, "fetch", ARCH, "--from", pth, "--no-evaluate")
+    assert rc == 0, err
+    model, sd = convert.load_teacher(installed(), ARCH, 100), torch_teacher().state_dict()
+    np.testing.assert_array_equal(np.asarray(model.conv1.kernel[...]),
+                                  sd["conv1.weight"].permute(2, 3, 1, 0).numpy())
+    np.testing.assert_array_equal(np.asarray(model.bn1.var[...]), sd["bn1.running_var"].numpy())
+    with tarfile.open(tmp_path / "mine.tar", "w") as t:
+        t.add(pth, arcname="weights/resnet56-0123abcd.pth")
+    rc, out, err = run(capsys, "fetch", "all", "--from", str(tmp_path / "mine.tar"))
+    assert rc == 0 and "from an identical .pth (another archive)" in out, err
+    other = tmp_path / "other.pth"
+    other.write_bytes(open(pth, "rb").read() + b"\0")
+    rc, _, err = run(capsys, "fetch", ARCH, "--from", str(other), "--force")
+    assert rc == 1 and (f"{other}: sha256 {sha(other)}, but the published resnet56-0123abcd.pth "
+                        f"has sha256 {sha(pth)}. Nothing installed") in err
+
+
+def test_refetch_verifies_the_installed_files_and_the_cached_archive(tmp_path, capsys):
+    """A plain re-fetch checks the installed files and the cached download against the
+    sha256 recorded at install; --force reuses the cached archive only if it passes."""
+    body = open(make_tar(tmp_path / "cifar_teachers.tar"), "rb").read()
+    with Server({"cifar_teachers.tar": body}) as server:
+        rc, _, err = run(capsys, "fetch", ARCH, "--no-evaluate", "--url",
+                         server.url("cifar_teachers.tar"))
+    assert rc == 0, err
+    meta_path = os.path.join(installed(), "teacher.json")
+    recorded = json.load(open(meta_path))
+    rc, out, _ = run(capsys, "fetch", ARCH)
+    assert rc == 0 and f"verified (files sha256 {recorded['state_sha256'][:12]}..." in out
+
+    state = os.path.join(installed(), "state")
+    biggest = max((os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs),
+                  key=os.path.getsize)
+    with open(biggest, "r+b") as f:   # one flipped byte in the installed weights
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 1]))
+    rc, _, err = run(capsys, "fetch", ARCH)
+    assert rc == 1 and f"error: {state}: sha256 " in err
+    assert f"has sha256 {recorded['state_sha256']}. Nothing installed" in err
+    assert f"`python -m kd_jax.teachers fetch {ARCH} --force`" in err
+    rc, _, err = run(capsys, "fetch", ARCH, "--force", "--no-evaluate")   # the cache is intact
+    assert rc == 0, err
+    assert run(capsys, "fetch", ARCH)[0] == 0
+
+    cached = os.path.join(fetch.downloads_dir(), "cifar_teachers.tar")
+    with open(cached, "ab") as f:   # the cached download changes
+        f.write(b"\0" * 512)
+    before = open(meta_path, "rb").read()
+    for force in ([], ["--force"]):
+        rc, _, err = run(capsys, "fetch", ARCH, *force)
+        assert rc == 1
+        assert (f"error: {cached}: sha256 {sha(cached)}, but the download {ARCH} was installed "
+                f"from ({meta_path}) has sha256 {hashlib.sha256(body).hexdigest()}. Nothing "
+                "installed; the installed teacher is unchanged") in err
+        assert open(meta_path, "rb").read() == before and os.path.isfile(cached)
+
+
+def test_a_missing_optional_dependency_keeps_the_download(tmp_path, capsys, monkeypatch):
+    """A .pth holding what kd_jax's reader does not rebuild (a sparse tensor) needs torch;
+    without it the error says so and the cached download stays."""
+    src = tmp_path / "src" / "cifar_teachers" / f"{ARCH}_vanilla"
+    os.makedirs(src)
+    torch.save({"model": torch_teacher().state_dict(), "extra": torch.eye(2).to_sparse()},
+               src / "ckpt_epoch_240.pth")
+    archive = tmp_path / "cifar_teachers.tar"
+    with tarfile.open(archive, "w") as t:
+        t.add(tmp_path / "src" / "cifar_teachers", arcname="cifar_teachers")
+    monkeypatch.setitem(sys.modules, "torch", None)   # `import torch` fails from here on
+    with Server({"cifar_teachers.tar": archive.read_bytes()}) as server:
+        rc, _, err = run(capsys, "fetch", ARCH, "--url", server.url("cifar_teachers.tar"))
+    assert rc == 1 and "_rebuild_sparse_tensor" in err and "needs PyTorch" in err
+    assert "(the download stays in the cache)" in err
+    assert os.path.isfile(os.path.join(fetch.downloads_dir(), "cifar_teachers.tar"))

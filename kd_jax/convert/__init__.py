@@ -9,8 +9,9 @@ Command line (writes an orbax checkpoint and teacher.json):
 
     python -m kd_jax.convert --arch resnet32x4 --num-classes 100 ckpt_epoch_240.pth out_dir/
 
-.pth files are read with torch.load(weights_only=True) plus a numpy allow-list; a file that
-needs full unpickling requires allow_pickle=True / --allow-pickle (kd_jax.convert.torch_files).
+.pth files are read without PyTorch (kd_jax.convert.pth: the policy of
+torch.load(weights_only=True), tensors as numpy arrays); a file naming other globals needs
+allow_pickle=True / --allow-pickle and PyTorch (kd_jax.convert.torch_files).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"model name; one of: {', '.join(kd_jax.models.names())}")
     parser.add_argument("--num-classes", type=int, required=True, help="outputs of the head")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="if torch.load(weights_only=True) refuses the file, load it with "
-                             "weights_only=False, which EXECUTES the file as a pickle: only for "
-                             "files you trust")
+                        help="if the file holds Python objects beyond tensors, numbers and "
+                             "containers, load it with torch.load(weights_only=False), which "
+                             "EXECUTES the file as a pickle: only for files you trust (needs "
+                             "PyTorch)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
     parser.add_argument("input", help="checkpoint dict, distiller checkpoint or plain state_dict")
     parser.add_argument("output_dir", help="directory to write (state/ and teacher.json)")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         read_s = time.perf_counter() - start
         model = torch_to_flax(ckpt.state_dict, args.arch, args.num_classes)
         convert_s = time.perf_counter() - start - read_s
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"  converted to {args.arch} (num_classes={args.num_classes}): every key used, every "

@@ -59,11 +59,17 @@ def save_converted(model: nnx.Module, out_dir: str, meta: dict[str, Any],
     n_params = sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     record = dict(meta, format_version=FORMAT_VERSION, parameter_count=int(n_params))
     if jax.process_index() == 0:
-        with open(meta_path + ".tmp", "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(meta_path + ".tmp", meta_path)   # atomic: never a truncated record
+        write_meta(out_dir, record)
     return meta_path
+
+
+def write_meta(path: str, record: dict[str, Any]) -> None:
+    """Writes `record` as path/teacher.json, atomically: never a truncated record."""
+    meta_path = os.path.join(path, META_FILE)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(meta_path + ".tmp", meta_path)
 
 
 def read_meta(path: str) -> dict[str, Any]:

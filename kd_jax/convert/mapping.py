@@ -11,8 +11,8 @@ every leaf of `nnx.state(model)` at path (..., name) corresponds to the torch ke
 
 `num_batches_tracked` has no Flax counterpart: it is consumed (dropped) with its BatchNorm, and
 written as 0 by `flax_to_torch`, the inverse mapping (kd_jax.export).
-torch need not be installed for this module: values may be numpy arrays or anything with
-`.numpy()` (torch tensors).
+torch need not be installed for this module: values may be numpy arrays (kd_jax.convert.pth
+reads .pth files into them) or anything with `.numpy()` (torch tensors).
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def torch_shape(path: Path, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _as_numpy(value: Any) -> np.ndarray:
+    """A tensor's value as a numpy array of its own. Floating point reaches the model as float32
+    either way: torch tensors through `.float()` here, numpy arrays (kd_jax.convert.pth keeps
+    the stored dtype, bfloat16 as ml_dtypes) through fill_model's cast, both exact for fp16/bf16."""
     if hasattr(value, "detach"):  # a torch.Tensor; fp16/bf16 go through fp32 (numpy has no bf16)
         value = value.detach().cpu()
         value = (value.float() if value.is_floating_point() else value).numpy()

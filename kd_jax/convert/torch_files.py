@@ -6,26 +6,34 @@ Formats seen in the reference code bases:
   * distiller checkpoints: keys "module.student.*", "module.teacher.*", plus distiller modules;
   * plain state_dicts (torchvision ImageNet ResNets), possibly with a DataParallel "module." prefix.
 
-Pickle policy: files are loaded with `torch.load(weights_only=True)`, which reconstructs only
-tensors, containers and numbers. If that refuses the file, it is retried with a small allow-list
-of numpy scalar/array/dtype types (data only: some training scripts store the accuracy as a numpy
-float). Anything else needs `allow_pickle=True` (CLI `--allow-pickle`): the file is then executed
-as a pickle (`weights_only=False`), which can run arbitrary code, so only do it for files you trust.
+Files are read by kd_jax.convert.pth, without PyTorch: the zip, legacy-stream and tar layouts
+of torch.save, tensors as numpy arrays, under the pickle policy of
+`torch.load(weights_only=True)` plus numpy scalars/arrays and argparse.Namespace (data only).
+PyTorch is used in two cases only, and must then be installed: a file holding a construct that
+reader does not rebuild (sparse, quantized or nested tensors, tensor subclasses) is read with
+`torch.load(weights_only=True)`, the same policy; and a file naming other globals needs
+`allow_pickle=True` (CLI `--allow-pickle`), which executes it as a pickle
+(`torch.load(weights_only=False)`): this can run arbitrary code, so only for files you trust.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
-import pickle
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from kd_jax.convert import pth
 from kd_jax.convert.mapping import ConversionError
 
 _STATE_DICT_ENTRIES = ("model", "state_dict")  # where checkpoint dicts keep the state_dict
 _ACCURACY_ENTRIES = ("accuracy", "best_acc")
+
+
+class MissingTorchError(ImportError):
+    """Reading this file needs PyTorch, which is not installed (the file is not at fault)."""
 
 
 @dataclasses.dataclass
@@ -47,63 +55,58 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _numpy_allow_list() -> list[Any]:
-    """numpy types a weights_only load may reconstruct: scalars, arrays, dtypes (data, no code).
-
-    Files written under numpy 1.x name `numpy.core.multiarray.*`, numpy 2.x `numpy._core...`;
-    the (object, name) form maps the old names onto the current objects.
-    """
-    import numpy as np
-
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    dtype_classes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32,
-                                                 np.int64, np.bool_)]
-    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes,
-            (multiarray.scalar, "numpy.core.multiarray.scalar"),
-            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
-
-
-def _not_torch(path: str, error: BaseException) -> ConversionError:
-    return ConversionError(
-        f"{path}: not a PyTorch checkpoint (torch.load failed: {type(error).__name__}: "
-        f"{' '.join(str(error).split())[:200]}); expected a .pth file written by torch.save")
-
-
-def load_torch_file(path: str, allow_pickle: bool = False) -> Any:
-    """torch.load(path) on CPU under the pickle policy of this module (see the module docstring)."""
+def _import_torch(why: str) -> Any:
     try:
         import torch
     except ImportError as e:  # torch is optional for the rest of kd_jax
-        raise ImportError("reading .pth files needs PyTorch "
-                          "(pip install torch; the CPU build is enough)") from e
+        raise MissingTorchError(f"{why}: that needs PyTorch (pip install torch; the CPU build "
+                                "is enough)") from e
+    return torch
 
+
+def _torch_weights_only(path: str, why: str) -> Any:
+    """torch.load(weights_only=True), numpy scalars/arrays/dtypes and argparse.Namespace allowed
+    (the policy of kd_jax.convert.pth)."""
+    torch = _import_torch(why)
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32,
+                                          np.int64, np.bool_)]
+    allowed = [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes,
+               argparse.Namespace, (multiarray.scalar, "numpy.core.multiarray.scalar"),
+               (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first_error = e
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as e:  # noqa: BLE001  a file that is not a torch checkpoint at all
-        raise _not_torch(path, e) from None
-    try:
-        with torch.serialization.safe_globals(_numpy_allow_list()):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
+    except Exception as e:  # noqa: BLE001  torch refuses it too
+        raise pth.PthError(f"{why}; torch.load(weights_only=True) fails too ({type(e).__name__}:"
+                           f" {' '.join(str(e).split())[:200]})") from None
+
+
+def load_torch_file(path: str, allow_pickle: bool = False) -> Any:
+    """The object in the .pth file `path` (tensors as numpy arrays), under the policy of the
+    module docstring. ConversionError (pth.PthError) if it is unreadable or refused;
+    MissingTorchError where the file needs PyTorch and it is absent."""
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001  not a torch.save archive (garbage, another format)
-        raise _not_torch(path, e) from None
-    if not allow_pickle:
-        raise ConversionError(
-            f"{path}: torch.load(weights_only=True) refuses this file: it holds Python objects "
-            f"beyond tensors, numbers and numpy scalars ({', '.join(unsafe) or first_error}). "
-            "Loading it means executing it as a pickle, which can run arbitrary code. If you "
-            "trust the file, pass allow_pickle=True (command line: --allow-pickle).")
-    warnings.warn(f"{path}: loading with torch.load(weights_only=False) because "
-                  "allow_pickle=True: the file is executed as a pickle (globals it imports: "
-                  f"{', '.join(unsafe)})", stacklevel=2)
-    return torch.load(path, map_location="cpu", weights_only=False)
+        return pth.load(path)
+    except pth.UnsafePickleError as e:
+        if not allow_pickle:
+            raise pth.UnsafePickleError(
+                f"{path}: {e}. Loading it means executing it as a pickle, which can run "
+                "arbitrary code. If you trust the file, pass allow_pickle=True (command line: "
+                "--allow-pickle; it needs PyTorch).") from None
+        torch = _import_torch(f"{path}: --allow-pickle loads it with torch.load")
+        warnings.warn(f"{path}: loading with torch.load(weights_only=False) because "
+                      f"allow_pickle=True: the file is executed as a pickle ({e})", stacklevel=2)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except pth.UnsupportedPthError as e:
+        why = f"{path}: {e}"
+        obj = _torch_weights_only(path, why)
+        warnings.warn(f"{why}; read it with torch.load(weights_only=True)", stacklevel=2)
+        return obj
+    except pth.PthError as e:
+        raise pth.PthError(f"{path}: {e}; expected a .pth file written by torch.save") from None
 
 
 def _is_tensor_like(value: Any) -> bool:

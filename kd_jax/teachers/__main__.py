@@ -7,7 +7,9 @@
 
 --dir: the teachers directory (default $KD_JAX_TEACHERS, else <$KD_JAX_CACHE or
 ~/.cache/kd_jax>/teachers). A config's teacher.checkpoint=published means
-<that directory>/<teacher.arch>. Exit status: 0 ok, 1 a teacher failed, 2 bad usage.
+<that directory>/<teacher.arch>. Exit status: 0 ok (every teacher asked for is ready; with
+`all --from ARCHIVE`, those it holds, at least one), 1 a teacher failed, 2 bad usage.
+PyTorch is not needed (kd_jax.convert.pth reads the .pth files).
 
 This command is the one part of kd_jax.teachers above the trainer: it measures a fetched
 teacher with kd_jax.evaluate (`measure`), which kd_jax.teachers.fetch takes as an argument, so
@@ -43,12 +45,14 @@ def parse_args(argv):
     f.add_argument("names", nargs="+",
                    help=f"teacher names or 'all' ({', '.join(catalog.TEACHERS)})")
     f.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="a local cifar_teachers.tar or .pth instead of a download")
+                   help="a local cifar_teachers.tar or .pth instead of a download; with "
+                        "'all', the teachers an archive does not hold are named and skipped")
     f.add_argument("--url", help="download from this URL instead of the published one (a mirror)")
     f.add_argument("--force", action="store_true",
-                   help="fetch and convert again (the cached archive is reused: delete it from "
-                        "$KD_JAX_CACHE/downloads to download again), replacing an installed "
-                        "teacher even if its bytes differ from the first download")
+                   help="convert and install again, replacing an installed teacher even if its "
+                        "bytes differ from the first download; a cached archive is reused only "
+                        "if its sha256 is the recorded one (delete it from "
+                        "$KD_JAX_CACHE/downloads to download again)")
     f.add_argument("--tolerance", type=float, default=None,
                    help="allowed difference in top-1 points between the recorded/measured and "
                         f"the published accuracy (default {catalog.TOLERANCE})")
@@ -128,7 +132,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         return 0
-    from kd_jax.teachers import fetch   # jax, torch: only when fetching
+    from kd_jax.teachers import fetch   # jax: only when fetching
     kwargs = dict(directory=directory, from_file=args.from_file, url=args.url, force=args.force,
                   measure=None if args.no_evaluate else measure_on_test_set(args.data_dir,
                                                                            args.batch_size))
@@ -137,30 +141,27 @@ def main(argv=None) -> int:
             print("error: --tolerance must be >= 0", file=sys.stderr)
             return 2
         kwargs["tolerance"] = args.tolerance
-    names = list(catalog.TEACHERS) if args.names == ["all"] else args.names
-    unknown = [n for n in names if n not in catalog.TEACHERS]
-    if unknown:
-        print(f"error: unknown teacher(s) {', '.join(unknown)}; published teachers: "
-              f"{', '.join(catalog.TEACHERS)} (or 'all')", file=sys.stderr)
+    try:
+        fetch.resolve_names(args.names, args.from_file)
+    except fetch.FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.from_file and len(names) > 1 and not fetch.is_archive(args.from_file):
-        print(f"error: --from {args.from_file} is a single checkpoint: name exactly one teacher",
-              file=sys.stderr)
-        return 2
-    failed = []
-    for name in names:
-        try:
-            fetch.fetch_one(catalog.TEACHERS[name], **kwargs)
-        except fetch.FetchError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed.append(name)
-    if failed:
-        print(f"{len(failed)} of {len(names)} teacher(s) not installed: {', '.join(failed)}",
-              file=sys.stderr)
-        return 1
-    print(f"{len(names)} teacher(s) ready in {teachers.teachers_dir(directory)}; use them with "
-          "--config.teacher.checkpoint=published")
-    return 0
+    outcome = fetch.fetch(args.names, **kwargs)
+    if outcome.not_held:
+        print(f"not in {args.from_file}: {', '.join(outcome.not_held)} (fetch them without "
+              "--from, or from a file that holds them)")
+    for message in outcome.failed.values():
+        print(f"error: {message}", file=sys.stderr)
+    if outcome.ok:
+        print(f"{len(outcome.ready)} teacher(s) ready in {teachers.teachers_dir(directory)}: "
+              f"{', '.join(outcome.ready)}; use them with --config.teacher.checkpoint=published")
+        return 0
+    if outcome.failed:
+        print(f"{len(outcome.failed)} of {len(outcome.failed) + len(outcome.ready)} teacher(s) "
+              f"failed: {', '.join(outcome.failed)}", file=sys.stderr)
+    else:
+        print(f"error: {args.from_file} holds none of the published teachers", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -7,25 +7,33 @@ For each teacher:
   1. the source file: `from_file`, else the archive cached in <cache_dir()>/downloads, else a
      download (resumable, kd_jax.teachers.download) from the catalog's URL (`url` overrides
      it, e.g. a mirror), else, for CIFAR teachers, RepDistiller's per-model file;
-  2. the .pth: the archive member `<arch>_vanilla/ckpt_epoch_240.pth` (any leading folder),
-     or the file itself;
-  3. conversion with kd_jax.convert (every key used, every leaf filled);
-  4. verification: the accuracy recorded in the checkpoint, and the accuracy `measure` gives
-     (the command passes one measuring the test split with kd_jax.evaluate when it is
-     present), each within `tolerance` points of the published top-1; torchvision files also
-     match the sha256 prefix in their name;
+  2. the .pth: the archive member `<arch>_vanilla/ckpt_epoch_240.pth` (any leading folder;
+     for a teacher published as a single .pth, its file name), or the file itself;
+  3. conversion with kd_jax.convert (every key used, every leaf filled), PyTorch not needed
+     (kd_jax.convert.pth);
+  4. verification: the .pth's sha256 where the catalog has it (torchvision's files), the
+     accuracy recorded in the checkpoint, and the accuracy `measure` gives (the command passes
+     one measuring the test split with kd_jax.evaluate when it is present), each within
+     `tolerance` points of the published top-1;
   5. installation into <teachers dir>/<arch>/ (written beside it, then renamed into place),
-     teacher.json recording the archive's sha256. A later fetch whose bytes differ says so
-     and replaces the teacher only with force=True.
+     teacher.json recording the archive's sha256 and that of the installed files.
+
+sha256 on every later fetch: a teacher already installed is verified (its files against
+their recorded hash, and the cached download, if the teacher came from it, against the
+archive's recorded hash) before anything is reused; force=True converts again, but only from
+a cached archive that passes that check. A mismatch names the file and both hashes and installs
+nothing. A file of other bytes (another download, `from_file`) replaces an installed teacher
+only with force=True.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -33,7 +41,8 @@ from typing import Any, Callable, Optional
 
 from kd_jax import convert
 from kd_jax.cache import cache_dir
-from kd_jax.convert.converted import META_FILE
+from kd_jax.convert import pth as pth_files
+from kd_jax.convert.converted import META_FILE, STATE_DIR, write_meta
 from kd_jax.convert.torch_files import sha256
 from kd_jax.teachers import catalog, fetch_command, teachers_dir
 from kd_jax.teachers.download import DownloadError, download
@@ -50,6 +59,19 @@ class FetchError(RuntimeError):
 
 class ChangedBytesError(FetchError):
     """The file differs from the one the installed teacher was fetched from."""
+
+
+class HashMismatch(FetchError):
+    """A file's sha256 differs from the one it must have (published or recorded)."""
+
+
+class NotInArchive(FetchError):
+    """The archive is readable but holds no checkpoint of this teacher."""
+
+
+def _mismatch(path: str, actual: str, expected: str, whose: str, then: str) -> HashMismatch:
+    return HashMismatch(f"{path}: sha256 {actual}, but {whose} has sha256 {expected}. "
+                        f"Nothing installed; {then}")
 
 
 def downloads_dir() -> str:
@@ -96,9 +118,11 @@ def source_file(teacher: catalog.Teacher, from_file: Optional[str] = None,
 
 
 def is_archive(path: str) -> bool:
-    """A tar archive by name or by content (a .pth is a zip file or a raw pickle)."""
-    return path.endswith((".tar", ".tar.gz", ".tgz")) or (os.path.isfile(path)
-                                                          and tarfile.is_tarfile(path))
+    """A tar archive of checkpoints, by content or by name; a .pth is a zip file, a pickle
+    stream, or, from torch before 0.1.10, a tar file of its own layout."""
+    if os.path.isfile(path) and tarfile.is_tarfile(path):
+        return not pth_files.is_torch_tar(path)
+    return path.endswith((".tar", ".tar.gz", ".tgz"))
 
 
 def extract_checkpoint(teacher: catalog.Teacher, path: str, tmp: str) -> tuple[str, str]:
@@ -108,12 +132,12 @@ def extract_checkpoint(teacher: catalog.Teacher, path: str, tmp: str) -> tuple[s
     try:
         with tarfile.open(path) as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
-            wanted = teacher.member or ""
+            wanted = teacher.member or teacher.archive
             found = [m for m in members if m.name == wanted or m.name.endswith("/" + wanted)]
             if not found:
                 pths = [m.name for m in members if m.name.endswith(".pth")]
-                raise FetchError(f"{path} holds no {wanted} (its .pth files: "
-                                 f"{', '.join(pths[:20]) or 'none'})")
+                raise NotInArchive(f"{teacher.name}: {path} holds no {wanted} (its .pth files: "
+                                   f"{', '.join(pths[:20]) or 'none'})")
             out = os.path.join(tmp, "ckpt.pth")
             src = tar.extractfile(found[0])   # copied into our own file: no paths from the archive
             with open(out, "wb") as f:
@@ -124,12 +148,6 @@ def extract_checkpoint(teacher: catalog.Teacher, path: str, tmp: str) -> tuple[s
     except (tarfile.TarError, EOFError, OSError) as e:
         raise FetchError(f"{path} is not a readable tar archive ({type(e).__name__}: {e}); "
                          "a corrupt or truncated download?") from e
-
-
-def _hash_prefix(url: str) -> Optional[str]:
-    """torch.hub's convention: 'resnet34-333f7ec4.pth' -> '333f7ec4' (sha256 prefix)."""
-    m = re.search(r"-([a-f0-9]{6,})\.pth$", url)
-    return m[1] if m else None
 
 
 def _installed_meta(path: str) -> Optional[dict]:
@@ -152,26 +170,24 @@ def verify(teacher: catalog.Teacher, recorded: Optional[float], measured: Option
 
 
 def _same_as_installed(teacher: catalog.Teacher, installed: Optional[dict], digest: str,
-                       pth_digest: str, force: bool, target: str, log: Callable) -> bool:
-    """True if the installed teacher came from the same bytes (nothing to do). Different bytes
-    raise FetchError, or with `force` are reported and replaced."""
+                       pth_digest: str, force: bool, target: str, log: Callable) -> Optional[str]:
+    """How the installed teacher came from the same bytes (nothing to convert), else None.
+    Different bytes raise FetchError, or with `force` are reported and replaced."""
     if installed is None:
-        return False
+        return None
     first, first_pth = installed.get("archive_sha256"), installed.get("source_sha256")
     if first == digest or first_pth == pth_digest:
         if force:
-            return False
+            return None
         same = "identical bytes" if first == digest else "an identical .pth (another archive)"
-        log(f"{teacher.name}: already in {target}, from {same} (sha256 {digest[:12]}...); "
-            "--force converts it again")
-        return True
+        return f"from {same} (sha256 {digest[:12]}...)"
     msg = (f"{teacher.name}: the file has sha256 {digest}, but the first download of this "
            f"teacher (recorded in {os.path.join(target, META_FILE)}) had {first}: the "
            "published bytes changed, or this is another file")
     if not force:
         raise ChangedBytesError(msg + "; pass --force to replace the installed teacher")
     log("warning: " + msg + "; replacing it (--force)")
-    return False
+    return None
 
 
 def _uncache(path: str, cached: bool) -> str:
@@ -183,15 +199,60 @@ def _uncache(path: str, cached: bool) -> str:
     return " (removed from the cache)"
 
 
-def _check_published_hash(teacher: catalog.Teacher, path: str, digest: str,
-                          cached: bool) -> None:
-    """A torchvision file's sha256 starts with the prefix in its published name."""
-    prefix = _hash_prefix(teacher.urls[0]) if teacher.member is None else None
-    if prefix and not digest.startswith(prefix):
+def _check_published_sha256(teacher: catalog.Teacher, pth: str, pth_digest: str, path: str,
+                            cached: bool) -> None:
+    """The .pth has the catalog's sha256 where it is published (torchvision's files)."""
+    if teacher.sha256 and pth_digest != teacher.sha256:
         removed = _uncache(path, cached)
-        raise FetchError(f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the "
-                         f"hash in the published name {teacher.urls[0].rsplit('/', 1)[1]}: "
-                         "a corrupt or different file" + removed)
+        raise _mismatch(pth, pth_digest, teacher.sha256,
+                        f"the published {teacher.urls[0].rsplit('/', 1)[1]}",
+                        f"a corrupt or different file{removed}")
+
+
+def files_sha256(directory: str) -> str:
+    """sha256 over the files under `directory`: each one's relative path and sha256, sorted."""
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(directory)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, directory).encode() + b"\0")
+            digest.update(bytes.fromhex(sha256(path)))
+    return digest.hexdigest()
+
+
+def _check_cached_download(teacher: catalog.Teacher, installed: dict, target: str,
+                           directory: Optional[str]) -> None:
+    """The cached download an installed teacher came from (the archive, or RepDistiller's
+    per-model file) still has the recorded sha256."""
+    cached = os.path.join(downloads_dir(), str(installed.get("archive")))
+    if not ("://" in str(installed.get("source")) and os.path.isfile(cached)):
+        return
+    digest, recorded = sha256(cached), installed.get("archive_sha256")
+    if digest != recorded:
+        raise _mismatch(cached, digest, recorded, f"the download {teacher.name} was installed "
+                        f"from ({os.path.join(target, META_FILE)})",
+                        "the installed teacher is unchanged. Delete the cached file to download "
+                        "it again, or install these bytes with "
+                        f"`{fetch_command(teacher.name, directory)} --from {cached} --force`")
+
+
+def _check_installed(teacher: catalog.Teacher, installed: dict, target: str,
+                     directory: Optional[str], log: Callable, how: str = "") -> None:
+    """The installed teacher's files have the sha256 recorded when it was installed."""
+    recorded = installed.get("state_sha256")
+    if recorded is None:
+        log(f"{teacher.name}: already in {target}{how}, installed before kd_jax recorded the "
+            "hash of its files: not verified; --force fetches it again")
+        return
+    digest = files_sha256(os.path.join(target, STATE_DIR))
+    if digest != recorded:
+        raise _mismatch(os.path.join(target, STATE_DIR), digest, recorded,
+                        f"the teacher as installed ({os.path.join(target, META_FILE)})",
+                        "its files changed. Install it again with "
+                        f"`{fetch_command(teacher.name, directory)} --force`")
+    log(f"{teacher.name}: already in {target}{how}, verified (files sha256 {digest[:12]}..., "
+        f"archive sha256 {str(installed.get('archive_sha256'))[:12]}...); --force fetches it "
+        "again")
 
 
 @contextlib.contextmanager
@@ -200,20 +261,23 @@ def _reading(teacher: catalog.Teacher, path: str, cached: bool):
     drops a cached download that cannot be read."""
     try:
         yield
-    except ChangedBytesError:
+    except (ChangedBytesError, HashMismatch, NotInArchive):
         raise
-    except FetchError as e:
+    except FetchError as e:   # not a readable tar archive
         if cached:
             os.remove(path)
             raise FetchError(f"{e} Removed it from the cache; run the fetch again.") from e
         raise
+    except ImportError as e:   # an optional dependency: the download is not at fault, it stays
+        raise FetchError(f"{teacher.name}: {e}" + (" (the download stays in the cache)"
+                                                   if cached else "")) from e
+    except (pth_files.UnsafePickleError, pth_files.UnsupportedPthError) as e:
+        raise FetchError(f"{teacher.name}: {e}") from e
+    except pth_files.PthError as e:   # a corrupt .pth
+        raise FetchError(f"{teacher.name}: {e}{_uncache(path, cached)}") from e
     except convert.ConversionError as e:
         raise FetchError(f"{teacher.name}: {path} is not a {teacher.name} checkpoint: "
                          f"{e}") from e
-    except Exception as e:   # torch.load of a file that is no checkpoint
-        removed = _uncache(path, cached)
-        raise FetchError(f"{teacher.name}: {path} is neither a tar archive nor a readable "
-                         f"PyTorch checkpoint ({type(e).__name__}: {e})" + removed) from e
 
 
 def _log_converted(teacher: catalog.Teacher, member: str, ckpt, log: Callable) -> None:
@@ -267,6 +331,9 @@ def _install(model, record: dict, root: str, target: str) -> None:
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
     try:
         convert.save_converted(model, staging, record, overwrite=True)
+        # The hash a later fetch verifies the installed files against.
+        write_meta(staging, dict(convert.read_meta(staging),
+                                 state_sha256=files_sha256(os.path.join(staging, STATE_DIR))))
         if os.path.exists(target):
             old = staging + ".old"
             os.replace(target, old)
@@ -302,18 +369,21 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
     root = teachers_dir(directory)
     target = os.path.join(root, teacher.name)
     installed = _installed_meta(target)
-    if installed is not None and not force and not from_file:
-        log(f"{teacher.name}: already in {target} (archive sha256 "
-            f"{str(installed.get('archive_sha256'))[:12]}...); --force fetches it again")
-        return installed
+    if installed is not None and not from_file:
+        _check_cached_download(teacher, installed, target, directory)
+        if not force:
+            _check_installed(teacher, installed, target, directory, log)
+            return installed
 
     path, origin, cached = source_file(teacher, from_file, url, log, directory)
     digest = sha256(path)
-    _check_published_hash(teacher, path, digest, cached)
     with tempfile.TemporaryDirectory() as tmp, _reading(teacher, path, cached):
         pth, member = extract_checkpoint(teacher, path, tmp)
-        pth_digest = sha256(pth)
-        if _same_as_installed(teacher, installed, digest, pth_digest, force, target, log):
+        pth_digest = digest if pth == path else sha256(pth)
+        _check_published_sha256(teacher, pth, pth_digest, path, cached)
+        same = _same_as_installed(teacher, installed, digest, pth_digest, force, target, log)
+        if same:
+            _check_installed(teacher, installed, target, directory, log, f", {same}")
             return installed
         ckpt = convert.read_checkpoint(pth)
         model = convert.torch_to_flax(ckpt.state_dict, teacher.name, teacher.num_classes)
@@ -328,15 +398,47 @@ def fetch_one(teacher: catalog.Teacher, *, directory: Optional[str] = None,
     return convert.read_meta(target)
 
 
-def fetch(names: list[str], **kwargs) -> dict[str, dict]:
-    """fetch_one for each name ('all': every published teacher); {name: record}."""
+def resolve_names(names: list[str], from_file: Optional[str] = None) -> list[str]:
+    """The teachers `names` asks for ('all': every published one); FetchError for an unknown
+    name, or for several names with a single .pth as `from_file`."""
     if names == ["all"]:
         names = list(catalog.TEACHERS)
     unknown = [n for n in names if n not in catalog.TEACHERS]
     if unknown:
         raise FetchError(f"unknown teacher(s) {', '.join(unknown)}; published teachers: "
-                         f"{', '.join(catalog.TEACHERS)}")
-    if kwargs.get("from_file") and not is_archive(kwargs["from_file"]) and len(names) != 1:
-        raise FetchError(f"--from {kwargs['from_file']} is a single checkpoint: name exactly one "
-                         "teacher")
-    return {name: fetch_one(catalog.TEACHERS[name], **kwargs) for name in names}
+                         f"{', '.join(catalog.TEACHERS)} (or 'all')")
+    if from_file and len(names) > 1 and not is_archive(from_file):
+        raise FetchError(f"--from {from_file} is a single checkpoint: name exactly one teacher")
+    return names
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What `fetch` did. `ok`: at least one teacher is ready and none failed."""
+
+    ready: dict[str, dict] = dataclasses.field(default_factory=dict)   # name -> teacher.json
+    not_held: list[str] = dataclasses.field(default_factory=list)      # not in the archive
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)   # name -> why
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.ready) and not self.failed
+
+
+def fetch(names: list[str], **kwargs) -> Outcome:
+    """fetch_one for each of `names` (see resolve_names). With 'all' and an archive as
+    `from_file`, the teachers it does not hold are skipped (Outcome.not_held), not failed."""
+    names_given = names
+    names = resolve_names(names, kwargs.get("from_file"))
+    outcome = Outcome()
+    for name in names:
+        try:
+            outcome.ready[name] = fetch_one(catalog.TEACHERS[name], **kwargs)
+        except NotInArchive as e:
+            if names_given != ["all"]:
+                outcome.failed[name] = str(e)
+            else:
+                outcome.not_held.append(name)
+        except FetchError as e:
+            outcome.failed[name] = str(e)
+    return outcome
