@@ -46,6 +46,9 @@ numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise
 imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet). The same CIFAR
 recipe runs inside the jitted step on the on-device path (``InMemoryDataset.train_draws``
 gives the host's random choices, kd_jax.data.on_device applies them).
+
+Several processes (jax.distributed): the first process downloads or prepares the data and
+the others wait for it, then read it (kd_jax.data.processes).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kd_jax.data import augment
+from kd_jax.data import augment, processes
 from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET,
                                  SYNTHETIC, facts)
 from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
@@ -110,19 +113,25 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
     if limit_train < 0 or limit_test < 0:
         raise ValueError(f"limit_train={limit_train}, limit_test={limit_test} must be >= 0")
 
+    def once(load):
+        """load() on one process first, then on the others (kd_jax.data.processes): one
+        download or preparation, which the others find."""
+        return processes.leader_first(name, load, process_index=process_index,
+                                      process_count=process_count)
+
     if name in ("imagenet2012", "caltech_birds2011"):
         from kd_jax.data import imagenet
-        return imagenet.load(name, data_dir, process_index=process_index,
-                             process_count=process_count, limit_train=limit_train,
-                             limit_test=limit_test)
+        return once(lambda: imagenet.load(name, data_dir, process_index=process_index,
+                                          process_count=process_count, limit_train=limit_train,
+                                          limit_test=limit_test))
 
     num_classes, mean, std = _IN_MEMORY[name]
     if name in ("cifar10", "cifar100"):
         from kd_jax.data import cifar
-        train, test = cifar.load(name, data_dir, limit_train, limit_test)
+        train, test = once(lambda: cifar.load(name, data_dir, limit_train, limit_test))
     elif name == "fashion_mnist":
         from kd_jax.data import fashion_mnist
-        train, test = fashion_mnist.load(data_dir, limit_train, limit_test)
+        train, test = once(lambda: fashion_mnist.load(data_dir, limit_train, limit_test))
     else:
         from kd_jax.data import synthetic
         missing = [k for k in ("num_train", "num_test", "image_size", "num_classes")
