@@ -160,11 +160,12 @@ def test_budget_decides_the_default_path(monkeypatch):
 @pytest.mark.parametrize("key,value,match", [
     ("steps_per_dispatch", -1, "steps_per_dispatch=-1"),
     ("dataset.on_device", "yes", "dataset.on_device='yes'"),
+    ("dataset.input_threads", -1, "dataset.input_threads=-1: expected an integer >= 0"),
 ])
 def test_bad_input_settings_name_the_key(key, value, match):
     c = tiny_config(None, 1)
-    if key == "dataset.on_device":   # a bool FieldReference: bypass its type check
-        c.dataset = dict(c.dataset.to_dict(), on_device=value)
+    if key.startswith("dataset."):   # on_device: a bool FieldReference; bypass its type check
+        c.dataset = dict(c.dataset.to_dict(), **{key.split(".")[1]: value})
     else:
         c[key] = value
     with pytest.raises(ConfigError, match=match):
@@ -365,3 +366,36 @@ def test_rolled_and_unrolled_calls_equal_single_steps():
         np.testing.assert_allclose(np.asarray(m["student"]["loss"]), want_loss, rtol=0,
                                    atol=1e-6)
         assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)], want, 1e-6)
+
+
+def test_uint8_host_batches_are_finished_in_the_step():
+    """A dataset whose train batches are uint8 with flips (a device_normalization:
+    imagenet2012, caltech_birds2011) trains as on the float32 batch finished in numpy
+    (mirrored, then augment.normalize): the step mirrors and normalises them
+    (on_device.host_batch_finisher)."""
+    c = tiny_config(False, 1)
+    plan = config_validation.validate(c)
+    images, labels = synthetic().train_arrays
+    images, labels = images[:8], labels[:8]
+    flip = np.arange(8) % 3 == 0
+    stats = (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    finished = augment.normalize(np.where(flip[:, None, None, None], images[:, :, ::-1],
+                                          images), *stats)
+    plain = trainer.build(c, plan, 10)
+    uint8_set = type("Uint8Set", (), {"device_normalization": stats})()
+    prepared = trainer.build(c, plan, 10,
+                             prepare_batch=on_device.host_batch_finisher(uint8_set))
+    assert on_device.host_batch_finisher(synthetic()) is None   # float32 host batches
+    sharding = NamedSharding(plain.mesh, P("data"))
+    lr, epoch = np.float32(0.01), np.int32(1)
+    want, want_metrics = plain.train_step(
+        plain.state, plain.teacher_state,
+        data.to_global_array({"image": finished, "label": labels}, sharding), lr, epoch)
+    got, got_metrics = prepared.train_step(
+        prepared.state, prepared.teacher_state,
+        data.to_global_array({"image": images, "label": labels, "flip": flip}, sharding), lr,
+        epoch)
+    np.testing.assert_allclose(float(got_metrics["student"]["loss"]),
+                               float(want_metrics["student"]["loss"]), rtol=0, atol=1e-6)
+    assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)],
+                        [np.asarray(x) for x in jax.tree.leaves(want)], 1e-6)

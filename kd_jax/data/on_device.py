@@ -105,8 +105,8 @@ def _round_up(n: int, multiple: int) -> int:
 def device_bytes(shape: Sequence[int], dtype, platform: str) -> int:
     """Bytes one device holds for an array of `shape` and `dtype` on `platform` ("cpu",
     "gpu", "tpu"): the logical bytes, except on TPU, where the two minor dimensions are
-    padded to whole tiles (TPU_LANES, TPU_SUBLANE_BYTES): (..., S, M) -> (..., S', M'), M' = M rounded
-    up to 128, S' = S rounded up to 32 / itemsize rows."""
+    padded to whole tiles (TPU_LANES, TPU_SUBLANE_BYTES): (..., S, M) -> (..., S', M'),
+    M' = M rounded up to 128, S' = S rounded up to 32 / itemsize rows (at least 8)."""
     itemsize = np.dtype(dtype).itemsize
     shape = tuple(int(d) for d in shape)
     if platform != "tpu" or not shape:
@@ -247,9 +247,9 @@ def finish_host_batch(batch: dict, scale, shift) -> dict:
 
 def host_batch_finisher(ds):
     """The `prepare` of the host path's train step for `ds`: `finish_host_batch` with its
-    normalisation where its train batches are uint8 (``ds.uint8_batches``: mean, std), else
-    None (float32 batches, normalised on the host)."""
-    stats = getattr(ds, "uint8_batches", None)
+    normalisation where its train batches are uint8 (``ds.device_normalization``: mean,
+    std), else None (float32 batches, normalised on the host)."""
+    stats = getattr(ds, "device_normalization", None)
     if stats is None:
         return None
     scale, shift = augment.normalize_affine(*stats)
