@@ -168,6 +168,19 @@ def test_resize_matches_pil_bilinear(source, size):
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
 
 
+@pytest.mark.parametrize("source,size", [((375, 500), (224, 224)), ((120, 100), (224, 224))])
+def test_resize_rounded_to_uint8_as_pil_rounds(source, size):
+    """What the pipelines send (resize_uint8: rounded half up, as PIL's uint8 output) is
+    closer to PIL than the float resize: at most 1 grey level, most pixels identical."""
+    image = textured_image(*source, seed=7)
+    pil = pil_resize(image, *size)
+    rounded = imagenet.resize_uint8(tf.constant(image), list(size)).numpy()
+    float_diff = np.abs(imagenet._resize(tf.constant(image), list(size)).numpy() - pil)
+    diff = np.abs(rounded.astype(np.float64) - pil)
+    assert rounded.dtype == np.uint8 and diff.max() <= 1
+    assert diff.mean() < 0.8 * float_diff.mean() and (diff == 0).mean() > 0.75
+
+
 def test_cub_train_deterministic_resumable_and_cropped(cub_photos):
     cub = cub_photos
     first = list(cub.train_batches(1, 4, seed=3))
