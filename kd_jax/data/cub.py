@@ -11,7 +11,7 @@ Cache: cache_dir("caltech_birds2011", KEY)/{train,test}_{images,labels}.npy and 
 written last (a cache without it is incomplete and rebuilt). KEY hashes what the arrays are
 made of: the prepared tfds data (the path and the bytes of its dataset_info.json: version,
 split sizes, file checksums), the resize and CACHE_FORMAT. Preparing the data again, in
-another place or version, gives a new key (delete old keys' folders to free their ~2.3 GB).
+another place or version, gives a new key (delete old keys' folders to free the space).
 One process of a run builds it (kd_jax.data.processes); files go to per-process part names,
 then are renamed.
 

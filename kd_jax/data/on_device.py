@@ -23,7 +23,8 @@ The set is stored as rows, uint8 (N, H*W*C), not as (N, H, W, C) images: a devic
 array in its own layout, and a TPU tiles the two minor dimensions of every array (XLA's tiled
 layout, https://openxla.org/xla/tiled_layout; `device_bytes`). Images with C = 3 in the
 minor dimension would take 128 lanes per pixel, about 43 times their bytes (CIFAR-100's
-154 MB about 6.5 GB); rows of 3072 bytes take no lane padding. The budget
+154 MB about 6.5 GB: tests/test_on_device.py -k tpu_tiling prints both); rows of 3072 bytes
+take no lane padding. The budget
 (`DEVICE_BUDGET_BYTES`) counts what the device will hold (`device_bytes`), and
 `held_bytes` reads back what it does hold once the set is there.
 
