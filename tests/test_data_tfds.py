@@ -27,6 +27,7 @@ import jax
 
 from kd_jax import data
 from kd_jax.data import cub, imagenet, on_device, tfds_io
+from kd_jax.data.base import DataFileError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -393,3 +394,14 @@ def test_cub_is_resized_once_then_read_from_the_cache(tmp_path, monkeypatch):
     cub.load(str(data_dir), threads=2)
     assert builder.reads == 6
     assert not [f for f in os.listdir(rebuilt.directory) if ".part-" in f]
+
+
+def test_cub_cache_build_that_fails_leaves_nothing(tmp_path):
+    """A split shorter than its info says: one clear error, no part file, no manifest."""
+    class Short(FakeBuilder):
+        def as_dataset(self, split, **kwargs):
+            return super().as_dataset(split, **kwargs).take(2)
+
+    with pytest.raises(DataFileError, match="other than the 6 examples"):
+        cub.build(Short({"train": 6, "test": 3}), str(tmp_path), threads=1)
+    assert os.listdir(tmp_path) == []

@@ -24,17 +24,18 @@ slice. So batches do not depend on the number of hosts, and start_step=k resumes
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
-import socket
 
 import numpy as np
 
 from kd_jax.cache import cache_dir
 from kd_jax.data import augment, imagenet, tfds_io
 from kd_jax.data.base import DataFileError, DatasetInfo, require_tensorflow
+from kd_jax.data.download import part_path
 from kd_jax.data.in_memory import GlobalBatches
 
 NAME = "caltech_birds2011"
@@ -111,49 +112,60 @@ def _open(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             np.load(os.path.join(directory, f"{split}_labels.npy")))
 
 
-def _part(path: str) -> str:
-    return f"{path}.part-{socket.gethostname()}-{os.getpid()}"
-
-
 def build(builder, directory: str, threads: int) -> None:
-    """Decodes and resizes both splits of `builder` (in file order) into `directory`."""
+    """Decodes and resizes both splits of `builder` (in file order) into `directory`: each
+    file to this process's part file, renamed once all are written, the manifest last. A
+    failure removes the part files."""
+    os.makedirs(directory, exist_ok=True)
+    parts, counts = [], {}
+    try:
+        for split in SPLITS:
+            counts[split] = builder.info.splits[split].num_examples
+            _write_split(builder, split, counts[split], directory, threads, parts)
+        manifest = os.path.join(directory, MANIFEST)
+        with open(part_path(manifest), "w") as fh:
+            parts.append((part_path(manifest), manifest))
+            json.dump({"dataset": NAME, "examples": counts, "resize": RESIZE,
+                       "format": CACHE_FORMAT}, fh)
+    except BaseException:
+        for part, _ in parts:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+        raise
+    for part, path in parts:   # the manifest last: its presence marks a complete cache
+        os.replace(part, path)
+
+
+def _write_split(builder, split: str, n: int, directory: str, threads: int,
+                 parts: list) -> None:
+    """Writes split's images and labels to part files, each added to `parts` as (part,
+    final path) before it is written."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    os.makedirs(directory, exist_ok=True)
-    counts, finished = {}, []
-    for split in SPLITS:
-        n = builder.info.splits[split].num_examples
-        counts[split] = n
-        ds = builder.as_dataset(split=f"{split}[0:{n}]", shuffle_files=False, decoders=None,
-                                read_config=tfds.ReadConfig())
-        ds = ds.map(lambda ex: (imagenet.resize_uint8(ex["image"], [RESIZE, RESIZE]),
-                                tf.cast(ex["label"], tf.int32)),
-                    num_parallel_calls=threads, deterministic=True)
-        ds = ds.batch(_BUILD_BATCH).prefetch(2).with_options(imagenet.thread_options(threads))
-        images_path = os.path.join(directory, f"{split}_images.npy")
-        labels_path = os.path.join(directory, f"{split}_labels.npy")
-        images = np.lib.format.open_memmap(_part(images_path), mode="w+", dtype=np.uint8,
-                                           shape=(n, RESIZE, RESIZE, 3))
-        labels = np.zeros((n,), np.int32)
-        done = 0
-        for image, label in tfds.as_numpy(ds):
-            images[done:done + len(label)] = image
-            labels[done:done + len(label)] = label
-            done += len(label)
-        if done != n:
-            raise DataFileError(f"{NAME} {split}: tfds gave {done} examples, its info says {n}")
-        images.flush()
-        del images
-        with open(_part(labels_path), "wb") as fh:
-            np.save(fh, labels)
-        finished += [(_part(images_path), images_path), (_part(labels_path), labels_path)]
-    for part, path in finished:
-        os.replace(part, path)
-    manifest = os.path.join(directory, MANIFEST)
-    with open(_part(manifest), "w") as fh:
-        json.dump({"dataset": NAME, "examples": counts, "resize": RESIZE,
-                   "format": CACHE_FORMAT}, fh)
-    os.replace(_part(manifest), manifest)
+    ds = builder.as_dataset(split=f"{split}[0:{n}]", shuffle_files=False, decoders=None,
+                            read_config=tfds.ReadConfig())
+    ds = ds.map(lambda ex: (imagenet.resize_uint8(ex["image"], [RESIZE, RESIZE]),
+                            tf.cast(ex["label"], tf.int32)),
+                num_parallel_calls=threads, deterministic=True)
+    ds = ds.batch(_BUILD_BATCH).prefetch(2).with_options(imagenet.thread_options(threads))
+    paths = [os.path.join(directory, f"{split}_{kind}.npy") for kind in ("images", "labels")]
+    written = [(part_path(p), p) for p in paths]
+    parts += written
+    images = np.lib.format.open_memmap(written[0][0], mode="w+", dtype=np.uint8,
+                                       shape=(n, RESIZE, RESIZE, 3))
+    labels = np.zeros((n,), np.int32)
+    done = 0
+    for image, label in tfds.as_numpy(ds):
+        images[done:done + len(label)] = image
+        labels[done:done + len(label)] = label
+        done += len(label)
+    images.flush()
+    del images
+    if done != n:
+        raise DataFileError(f"{NAME} {split}: tfds read other than the {n} examples its info "
+                            "gives; prepare the data again")
+    with open(written[1][0], "wb") as fh:
+        np.save(fh, labels)
 
 
 class CUBDataset(GlobalBatches):
