@@ -1,6 +1,16 @@
-"""Shared test settings: a persistent XLA compilation cache and fast compiles on CPU."""
+"""Shared test settings: the CPU backend, a persistent XLA compilation cache and fast compiles.
+
+The tests run on CPU (JAX_PLATFORMS=cpu), whatever accelerators the machine has: their
+tolerances (the 1e-5 and 1e-6 parity tests) assume float32 arithmetic, which a GPU does not
+give by default (XLA uses TF32 matmuls there). KD_JAX_TEST_PLATFORM=gpu (or tpu, cuda, ...)
+runs them on that platform instead, with matmuls at full float32 precision ("highest").
+"""
 
 import os
+
+TEST_PLATFORM_ENV = "KD_JAX_TEST_PLATFORM"
+TEST_PLATFORM = os.environ.get(TEST_PLATFORM_ENV, "").strip() or "cpu"
+os.environ["JAX_PLATFORMS"] = TEST_PLATFORM   # also what subprocesses of the tests inherit
 
 # Persistent compilation cache: CI reruns on the same machine reuse compiled programs.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -10,6 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 
+jax.config.update("jax_platforms", TEST_PLATFORM)   # in case a plugin imported jax first
+if TEST_PLATFORM != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
 # Tests check numerics, not speed: most XLA optimisations only cost compile time here.
 jax.config.update("jax_disable_most_optimizations", True)
 

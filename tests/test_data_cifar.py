@@ -225,3 +225,23 @@ def test_download_http_error_is_one_clear_error(tmp_path, empty_cache, server, m
                                                      r"failed \(HTTPError"):
         cifar.load("cifar10", None)
     assert os.listdir(empty_cache) == []
+
+
+def test_download_keeps_a_verified_file_and_writes_its_own_part(tmp_path, server, monkeypatch):
+    """A file already at the target with the published md5 is used as it is (no request); a
+    download writes to a part file of its own (host and pid in its name), so that another
+    process's part file (here a stale one) is neither used nor touched."""
+    from kd_jax.data import download
+    served, base = server
+    path, _, _ = make("cifar10", "python", served, np.random.default_rng(6))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    target = tmp_path / "cache" / path.name
+    target.parent.mkdir()
+    part = download.part_path(str(target))
+    assert part.endswith(f"-{os.getpid()}") and part.startswith(f"{target}.part-")
+    other = tmp_path / "cache" / f"{path.name}.part-otherhost-1"
+    other.write_bytes(b"half an archive")
+    assert download.download(f"{base}/{path.name}", str(target), md5) == str(target)
+    assert target.read_bytes() == path.read_bytes() and other.read_bytes() == b"half an archive"
+    path.unlink()   # the server has it no more: a second download would fail
+    assert download.download(f"{base}/{path.name}", str(target), md5) == str(target)

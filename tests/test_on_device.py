@@ -13,6 +13,7 @@ tests/test_data.py checks against a per-example torchvision-style reference:
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,8 +48,7 @@ def compare_batches(ds, mesh, batch_size=16):
     geometry and the labels are identical); the device batch is this host's slice."""
     train_set = on_device.put_on_mesh(ds, mesh)
     sharding = NamedSharding(mesh, P("data"))
-    geometry = jax.jit(lambda ts, d: on_device.crop_flip_gather(ts.images, d, ts.pad),
-                       out_shardings=sharding)
+    geometry = jax.jit(on_device.crop_flip_gather, out_shardings=sharding)
     batch = jax.jit(on_device.train_batch, out_shardings=sharding)
     images, _ = ds.train_arrays
     mean, std, pad = ds.augmentation
@@ -88,9 +88,45 @@ def test_geometry_is_the_host_gather_at_every_offset():
     index = np.arange(n) % len(images)
     params = augment.CropFlipParams(oy.ravel(), ox.ravel(), flip.ravel().astype(bool))
     draws = np.stack([index, oy.ravel(), ox.ravel(), flip.ravel()], -1).astype(np.int32)
-    got = jax.jit(on_device.crop_flip_gather, static_argnums=2)(images, draws, 4)
+    train_set = on_device.put_on_mesh(ds, trainer.make_mesh())
+    got = jax.jit(on_device.crop_flip_gather)(train_set, draws)
     np.testing.assert_array_equal(np.asarray(got),
                                   augment.pad_crop_flip(images[index], params, 4))
+
+
+def test_train_set_is_rows_and_the_step_gathers_whole_rows():
+    """The set is on the devices as uint8 rows (N, H*W*C); the compiled batch reads B whole
+    rows (one gather of slice (1, 3072)), not B*H*W pixels of C bytes (slice (1, 1, 1, 3))."""
+    ds = synthetic(image_size=32)
+    train_set = on_device.put_on_mesh(ds, trainer.make_mesh())
+    assert train_set.images.shape == (40, 32 * 32 * 3) and train_set.images.dtype == np.uint8
+    draws = on_device.pack_draws([next(ds.train_draws(1, 16, 0))])[0]
+    hlo = jax.jit(on_device.train_batch).lower(train_set, draws).compile().as_text()
+    gathers = re.findall(r"= (\w+\[[\d,]*\])\S* gather\(.*?slice_sizes=\{([\d,]*)\}", hlo)
+    assert ("u8[16,1,3072]", "1,3072") in gathers, gathers   # the rows of the batch
+    assert not [g for g in gathers if g[1].endswith(",3") and g[1] != "1,32,32,3"], gathers
+    # What the set takes on the device, as the runtime reports it (CPU: the logical bytes).
+    assert on_device.held_bytes(train_set) == on_device.train_set_bytes(ds, "cpu") == 40 * 3076
+
+
+def test_device_bytes_follow_the_tpu_tiling():
+    """Expected bytes by hand: TPU pads the minor dimension to 128 lanes and the second-minor
+    to 8 rows of 4 bytes (16 of 2, 32 of 1); CPU and GPU hold the logical bytes."""
+    cifar100 = (50000, 32, 32, 3)
+    assert on_device.device_bytes(cifar100, np.uint8, "gpu") == 153_600_000
+    # As images: 3 bytes per pixel take 128 lanes; W = 32 rows of 1 byte fill one tile.
+    assert on_device.device_bytes(cifar100, np.uint8, "tpu") == 50000 * 32 * 32 * 128
+    # As rows: 3072 = 24 * 128 lanes; N rounded up to 32 rows.
+    assert on_device.device_bytes((50000, 3072), np.uint8, "tpu") == 50016 * 3072
+    assert on_device.device_bytes((50000,), np.int32, "tpu") == 50176 * 4
+    assert on_device.device_bytes((5, 3), np.float32, "tpu") == 8 * 128 * 4
+    assert on_device.device_bytes((5, 3), jax.numpy.bfloat16, "tpu") == 16 * 128 * 2
+    assert on_device.device_bytes((2, 3, 200), np.uint8, "tpu") == 2 * 32 * 256
+    ds = synthetic(image_size=32)    # 40 rows of 3072 bytes + 40 labels
+    assert on_device.train_set_bytes(ds, "tpu") == 64 * 3072 + 1024 * 4
+    print("CIFAR-100 train set per device: logical", 153_600_000 + 200_000, "B; on TPU as "
+          "images", on_device.device_bytes(cifar100, np.uint8, "tpu"), "B, as rows",
+          on_device.device_bytes((50000, 3072), np.uint8, "tpu"), "B")
 
 
 def test_dispatches_chunk_the_draws_of_an_epoch():
@@ -124,11 +160,12 @@ def test_budget_decides_the_default_path(monkeypatch):
 @pytest.mark.parametrize("key,value,match", [
     ("steps_per_dispatch", -1, "steps_per_dispatch=-1"),
     ("dataset.on_device", "yes", "dataset.on_device='yes'"),
+    ("dataset.input_threads", -1, "dataset.input_threads=-1: expected an integer >= 0"),
 ])
 def test_bad_input_settings_name_the_key(key, value, match):
     c = tiny_config(None, 1)
-    if key == "dataset.on_device":   # a bool FieldReference: bypass its type check
-        c.dataset = dict(c.dataset.to_dict(), on_device=value)
+    if key.startswith("dataset."):   # on_device: a bool FieldReference; bypass its type check
+        c.dataset = dict(c.dataset.to_dict(), **{key.split(".")[1]: value})
     else:
         c[key] = value
     with pytest.raises(ConfigError, match=match):
@@ -329,3 +366,36 @@ def test_rolled_and_unrolled_calls_equal_single_steps():
         np.testing.assert_allclose(np.asarray(m["student"]["loss"]), want_loss, rtol=0,
                                    atol=1e-6)
         assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)], want, 1e-6)
+
+
+def test_uint8_host_batches_are_finished_in_the_step():
+    """A dataset whose train batches are uint8 with flips (a device_normalization:
+    imagenet2012, caltech_birds2011) trains as on the float32 batch finished in numpy
+    (mirrored, then augment.normalize): the step mirrors and normalises them
+    (on_device.host_batch_finisher)."""
+    c = tiny_config(False, 1)
+    plan = config_validation.validate(c)
+    images, labels = synthetic().train_arrays
+    images, labels = images[:8], labels[:8]
+    flip = np.arange(8) % 3 == 0
+    stats = (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    finished = augment.normalize(np.where(flip[:, None, None, None], images[:, :, ::-1],
+                                          images), *stats)
+    plain = trainer.build(c, plan, 10)
+    uint8_set = type("Uint8Set", (), {"device_normalization": stats})()
+    prepared = trainer.build(c, plan, 10,
+                             prepare_batch=on_device.host_batch_finisher(uint8_set))
+    assert on_device.host_batch_finisher(synthetic()) is None   # float32 host batches
+    sharding = NamedSharding(plain.mesh, P("data"))
+    lr, epoch = np.float32(0.01), np.int32(1)
+    want, want_metrics = plain.train_step(
+        plain.state, plain.teacher_state,
+        data.to_global_array({"image": finished, "label": labels}, sharding), lr, epoch)
+    got, got_metrics = prepared.train_step(
+        prepared.state, prepared.teacher_state,
+        data.to_global_array({"image": images, "label": labels, "flip": flip}, sharding), lr,
+        epoch)
+    np.testing.assert_allclose(float(got_metrics["student"]["loss"]),
+                               float(want_metrics["student"]["loss"]), rtol=0, atol=1e-6)
+    assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)],
+                        [np.asarray(x) for x in jax.tree.leaves(want)], 1e-6)

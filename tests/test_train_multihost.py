@@ -63,14 +63,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(script, workdir, total_steps, out, *, devices=1, process=None, port=None):
+def start(script, workdir, total_steps, out, *, devices=1, process=None, port=None,
+          processes=2):
     env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(key, None)
     if process is not None:
-        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(processes),
                    JAX_PROCESS_ID=str(process))
     return subprocess.Popen(
         [sys.executable, str(script), str(workdir), str(total_steps), str(out),

@@ -27,6 +27,8 @@ Config keys (the trainer's ``config.dataset`` subtree):
 - ``on_device`` (bool or None, read by the trainer): None (auto) puts the uint8 train set of
   an in-memory dataset on the devices when it fits ``on_device.DEVICE_BUDGET_BYTES`` and
   augments it inside the jitted step (kd_jax.data.on_device); False keeps the host path.
+- ``input_threads`` (int, imagenet2012 and caltech_birds2011): tf.data's threads per process;
+  0 (default): this process's share of the host's cores (kd_jax.data.imagenet.auto_threads).
 - synthetic only: ``num_train``, ``num_test``, ``image_size``, ``num_classes``, optional ``seed``
   (default 0) fixing the random images and labels.
 
@@ -35,7 +37,8 @@ Dataset contract:
 - ``info``: `DatasetInfo` (name, num_classes, image_shape (H, W, 3), num_train, num_test).
 - ``steps_per_epoch(G) = num_train // G``: the remainder batch is dropped (fixed shapes).
 - ``train_batches(epoch, G, seed, start_step=0)``: this host's slice of each global batch,
-  ``{"image": float32 (b, H, W, 3), "label": int32 (b,)}`` with ``b = G // process_count``.
+  ``{"image": float32 (b, H, W, 3), "label": int32 (b,)}`` with ``b = G // process_count``
+  (uint8 images and a ``"flip"`` where the dataset has a ``device_normalization``, below).
   Order and augmentation are functions of (seed, epoch, step) only, so ``start_step=k`` yields
   exactly batches k, k+1, ... of the uninterrupted epoch. Epochs count from 1.
 - ``eval_batches(G)``: the full test set once, in order, last batch zero-padded;
@@ -43,9 +46,16 @@ Dataset contract:
 
 Augmentation: cifar10, cifar100, fashion_mnist and synthetic use the CIFAR recipe on uint8 batches in
 numpy (zero-pad 4, random crop, horizontal flip, then normalise; test: normalise only);
-imagenet2012 and caltech_birds2011 run in tf.data (see kd_jax.data.imagenet). The same CIFAR
-recipe runs inside the jitted step on the on-device path (``InMemoryDataset.train_draws``
-gives the host's random choices, kd_jax.data.on_device applies them).
+imagenet2012 runs in tf.data (see kd_jax.data.imagenet), caltech_birds2011 crops its resized
+cache in numpy (kd_jax.data.cub). The same CIFAR recipe runs inside the jitted step on the
+on-device path (``InMemoryDataset.train_draws`` gives the host's random choices,
+kd_jax.data.on_device applies them). A dataset whose train batches are uint8 says so with
+an attribute ``device_normalization = (mean, std)`` (imagenet2012, caltech_birds2011): its
+batches carry ``"flip"`` (b,), and the jitted step mirrors and normalises them
+(kd_jax.data.on_device.finish_host_batch).
+
+Several processes (jax.distributed): the first process downloads or prepares the data and
+the others wait for it, then read it (kd_jax.data.processes).
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kd_jax.data import augment
+from kd_jax.data import augment, processes
 from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET,
                                  SYNTHETIC, facts)
 from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
@@ -110,19 +120,31 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
     if limit_train < 0 or limit_test < 0:
         raise ValueError(f"limit_train={limit_train}, limit_test={limit_test} must be >= 0")
 
+    input_threads = int(_get(config, "input_threads", 0))
+    if input_threads < 0:
+        raise ValueError(f"input_threads={input_threads} must be >= 0 (0: automatic)")
+
+    def once(load):
+        """load() on one process first, then on the others (kd_jax.data.processes): one
+        download or preparation, which the others find."""
+        return processes.leader_first(name, load, process_index=process_index,
+                                      process_count=process_count)
+
     if name in ("imagenet2012", "caltech_birds2011"):
         from kd_jax.data import imagenet
-        return imagenet.load(name, data_dir, process_index=process_index,
-                             process_count=process_count, limit_train=limit_train,
-                             limit_test=limit_test)
+        threads = input_threads or imagenet.auto_threads(processes.local_process_count(
+            process_index=process_index, process_count=process_count))
+        return once(lambda: imagenet.load(name, data_dir, process_index=process_index,
+                                          process_count=process_count, limit_train=limit_train,
+                                          limit_test=limit_test, threads=threads))
 
     num_classes, mean, std = _IN_MEMORY[name]
     if name in ("cifar10", "cifar100"):
         from kd_jax.data import cifar
-        train, test = cifar.load(name, data_dir, limit_train, limit_test)
+        train, test = once(lambda: cifar.load(name, data_dir, limit_train, limit_test))
     elif name == "fashion_mnist":
         from kd_jax.data import fashion_mnist
-        train, test = fashion_mnist.load(data_dir, limit_train, limit_test)
+        train, test = once(lambda: fashion_mnist.load(data_dir, limit_train, limit_test))
     else:
         from kd_jax.data import synthetic
         missing = [k for k in ("num_train", "num_test", "image_size", "num_classes")

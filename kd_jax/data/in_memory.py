@@ -24,11 +24,80 @@ class TrainDraw(NamedTuple):
     params: augment.CropFlipParams    # (b,) each
 
 
-class InMemoryDataset:
+class GlobalBatches:
+    """Batches cut from one global batch per step, each host its slice: the schedule that
+    InMemoryDataset and kd_jax.data.cub.CUBDataset share. Each epoch is one permutation of
+    the train set; the crop offsets (in [0, 2 * pad]) and flips of a step are drawn for the
+    whole global batch, from (seed, epoch, step) only. So the batches do not depend on the
+    number of hosts, and start_step=k resumes exactly.
+
+    A subclass sets info, _pad, _process_index and _process_count, and implements
+    _train_batch(draw) (this host's batch of one step) and _read_test(start, stop)
+    (float32 images and labels of test examples [start, stop)).
+    """
+
+    info: DatasetInfo
+    _pad: int
+    _process_index: int
+    _process_count: int
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size={global_batch_size} must be positive")
+        return self.info.num_train // global_batch_size
+
+    def train_batches(self, epoch: int, global_batch_size: int, seed: int,
+                      start_step: int = 0) -> Iterator[dict]:
+        """Yields this host's batch of each step (b = global / hosts examples)."""
+        return map(self._train_batch, self.train_draws(epoch, global_batch_size, seed,
+                                                       start_step))
+
+    def train_draws(self, epoch: int, global_batch_size: int, seed: int,
+                    start_step: int = 0) -> Iterator[TrainDraw]:
+        """The random part of `train_batches`: per step, this host's example indices and
+        crop/flip parameters (b of each), from the same (seed, epoch, step) streams. The
+        on-device path (kd_jax.data.on_device) sends these instead of images."""
+        b = local_batch_size(global_batch_size, self._process_count)
+        steps = self.steps_per_epoch(global_batch_size)
+        check_epoch_args(epoch, seed, start_step, steps)
+        return self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps)
+
+    def _draw_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
+        order = shuffle_rng(seed, epoch).permutation(self.info.num_train)
+        host = slice(self._process_index * b, (self._process_index + 1) * b)
+        for step in range(start_step, steps):
+            index = order[step * global_batch_size:(step + 1) * global_batch_size][host]
+            # Parameters are drawn for the whole global batch and sliced, so each host's
+            # images are augmented exactly as in a single-host run.
+            params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
+                                              global_batch_size, self._pad)[host]
+            yield TrainDraw(index, params)
+
+    def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
+        """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""
+        b = local_batch_size(global_batch_size, self._process_count)
+        return self._eval_iter(global_batch_size, b)
+
+    def _eval_iter(self, global_batch_size, b):
+        n = self.info.num_test
+        for i in range(math.ceil(n / global_batch_size)):
+            start = min(i * global_batch_size + self._process_index * b, n)
+            stop = min(start + b, n)
+            real = stop - start
+            image = np.zeros((b,) + self.info.image_shape, np.float32)
+            label = np.zeros((b,), np.int32)
+            mask = np.zeros((b,), np.float32)
+            image[:real], label[:real] = self._read_test(start, stop)
+            mask[:real] = 1.0
+            yield {"image": image, "label": label, "mask": mask}
+
+
+class InMemoryDataset(GlobalBatches):
     """Train/test uint8 images (N, H, W, 3) and int labels (N,), CIFAR-style augmentation.
 
     Train batch = zero-pad by `pad`, random (H, W) crop, horizontal flip (p = 0.5), then
-    normalise with (mean, std); test batch = normalise only.
+    normalise with (mean, std): {"image": float32 (b, H, W, 3), "label": int32 (b,)};
+    test batch = normalise only.
     """
 
     def __init__(self, info: DatasetInfo, train_images: np.ndarray, train_labels: np.ndarray,
@@ -54,45 +123,14 @@ class InMemoryDataset:
         self._mean, self._std, self._pad = tuple(mean), tuple(std), pad
         self._process_index, self._process_count = process_index, process_count
 
-    def steps_per_epoch(self, global_batch_size: int) -> int:
-        if global_batch_size <= 0:
-            raise ValueError(f"global_batch_size={global_batch_size} must be positive")
-        return self.info.num_train // global_batch_size
+    def _train_batch(self, draw: TrainDraw) -> dict:
+        images = augment.cifar_train_augment(self._train_images[draw.index], draw.params,
+                                             self._mean, self._std, self._pad)
+        return {"image": images, "label": self._train_labels[draw.index]}
 
-    def train_batches(self, epoch: int, global_batch_size: int, seed: int,
-                      start_step: int = 0) -> Iterator[dict]:
-        """Yields {"image": float32 (b, H, W, 3), "label": int32 (b,)}, b = global / hosts."""
-        b = local_batch_size(global_batch_size, self._process_count)
-        steps = self.steps_per_epoch(global_batch_size)
-        check_epoch_args(epoch, seed, start_step, steps)
-        return self._train_iter(epoch, global_batch_size, b, seed, start_step, steps)
-
-    def _train_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
-        for draw in self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps):
-            images = augment.cifar_train_augment(self._train_images[draw.index], draw.params,
-                                                 self._mean, self._std, self._pad)
-            yield {"image": images, "label": self._train_labels[draw.index]}
-
-    def train_draws(self, epoch: int, global_batch_size: int, seed: int,
-                    start_step: int = 0) -> Iterator[TrainDraw]:
-        """The random part of `train_batches`: per step, this host's example indices and
-        crop/flip parameters (b of each), from the same (seed, epoch, step) streams. The
-        on-device path (kd_jax.data.on_device) sends these instead of images."""
-        b = local_batch_size(global_batch_size, self._process_count)
-        steps = self.steps_per_epoch(global_batch_size)
-        check_epoch_args(epoch, seed, start_step, steps)
-        return self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps)
-
-    def _draw_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
-        order = shuffle_rng(seed, epoch).permutation(self.info.num_train)
-        host = slice(self._process_index * b, (self._process_index + 1) * b)
-        for step in range(start_step, steps):
-            index = order[step * global_batch_size:(step + 1) * global_batch_size][host]
-            # Parameters are drawn for the whole global batch and sliced, so each host's
-            # images are augmented exactly as in a single-host run.
-            params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
-                                              global_batch_size, self._pad)[host]
-            yield TrainDraw(index, params)
+    def _read_test(self, start: int, stop: int):
+        return (augment.normalize(self._test_images[start:stop], self._mean, self._std),
+                self._test_labels[start:stop])
 
     @property
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -103,22 +141,3 @@ class InMemoryDataset:
     def augmentation(self) -> tuple[tuple, tuple, int]:
         """(mean, std, pad) of the train transform."""
         return self._mean, self._std, self._pad
-
-    def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
-        """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""
-        b = local_batch_size(global_batch_size, self._process_count)
-        return self._eval_iter(global_batch_size, b)
-
-    def _eval_iter(self, global_batch_size, b):
-        n = self.info.num_test
-        for i in range(math.ceil(n / global_batch_size)):
-            start = min(i * global_batch_size + self._process_index * b, n)
-            stop = min(start + b, n)
-            real = stop - start
-            image = np.zeros((b,) + self.info.image_shape, np.float32)
-            label = np.zeros((b,), np.int32)
-            mask = np.zeros((b,), np.float32)
-            image[:real] = augment.normalize(self._test_images[start:stop], self._mean, self._std)
-            label[:real] = self._test_labels[start:stop]
-            mask[:real] = 1.0
-            yield {"image": image, "label": label, "mask": mask}

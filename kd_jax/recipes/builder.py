@@ -43,6 +43,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         # step when it is held in memory (cifar100, fashion_mnist, synthetic) and fits
         # kd_jax.data.on_device.DEVICE_BUDGET_BYTES; False: numpy augmentation on the host.
         on_device=ml_collections.FieldReference(None, field_type=bool),
+        # imagenet2012, caltech_birds2011: tf.data's threads per process (decoding, resizing);
+        # 0: this process's share of the host's cores (kd_jax.data.imagenet.auto_threads).
+        input_threads=0,
     ))
     # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
     # <workdir>/final_model of a kd_jax run), 'published' (the teacher fetched by

@@ -32,6 +32,8 @@ RUN_KEYS: dict[str, str] = {
                          "inside the step when held in memory and it fits (CIFAR, "
                          "Fashion-MNIST, synthetic); False: numpy augmentation on the host; "
                          "True: force the device path",
+    "dataset.input_threads": "imagenet2012, caltech_birds2011: tf.data's threads per process; "
+                             "0: this process's share of the host's cores",
     "teacher.arch": "the teacher's model name (docs/models.md); empty for a model trained "
                     "alone",
     "teacher.checkpoint": "published (the pair's teacher, installed by `python -m "

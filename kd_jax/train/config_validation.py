@@ -243,6 +243,8 @@ def _check_dataset(config) -> None:
              f"dataset.name={d.name!r}; allowed: {', '.join(catalog.DATASETS)}")
     for key in ("num_train", "num_test", "limit_train", "limit_test"):
         _int(config, f"dataset.{key}", allow_zero=True)
+    if "input_threads" in d:
+        _int(config, "dataset.input_threads", allow_zero=True)
     _check_finite(config)
     if d.name == catalog.SYNTHETIC:
         _require(d.num_train > 0 and d.num_test > 0,

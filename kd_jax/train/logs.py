@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from kd_jax.data import on_device
 from kd_jax.train import config_validation, finite
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.metric_log import MetricLog
@@ -82,8 +83,9 @@ def header(s: Setup, state) -> str:
              f"{s.schedule.steps_per_epoch} steps/epoch (remainder dropped), "
              f"{s.total_steps} steps"]
     lines.append("  input: " + (
-        f"train set on the devices, augmented in the step, {s.steps_per_dispatch} step(s) "
-        "per call" if s.device_train is not None else "augmented on the host"))
+        f"train set on the devices ({on_device.held_bytes(s.device_train) / 2**20:.1f} MiB "
+        f"per device), augmented in the step, {s.steps_per_dispatch} step(s) per call"
+        if s.device_train is not None else "augmented on the host"))
     for st in s.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(st.plan.hparams.items()))
         who = "" if st.plan.name == config_validation.SOLO else f"{st.plan.name}: "

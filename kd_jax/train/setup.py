@@ -112,11 +112,13 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict,
     return students, states
 
 
-def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=None) -> Built:
+def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=None,
+          prepare_batch: Callable | None = None) -> Built:
     """Builds the teacher (if any student needs one), the students and the steps of `plan`.
 
     Used by the trainer and by benchmarks/, so that both time the same step. `devices`: the
-    mesh's devices (default: all of them; benchmarks time subsets).
+    mesh's devices (default: all of them; benchmarks time subsets). `prepare_batch`: the
+    host path's batch finished in the step (on_device.host_batch_finisher of the dataset).
     """
     # How convolutions are traced on the CPU backend (GPU/TPU: always XLA's): process-wide,
     # read when the steps are traced, so set before anything is compiled.
@@ -134,7 +136,8 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     dtype = model_dtype(config)
     step_students = {n: StepStudent(s.graphdef, s.compute_loss, txs[n])
                      for n, s in students.items()}
-    train_step = make_train_step(step_students, teacher_graphdef, None, mesh, dtype)
+    train_step = make_train_step(step_students, teacher_graphdef, None, mesh, dtype,
+                                 prepare=prepare_batch)
     # Unrolled on CPU, where a step in XLA's rolled loop ran several times slower
     # (kd_jax.train.step).
     multi_train_step = make_multi_train_step(
@@ -201,7 +204,8 @@ def setup(config, plan: RunPlan, ds, workdir: str) -> tuple[Setup, resume.LoopSt
     """The run's Setup and its loop state (restored from the latest checkpoint of `workdir`,
     else step 0). The caller closes Setup.ckpt."""
     steps_per_epoch, total_steps = _train_steps(config, ds)
-    b = build(config, plan, ds.info.num_classes, workdir)
+    b = build(config, plan, ds.info.num_classes, workdir,
+              prepare_batch=on_device.host_batch_finisher(ds))
     schedule = Schedule(steps_per_epoch, total_steps, config.log_every_steps,
                         config.eval_every_epochs, config.checkpoint_every_epochs)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)

@@ -105,7 +105,8 @@ def _train_step_fn(students: Mapping[str, StepStudent], teacher_graphdef: Option
 
 def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optional[Any],
                     tx: Optional[optax.GradientTransformation], mesh: Mesh,
-                    compute_dtype: Any = jnp.float32):
+                    compute_dtype: Any = jnp.float32,
+                    prepare: Optional[Callable[[dict], dict]] = None):
     """jit(train_step)(state, teacher_state, batch, lr, epoch) -> (state, metrics).
 
     batch: {"image": (B, H, W, C) f32, "label": (B,) i32} sharded over 'data';
@@ -114,9 +115,15 @@ def make_train_step(students: Mapping[str, StepStudent], teacher_graphdef: Optio
     one entry per term}}. Each student is updated by its StepStudent.tx (its own gradient
     clip), or by `tx` where that is None.
     Images enter the models in `compute_dtype`; parameters, BatchNorm statistics, optimizer
-    state and losses stay float32.
+    state and losses stay float32. `prepare`: batch -> batch inside the program, first (e.g.
+    kd_jax.data.on_device.finish_host_batch: uint8 host batches mirrored and normalised).
     """
     train_step = _train_step_fn(students, teacher_graphdef, tx, compute_dtype)
+    if prepare is not None:
+        step_fn = train_step
+
+        def train_step(state, teacher_state, batch, lr, epoch):
+            return step_fn(state, teacher_state, prepare(batch), lr, epoch)
     replicated = NamedSharding(mesh, P())
     return jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=0)
 
