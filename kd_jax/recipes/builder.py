@@ -16,7 +16,7 @@ from typing import Optional
 import ml_collections
 
 from kd_jax import methods, models, teachers
-from kd_jax.data import catalog
+from kd_jax.data import catalog, own
 from kd_jax.reference import table
 from kd_jax.teachers import catalog as teachers_catalog
 
@@ -44,6 +44,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         # kd_jax.data.on_device.DEVICE_BUDGET_BYTES; False: numpy augmentation on the host.
         on_device=ml_collections.FieldReference(None, field_type=bool),
     ))
+    if catalog.is_own(dataset):
+        _own_data_keys(c.dataset)
     # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
     # <workdir>/final_model of a kd_jax run), 'published' (the teacher fetched by
     # `python -m kd_jax.teachers fetch <arch>`), or 'random' (smoke tests and benchmarks only).
@@ -85,7 +87,18 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.export_model = True   # write the final student to <workdir>/final_model (teacher-loadable).
     c.multihost = False     # True: jax.distributed.initialize() before anything else.
+    # A Python file registering models (kd_jax.models.register) to import first, so that
+    # student.arch / teacher.arch may name them; recorded in each export's teacher.json.
+    c.model_file = ""
     return c
+
+
+def _own_data_keys(d: ml_collections.ConfigDict) -> None:
+    """The keys of the user's own data at their defaults (kd_jax.data.own documents each:
+    val_fraction, split_seed, mean, std, skip_unreadable, in_memory, memory_budget_mb,
+    workers); num_classes 0 and image_size 32 come from catalog.OWN_FACTS."""
+    for key, value in own.DEFAULTS.items():
+        d[key] = ml_collections.FieldReference(None, field_type=bool) if value is None else value
 
 
 def _published_teacher(c: ml_collections.ConfigDict, dataset: str) -> None:
