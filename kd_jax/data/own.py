@@ -209,7 +209,9 @@ def _folder_entry(s: Settings) -> own_cache.Entry:
         kept = {}
         for split, (paths, labels) in splits.items():
             if not paths:
-                raise DataFileError(f"{s.data_dir}: the {split} split holds no image")
+                raise DataFileError(f"{s.data_dir}: the {split} split holds no image (it is "
+                                    f"{layout.test_from if split == 'test' else 'train/'}; a "
+                                    "held-out fraction needs classes of >= 2 images)")
             positions, probes, notes = _probe(paths, s)
             fields["notes"] += [f"{split}: {n}" for n in notes]
             kept[split] = ([paths[i] for i in positions], labels[positions], probes)
@@ -460,9 +462,10 @@ def load(config: Any, *, process_index: int = 0, process_count: int = 1):
     missing = sorted(set(np.unique(test_labels).tolist()) - set(np.unique(train_labels)
                                                                .tolist()))
     if missing:
-        name = classes[missing[0]] if missing[0] < len(classes) else missing[0]
-        raise DataFileError(f"{s.data_dir or s.name}: class {name!r} appears in the test split "
-                            "but in no training example: every test class must be trained on")
+        what = (f"class {classes[missing[0]]!r}" if missing[0] < len(classes)
+                else f"label {missing[0]}")
+        raise DataFileError(f"{s.data_dir or s.name}: {what} appears in the test split but in "
+                            "no training example: every test class must be trained on")
     if len(train_labels) and int(train_labels.max()) >= len(classes):
         raise DataFileError(f"{s.data_dir}: label {int(train_labels.max())} but only "
                             f"{len(classes)} class names")

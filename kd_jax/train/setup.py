@@ -59,8 +59,8 @@ def with_new_head(loaded: nnx.Module, fresh: nnx.Module) -> nnx.Module:
     weights and BatchNorm statistics of a model trained on other classes (ImageNet), with
     `fresh`'s own initialised final linear layer (kernel (C, K), bias (K,))."""
     head = {id(fresh.head.kernel), id(fresh.head.bias)}
-    source = dict(nnx.state(loaded).flat_state())
-    for path, variable in nnx.state(fresh).flat_state():
+    source = dict(nnx.to_flat_state(nnx.state(loaded)))
+    for path, variable in nnx.to_flat_state(nnx.state(fresh)):
         if id(variable) in head:
             continue
         if path not in source or source[path].shape != variable.shape:
