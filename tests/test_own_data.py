@@ -562,7 +562,8 @@ def test_init_from_imagenet_classes_gets_a_new_head(tmp_path, model_file):
     from flax import nnx
     from kd_jax import convert, models
     from kd_jax.recipes import own_data
-    from kd_jax.train import setup
+    from kd_jax.train import config_validation, setup
+    from kd_jax.train.config_validation import ConfigError
     models.import_model_file(model_file)
     source = models.create("user_net", 1000, rngs=nnx.Rngs(7))
     path = str(tmp_path / "imagenet_user_net")
@@ -578,3 +579,30 @@ def test_init_from_imagenet_classes_gets_a_new_head(tmp_path, model_file):
         np.testing.assert_array_equal(np.asarray(variable[...]), np.asarray(expected[...]),
                                       err_msg=str(key))
     assert got[("fc", "kernel")].shape == (16, 4)
+    config.student.init_from = "published"   # a fetched published teacher of student.arch
+    with pytest.raises(ConfigError, match=r"^student.init_from='published': no published "
+                                          r"teacher for arch 'user_net'"):
+        config_validation.init_from_path(config)
+
+
+def test_decoding_imports_no_tensorflow(shapes_folder, tmp_path):
+    """A folder is read without TensorFlow (a fresh interpreter: nothing imported by other
+    tests), worker processes included."""
+    import subprocess
+    root, _ = shapes_folder
+    code = ("import json, sys\n"
+            "from kd_jax import data\n"
+            "if __name__ == '__main__':\n"
+            f"    ds = data.get_dataset({{'name': 'image_folder', 'data_dir': {root!r}, "
+            "'val_fraction': 0.25, 'in_memory': False, 'workers': 1})\n"
+            "    next(ds.train_batches(1, 6, 0))\n"
+            "    ds.close()\n"
+            "    print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tensorflow_datasets'))))\n")
+    script = tmp_path / "read.py"
+    script.write_text(code)
+    env = dict(os.environ, KD_JAX_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

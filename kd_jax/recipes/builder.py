@@ -52,7 +52,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(arch="", checkpoint=_optional_str(),
                                                allow_pickle=False))
     # student.init_from: "" (random init) or a final_model / best_model / converted directory
-    # (or .pth) of the same arch whose weights and BatchNorm statistics start the student.
+    # (or .pth) of the same arch whose weights and BatchNorm statistics start the student;
+    # 'published': the fetched published teacher of student.arch (own data: any classes, the
+    # head is made anew, e.g. torchvision's imagenet_ResNet34 to fine-tune).
     c.student = ml_collections.ConfigDict(dict(arch="", init_from=""))
     c.recipe = ""                   # the config argument the config was built from.
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -225,9 +225,24 @@ def teacher_checkpoint(config) -> str:
         raise ConfigError(f"teacher.checkpoint={ckpt!r}: {e}") from None
 
 
-def _check_init_from(config, num_classes: int) -> None:
-    """student.init_from: a converted directory of student.arch with num_classes, or a .pth."""
+def init_from_path(config) -> str:
+    """config.student.init_from with 'published' resolved to the installed published teacher
+    of student.arch (e.g. torchvision's imagenet_ResNet34 weights, to fine-tune on own data).
+
+    Raises ConfigError naming the fetch command if it is not installed."""
     path = config.student.get("init_from") or ""
+    if path != teachers.PUBLISHED:
+        return path
+    try:
+        return teachers.published_path(config.student.arch)
+    except FileNotFoundError as e:
+        raise ConfigError(f"student.init_from={path!r}: {e}") from None
+
+
+def _check_init_from(config, num_classes: int) -> None:
+    """student.init_from: a converted directory of student.arch with num_classes, or a .pth
+    (own data: any class count, the head is made anew)."""
+    path = init_from_path(config)
     if not path:
         return
     key, arch = f"student.init_from={path!r}", config.student.arch

@@ -73,10 +73,11 @@ def with_new_head(loaded: nnx.Module, fresh: nnx.Module) -> nnx.Module:
 def init_from(config, num_classes: int, seed: int = 0) -> nnx.Module:
     """The student built from config.student.init_from (a converted directory or a .pth).
 
-    On own data a converted directory of the same arch with other classes (e.g. torchvision
-    ImageNet weights, `python -m kd_jax.teachers fetch imagenet_ResNet34`) gives everything
-    but the head, which is initialised from `seed` (fine-tuning)."""
-    path, arch, dtype = config.student.init_from, config.student.arch, model_dtype(config)
+    On own data a converted directory of the same arch with other classes (e.g. torchvision's
+    ImageNet weights: `python -m kd_jax.teachers fetch imagenet_ResNet34`, then
+    init_from='published') gives everything but the head, initialised from `seed`."""
+    path, arch = config_validation.init_from_path(config), config.student.arch
+    dtype = model_dtype(config)
     try:
         source_classes = (convert.read_meta(path).get("num_classes")
                           if convert.is_converted_dir(path) else num_classes)
