@@ -400,6 +400,10 @@ def test_npz_arrays_grey_and_rgba(tmp_path, cache, capsys):
              y_test=y_test)
     with pytest.raises(data.DataFileError, match=r"d.npz: x_train is float32; expected uint8"):
         data.get_dataset({"name": "npz", "data_dir": path})
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test)
+    with pytest.raises(data.DataFileError, match=r"d.npz: no array 'y_test' \(it has x_train, "
+                                                 r"y_train, x_test; expected"):
+        data.get_dataset({"name": "npz", "data_dir": path})
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test[:, :, :, :3],
              y_test=y_test + 1)
     with pytest.raises(data.DataFileError, match=r"d.npz: label 3 appears in the test split "
@@ -566,6 +570,9 @@ def test_init_from_imagenet_classes_gets_a_new_head(tmp_path, model_file):
     from kd_jax.train.config_validation import ConfigError
     models.import_model_file(model_file)
     source = models.create("user_net", 1000, rngs=nnx.Rngs(7))
+    rng = np.random.default_rng(0)   # as trained: BatchNorm statistics away from 0 and 1
+    for _, variable in nnx.to_flat_state(nnx.state(source)):
+        variable.set_value(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
     path = str(tmp_path / "imagenet_user_net")
     convert.save_converted(source, path, {"arch": "user_net", "num_classes": 1000})
     config = own_data.teacher_config("user_net")

@@ -86,38 +86,35 @@ class Settings:
 def settings(config: Any) -> Settings:
     """Settings of config.dataset (a ConfigDict or dict); ValueError naming a bad key."""
     def get(key, default=None):
-        value = config.get(key, default)
-        return default if value is None else value
+        value = config.get(key, None)
+        return DEFAULTS.get(key, default) if value is None else value
 
-    name, data_dir = get("name"), get("data_dir") or ""
-    if not data_dir:
-        what = {"image_folder": "the image folder", "npz": "the .npz file"}.get(
-            name, "the tfds data directory")
-        if name in (catalog.IMAGE_FOLDER, catalog.NPZ):
-            raise ValueError(f"dataset.name={name!r} needs dataset.data_dir: {what} "
-                             f"(--config.dataset.data_dir=PATH)")
-    fraction = float(get("val_fraction", DEFAULTS["val_fraction"]))
+    name, data_dir = get("name"), get("data_dir", "")
+    if not data_dir and name in (catalog.IMAGE_FOLDER, catalog.NPZ):
+        what = "the image folder" if name == catalog.IMAGE_FOLDER else "the .npz file"
+        raise ValueError(f"dataset.name={name!r} needs dataset.data_dir: {what} "
+                         "(--config.dataset.data_dir=PATH)")
+    fraction = float(get("val_fraction"))
     if not 0 < fraction < 1:
         raise ValueError(f"dataset.val_fraction={fraction!r}: expected a number in (0, 1)")
-    mean, std = tuple(get("mean", ())), tuple(get("std", ()))
+    mean, std = tuple(get("mean")), tuple(get("std"))
     if (mean or std) and not (len(mean) == len(std) == 3 and all(s > 0 for s in std)):
         raise ValueError(f"dataset.mean={mean!r}, dataset.std={std!r}: expected 3 values each "
                          "(RGB on [0, 1], std > 0), or both empty (computed from the data)")
-    workers = int(get("workers", 0))
+    workers = int(get("workers"))
     if workers < 0:
         raise ValueError(f"dataset.workers={workers}: expected >= 0 (0: min(8, CPUs))")
     image_size = int(get("image_size", catalog.OWN_FACTS.image_size))
     if image_size < 0:
         raise ValueError(f"dataset.image_size={image_size}: expected >= 0 (0: the images' own)")
-    return Settings(name=name, data_dir=os.path.abspath(os.path.expanduser(data_dir))
-                    if data_dir else "", image_size=image_size, val_fraction=fraction,
-                    split_seed=int(get("split_seed", 0)),
-                    limit_train=int(get("limit_train", 0)), limit_test=int(get("limit_test", 0)),
+    return Settings(name=name,
+                    data_dir=os.path.abspath(os.path.expanduser(data_dir)) if data_dir else "",
+                    image_size=image_size, val_fraction=fraction,
+                    split_seed=int(get("split_seed")), limit_train=int(get("limit_train", 0)),
+                    limit_test=int(get("limit_test", 0)),
                     mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                    skip_unreadable=bool(get("skip_unreadable", False)),
-                    in_memory=config.get("in_memory", None),
-                    memory_budget_mb=float(get("memory_budget_mb",
-                                               DEFAULTS["memory_budget_mb"])),
+                    skip_unreadable=bool(get("skip_unreadable")), in_memory=get("in_memory"),
+                    memory_budget_mb=float(get("memory_budget_mb")),
                     workers=workers or min(8, os.cpu_count() or 1))
 
 
@@ -302,21 +299,21 @@ def _npz_arrays(s: Settings):
                                 "with x_train, y_train, x_test, y_test)")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-            if missing:
-                raise DataFileError(f"{path}: no array {missing[0]!r} (has {', '.join(f.files)}"
-                                    "; expected x_train, y_train, x_test, y_test)")
             raw = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:   # not a zip, truncated, pickled objects
         raise DataFileError(f"{path}: cannot be read as a .npz ({type(e).__name__}: {e})") \
             from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in raw]
+    if missing:
+        raise DataFileError(f"{path}: no array {missing[0]!r} (it has {', '.join(raw)}; "
+                            "expected x_train, y_train, x_test, y_test)")
     notes: list[str] = []
     arrays = {}
     for split in ("train", "test"):
         x = _npz_images(raw[f"x_{split}"], f"x_{split}", path, notes)
         arrays[f"{split}_images"] = x
         arrays[f"{split}_labels"] = _npz_labels(raw[f"y_{split}"], f"y_{split}", path, len(x))
-    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+    if not s.image_size and arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DataFileError(f"mixed sizes: {path}: x_train images are "
                             f"{arrays['train_images'].shape[1:3]} but x_test images "
                             f"{arrays['test_images'].shape[1:3]} (H, W)")

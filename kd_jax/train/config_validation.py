@@ -212,31 +212,28 @@ def _students(config) -> tuple[StudentPlan, ...]:
     return tuple(plans)
 
 
-def teacher_checkpoint(config) -> str:
-    """config.teacher.checkpoint with 'published' resolved to the installed teacher's directory.
-
-    Raises ConfigError naming the fetch command if the published teacher is not installed."""
-    ckpt = config.teacher.checkpoint
-    if ckpt != teachers.PUBLISHED:
-        return ckpt
+def _resolve_published(value: str, key: str, arch: str) -> str:
+    """`value`, or for 'published' the directory of the installed published teacher `arch`;
+    ConfigError naming `key` and the fetch command when it is not installed."""
+    if value != teachers.PUBLISHED:
+        return value
     try:
-        return teachers.published_path(config.teacher.arch)
+        return teachers.published_path(arch)
     except FileNotFoundError as e:
-        raise ConfigError(f"teacher.checkpoint={ckpt!r}: {e}") from None
+        raise ConfigError(f"{key}={value!r}: {e}") from None
+
+
+def teacher_checkpoint(config) -> str:
+    """config.teacher.checkpoint with 'published' resolved to the installed teacher's directory."""
+    return _resolve_published(config.teacher.checkpoint, "teacher.checkpoint",
+                              config.teacher.arch)
 
 
 def init_from_path(config) -> str:
     """config.student.init_from with 'published' resolved to the installed published teacher
-    of student.arch (e.g. torchvision's imagenet_ResNet34 weights, to fine-tune on own data).
-
-    Raises ConfigError naming the fetch command if it is not installed."""
-    path = config.student.get("init_from") or ""
-    if path != teachers.PUBLISHED:
-        return path
-    try:
-        return teachers.published_path(config.student.arch)
-    except FileNotFoundError as e:
-        raise ConfigError(f"student.init_from={path!r}: {e}") from None
+    of student.arch (e.g. torchvision's imagenet_ResNet34 weights, to fine-tune on own data)."""
+    return _resolve_published(config.student.get("init_from") or "", "student.init_from",
+                              config.student.arch)
 
 
 def _check_init_from(config, num_classes: int) -> None:
