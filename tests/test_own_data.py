@@ -440,6 +440,10 @@ def test_tfds_dataset(cache, monkeypatch):
     np.testing.assert_array_equal(labels, [lab for _, lab in builder.examples["train"]])
     with pytest.raises(data.DataFileError, match=r"mixed sizes: tfds dataset 'fake_shapes'"):
         data.get_dataset({"name": "tfds:fake_shapes", "image_size": 0})
+    with pytest.raises(data.DataFileError, match=r"^tfds:fake_shapes: its 18 images would "
+                                                 r"exceed dataset.memory_budget_mb=0.001"):
+        data.get_dataset({"name": "tfds:fake_shapes", "image_size": 16,
+                          "memory_budget_mb": 0.001})
 
 
 # --- the documented commands ------------------------------------------------------------------

@@ -340,10 +340,8 @@ def _npz_entry(s: Settings) -> own_cache.Entry:
         return {"classes": classes, "notes": notes, "stored": list(style.stored), "mean": mean,
                 "std": std, "test_from": "x_test, y_test"}, None
 
-    fingerprint = {"settings": s.key(), "files": own_cache.file_fingerprint([s.data_dir],
-                                                                          os.path.dirname(
-                                                                              s.data_dir))}
-    entry = own_cache.load_or_build(entry_dir(s), fingerprint, build)
+    files = own_cache.file_fingerprint([s.data_dir], os.path.dirname(s.data_dir))
+    entry = own_cache.load_or_build(entry_dir(s), {"settings": s.key(), "files": files}, build)
     entry.arrays = arrays
     return entry
 
@@ -374,9 +372,14 @@ def _tfds_entry(s: Settings) -> own_cache.Entry:
                             "train and test (or validation)")
     feature = builder.info.features["label"]
     classes = list(getattr(feature, "names", None) or range(feature.num_classes))
+    counts = [splits["train"].num_examples, splits[test_split].num_examples]
+    if s.image_size and not _fits(s, sum(counts), style_for(s.image_size).stored):
+        raise DataFileError(f"{s.name}: its {sum(counts)} images would exceed "
+                            f"dataset.memory_budget_mb={s.memory_budget_mb:g} decoded, and tfds "
+                            "sets are held in memory only: raise the budget, or write the "
+                            "images out as an image folder (which streams)")
     fingerprint = {"settings": s.key(), "version": str(builder.info.version),
-                   "data_dir": getattr(builder, "data_dir", s.data_dir),
-                   "counts": [splits["train"].num_examples, splits[test_split].num_examples]}
+                   "data_dir": getattr(builder, "data_dir", s.data_dir), "counts": counts}
 
     def build():
         notes, decoded, native = [], {}, None
@@ -447,12 +450,6 @@ def load(config: Any, *, process_index: int = 0, process_count: int = 1):
         train_labels = np.asarray(m["train_labels"], np.int32)
         test_labels = np.asarray(m["test_labels"], np.int32)
     else:
-        if s.name.startswith(catalog.TFDS_PREFIX) and not _fits(
-                s, len(entry.arrays["train_labels"]) + len(entry.arrays["test_labels"]),
-                style.stored):
-            raise DataFileError(f"{s.name}: the decoded set exceeds dataset.memory_budget_mb="
-                                f"{s.memory_budget_mb:g}, and tfds sets are held in memory "
-                                "only: raise the budget (or export it as an image folder)")
         train, test = (ArrayReader(entry.arrays["train_images"]),
                        ArrayReader(entry.arrays["test_images"]))
         train_labels, test_labels = entry.arrays["train_labels"], entry.arrays["test_labels"]
