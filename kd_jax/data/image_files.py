@@ -161,6 +161,11 @@ class Probe:
     mode: str                    # PIL mode: "RGB", "L" (grey), "RGBA", "P", ...
 
 
+# What Pillow raises on a file it cannot read (UnidentifiedImageError is an OSError; a
+# truncated or corrupt body raises OSError, ValueError or SyntaxError from its decoders).
+_PIL_ERRORS = (OSError, ValueError, SyntaxError)
+
+
 def _unreadable(path: str, error: BaseException) -> str:
     return f"{path}: cannot be read as an image ({type(error).__name__}: {error})"
 
@@ -173,7 +178,7 @@ def inspect(paths: Sequence[str]) -> list:
         try:
             with PIL.Image.open(path) as image:
                 out.append(Probe(image.width, image.height, image.mode))
-        except (OSError, ValueError, SyntaxError) as e:   # PIL.UnidentifiedImageError: OSError
+        except _PIL_ERRORS + (PIL.Image.DecompressionBombError,) as e:
             out.append(_unreadable(path, e))
     return out
 
@@ -194,7 +199,7 @@ def load(path: str, size: Optional[tuple[int, int]]) -> np.ndarray:
     try:
         with open(path, "rb") as f, PIL.Image.open(f) as image:
             return to_rgb_array(image, size)
-    except (OSError, ValueError, SyntaxError) as e:
+    except _PIL_ERRORS + (PIL.Image.DecompressionBombError,) as e:
         raise DataFileError(_unreadable(path, e)) from None
 
 
