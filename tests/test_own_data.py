@@ -342,8 +342,8 @@ ERRORS = {
                              r"skip_unreadable=True"),
     "mixed sizes": ({"cat/0.png": (8, 8), "cat/2.png": (8, 8), "dog/1.png": (8, 9),
                      "dog/3.png": (8, 9)},
-                    {"image_size": 0}, r"^mixed sizes: .*cat/\d.png is 8x8 but .*dog/\d.png is 9x8; "
-                                       r"set --config.dataset.image_size=N"),
+                    {"image_size": 0}, r"^mixed sizes: .*cat/\d.png is 8x8 but .*dog/\d.png is "
+                                       r"9x8; set --config.dataset.image_size=N"),
     "test class missing from train": ({"train/cat/0.png": (8, 8), "train/dog/1.png": (8, 8),
                                        "val/cow/2.png": (8, 8)},
                                       {}, r"^class 'cow' of .*val has no folder in .*train"),
@@ -617,3 +617,22 @@ def test_decoding_imports_no_tensorflow(shapes_folder, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("arch, size", [("resnet8x4", 24), ("vgg8", 40), ("ShuffleV1", 48),
+                                        ("MobileNetV2", 64), ("imagenet_ResNet18", 96)])
+def test_zoo_models_take_the_data_classes_and_size(arch, size):
+    """A zoo model built for 7 classes runs on (size, size) images other than its design
+    size: (B, 7) logits (traced with eval_shape: nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from kd_jax import models
+
+    def forward(images):
+        model = models.create(arch, 7, rngs=nnx.Rngs(0))
+        model.eval()
+        return model(images)[0]
+
+    logits = jax.eval_shape(forward, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+    assert logits.shape == (2, 7)
