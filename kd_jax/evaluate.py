@@ -8,6 +8,7 @@ MODEL is any model kd_jax can load:
 
     python -m kd_jax.evaluate resnet32x4 --dataset cifar100
     python -m kd_jax.evaluate runs/kd/final_model --dataset cifar100 --json
+    python -m kd_jax.evaluate runs/teacher/final_model    # own data: as recorded by the run
 
 Metrics over the N test images: top-k = 100 * #{label among the k largest logits} / N, loss =
 mean cross-entropy (natural log). Single-device, in the model's float32 (or --dtype bfloat16).
@@ -30,7 +31,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from kd_jax import convert, data, teachers
+from kd_jax import convert, data, models, teachers
 from kd_jax.convert.converted import META_FILE
 from kd_jax.train.step import _topk_correct as topk_correct
 
@@ -122,6 +123,36 @@ def evaluate(model: nnx.Module, ds: data.Dataset, batch_size: int = 256,
             "loss": total_sums["loss"] / count, "count": int(total_sums["count"])}
 
 
+def register_model_file(model: str, model_file: Optional[str] = None) -> None:
+    """Imports `model_file`, else the model_file recorded in MODEL's teacher.json (a run on a
+    model the user registered), so that its arch can be built. ModelError if it fails."""
+    meta_path = os.path.join(model, META_FILE)
+    if not model_file and os.path.isfile(meta_path):
+        model_file = convert.read_meta(model).get("model_file")
+    if model_file:
+        try:
+            models.import_model_file(model_file)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"model file {model_file!r}: {e}") from None
+
+
+def own_dataset_config(name: str, recorded: Optional[dict], data_dir: Optional[str] = None,
+                       limit: int = 0, image_size: Optional[int] = None) -> dict:
+    """The config of own data `name` (kd_jax.data.own): the one a run recorded in its
+    export's teacher.json (same data, image size, split and mean/std), else the defaults;
+    data_dir, a test limit and image_size (if given) replace the recorded values."""
+    from kd_jax.recipes import base_config
+    cfg = base_config(name).dataset.to_dict()
+    if recorded and recorded.get("name") == name:
+        cfg.update(recorded)
+    cfg["data_dir"] = data_dir or cfg.get("data_dir")
+    if limit:
+        cfg["limit_test"] = limit
+    if image_size is not None:
+        cfg["image_size"] = image_size
+    return cfg
+
+
 def dataset_config(name: str, num_classes: int, data_dir: Optional[str] = None,
                    limit: int = 0, num_test: Optional[int] = None) -> dict:
     """The kd_jax.data config of `name` as a run's config has it by default (so synthetic
@@ -142,11 +173,18 @@ def parse_args(argv):
         description="Top-1/top-5 accuracy and loss of a model on a dataset's test split.")
     p.add_argument("model", help="converted directory (teacher, final_model, best_model), "
                                  ".pth file (with --arch) or published teacher name")
-    p.add_argument("--dataset", help=f"one of {', '.join(data.DATASETS)} (default: the one "
-                                     "recorded in teacher.json, if any); synthetic: the test "
-                                     "images of a default synthetic run")
-    p.add_argument("--data-dir", help="the dataset's directory (see kd_jax.data)")
+    p.add_argument("--dataset", help=f"one of {data.catalog.allowed_names()} (default: the "
+                                     "one recorded in teacher.json, if any); synthetic: the "
+                                     "test images of a default synthetic run; own data "
+                                     "(image_folder, npz, tfds:NAME): the data, split, image "
+                                     "size and mean/std the run recorded")
+    p.add_argument("--data-dir", help="the dataset's directory (see kd_jax.data); own data: "
+                                      "the image folder, .npz file or tfds data dir")
+    p.add_argument("--image-size", type=int, help="own data: the side the model sees "
+                                                   "(default: the recorded one, else 32)")
     p.add_argument("--arch", help="kd_jax model name (required for a .pth)")
+    p.add_argument("--model-file", help="a Python file registering the model's arch "
+                                        "(default: the one recorded in teacher.json)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help=">0: only the first N test images")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -174,19 +212,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.path.isdir(args.model) and os.path.isfile(os.path.join(args.model, META_FILE)):
         meta = convert.read_meta(args.model)
     name = args.dataset or meta.get("dataset")
+    allowed = data.catalog.allowed_names()
     if not name:
-        print("error: pass --dataset (one of " + ", ".join(data.DATASETS) + ")", file=sys.stderr)
+        print(f"error: pass --dataset (one of {allowed})", file=sys.stderr)
         return 2
-    if name not in data.DATASETS:
-        print(f"error: --dataset {name!r}; allowed: {', '.join(data.DATASETS)}", file=sys.stderr)
+    try:
+        data.catalog.check_name(name)
+    except ValueError:
+        print(f"error: --dataset {name!r}; allowed: {allowed}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
-        num_classes = meta.get("num_classes") or data.facts(name).num_classes
+        register_model_file(args.model, args.model_file)
+        ds = None
+        if data.catalog.is_own(name):   # classes from the data: read it first
+            ds = data.get_dataset(own_dataset_config(
+                name, meta.get("dataset_config"), args.data_dir, args.limit, args.image_size))
+        num_classes = (meta.get("num_classes") or (ds.info.num_classes if ds else 0)
+                       or data.facts(name).num_classes)
         model, desc = load_model(args.model, args.arch, None if meta else num_classes,
                                  args.allow_pickle, dtype)
-        ds = data.get_dataset(dataset_config(name, desc["num_classes"], args.data_dir, args.limit))
-    except (ModelError, data.DataNotFoundError, ValueError) as e:
+        if ds is None:
+            ds = data.get_dataset(dataset_config(name, desc["num_classes"], args.data_dir,
+                                                 args.limit))
+    except (ModelError, data.DataNotFoundError, data.DataFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if ds.info.num_classes != desc["num_classes"]:

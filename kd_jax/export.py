@@ -66,6 +66,8 @@ def parse_args(argv):
                    help="torch OUT.pth or npz OUT.npz")
     p.add_argument("--arch", help="kd_jax model name (required for a .pth)")
     p.add_argument("--num-classes", type=int, help="outputs of the head (required for a .pth)")
+    p.add_argument("--model-file", help="a Python file registering the model's arch "
+                                        "(default: the one recorded in teacher.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return p.parse_args(argv)
 
@@ -81,6 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     from kd_jax import evaluate   # model loading: directories, .pth, teacher names
     try:
+        evaluate.register_model_file(args.model, args.model_file)
         model, desc = evaluate.load_model(args.model, args.arch, args.num_classes)
         state_dict = export(model, out, fmt)
     except (evaluate.ModelError, ImportError) as e:

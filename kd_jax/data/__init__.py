@@ -7,7 +7,8 @@ host batches into global arrays sharded along the batch axis.
 Config keys (the trainer's ``config.dataset`` subtree):
 
 - ``name``: ``cifar10`` | ``cifar100`` | ``imagenet2012`` | ``caltech_birds2011`` |
-  ``fashion_mnist`` | ``synthetic``.
+  ``fashion_mnist`` | ``synthetic``, or the user's own data: ``image_folder`` | ``npz`` |
+  ``tfds:<name>`` (their keys and cache: kd_jax.data.own).
 - ``data_dir`` (str or None):
     - cifar10, cifar100: a directory holding the original archive, python format
       (``cifar-{10,100}-python.tar.gz``, torchvision's and Keras's) or binary
@@ -63,16 +64,25 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kd_jax.data import augment, processes
+from kd_jax.data import augment, catalog, processes
 from kd_jax.data.catalog import (CIFAR10, CIFAR100, CUB, DATASETS, FASHION_MNIST, IMAGENET,
                                  SYNTHETIC, facts)
-from kd_jax.data.base import DataNotFoundError, Dataset, DatasetInfo
+from kd_jax.data.base import DataFileError, DataNotFoundError, Dataset, DatasetInfo
 from kd_jax.data.in_memory import InMemoryDataset
-from kd_jax.data.prefetch import prefetch_to_mesh, to_global_array
 
 __all__ = ["CIFAR10", "CIFAR100", "CUB", "DATASETS", "FASHION_MNIST", "IMAGENET", "SYNTHETIC",
-           "facts", "DataNotFoundError", "Dataset", "DatasetInfo", "InMemoryDataset",
-           "get_dataset", "prefetch_to_mesh", "to_global_array"]
+           "facts", "DataFileError", "DataNotFoundError", "Dataset", "DatasetInfo",
+           "InMemoryDataset", "get_dataset", "prefetch_to_mesh", "to_global_array"]
+
+
+def __getattr__(name: str):
+    """prefetch_to_mesh and to_global_array (kd_jax.data.prefetch) on first use: they import
+    JAX, which the decoding worker processes of own data (kd_jax.data.own_dataset) should
+    not pay for (seconds and ~150 MB each)."""
+    if name in ("prefetch_to_mesh", "to_global_array"):
+        from kd_jax.data import prefetch
+        return getattr(prefetch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def _how_to(name: str) -> str:
     """How to provide dataset `name` (each loader's own sentence)."""
@@ -105,8 +115,18 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) -> Dataset:
     """Builds the dataset named by config.name (keys in the module docstring)."""
     name = _get(config, "name")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset name {name!r}; allowed: {', '.join(DATASETS)}")
+    catalog.check_name(name)
+
+    def once(load):
+        """load() on one process first, then on the others (kd_jax.data.processes): one
+        download or preparation, which the others find."""
+        return processes.leader_first(name, load, process_index=process_index,
+                                      process_count=process_count)
+
+    if catalog.is_own(name):   # image_folder, npz, tfds:<name> (keys in kd_jax.data.own)
+        from kd_jax.data import own
+        return once(lambda: own.load(config, process_index=process_index,
+                                     process_count=process_count))
     data_dir = _get(config, "data_dir") or None  # "" means unset, as on the command line
     if data_dir is not None and name != "synthetic" and not os.path.isdir(
             os.path.expanduser(data_dir)):
@@ -123,12 +143,6 @@ def get_dataset(config: Any, *, process_index: int = 0, process_count: int = 1) 
     input_threads = int(_get(config, "input_threads", 0))
     if input_threads < 0:
         raise ValueError(f"input_threads={input_threads} must be >= 0 (0: automatic)")
-
-    def once(load):
-        """load() on one process first, then on the others (kd_jax.data.processes): one
-        download or preparation, which the others find."""
-        return processes.leader_first(name, load, process_index=process_index,
-                                      process_count=process_count)
 
     if name in ("imagenet2012", "caltech_birds2011"):
         from kd_jax.data import imagenet

@@ -69,6 +69,26 @@ def pad_crop_flip(images: np.ndarray, params: CropFlipParams, pad: int) -> np.nd
     return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def crop_flip(images: np.ndarray, params: CropFlipParams, size: tuple[int, int]) -> np.ndarray:
+    """torchvision RandomCrop(size) (no padding) + flip: the (h, w) = size window of each
+    image at its offsets (offset_y in [0, H - h], offset_x in [0, W - w]), maybe mirrored.
+
+    images: (B, H, W, C) any dtype; returns (B, h, w, C). One gather, as `pad_crop_flip`.
+    """
+    batch = images.shape[0]
+    rows = params.offset_y[:, None] + np.arange(size[0])  # (B, h)
+    cols = params.offset_x[:, None] + np.arange(size[1])  # (B, w)
+    cols = np.where(params.flip[:, None], cols[:, ::-1], cols)
+    return images[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def center_crop(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torchvision CenterCrop(size) of (B, H, W, C): top = round((H - h) / 2), likewise left."""
+    top = int(round((images.shape[1] - size[0]) / 2))
+    left = int(round((images.shape[2] - size[1]) / 2))
+    return images[:, top:top + size[0], left:left + size[1]]
+
+
 def normalize_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
     """float32 (C,) (scale, shift) with ``(x / 255 - mean) / std == x * scale - shift``.
 

@@ -35,7 +35,8 @@ class DataFileError(ValueError):
 class DatasetInfo:
     """Static facts about a dataset after preprocessing.
 
-    image_shape is (H, W, 3) of the arrays the model sees.
+    image_shape is (H, W, 3) of the arrays the model sees. classes: the class names by index
+    where the data names them (own data: the folder names), else empty.
     """
 
     name: str
@@ -43,6 +44,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     num_train: int
     num_test: int
+    classes: tuple[str, ...] = ()
 
 
 class Dataset(Protocol):

@@ -24,6 +24,32 @@ class TrainDraw(NamedTuple):
     params: augment.CropFlipParams    # (b,) each
 
 
+def draw_iter(num_train: int, epoch: int, global_batch_size: int, b: int, process_index: int,
+              seed: int, start_step: int, steps: int, pad: int) -> Iterator[TrainDraw]:
+    """The train draws of steps [start_step, steps) of `epoch` on host `process_index` (b
+    examples each): the (seed, epoch) order and each step's crop/flip parameters
+    (offsets in [0, 2 pad]). Shared by every dataset whose batches are a function of
+    (seed, epoch, step) (also kd_jax.data.own_dataset)."""
+    order = shuffle_rng(seed, epoch).permutation(num_train)
+    host = slice(process_index * b, (process_index + 1) * b)
+    for step in range(start_step, steps):
+        index = order[step * global_batch_size:(step + 1) * global_batch_size][host]
+        # Parameters are drawn for the whole global batch and sliced, so each host's
+        # images are augmented exactly as in a single-host run.
+        params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
+                                          global_batch_size, pad)[host]
+        yield TrainDraw(index, params)
+
+
+def eval_ranges(num_test: int, global_batch_size: int, b: int, process_index: int
+                ) -> Iterator[tuple[int, int]]:
+    """[start, stop) of host `process_index`'s slice of each global test batch, in order
+    (empty or short in the last one: the caller pads to b)."""
+    for i in range(math.ceil(num_test / global_batch_size)):
+        start = min(i * global_batch_size + process_index * b, num_test)
+        yield start, min(start + b, num_test)
+
+
 class GlobalBatches:
     """Batches cut from one global batch per step, each host its slice: the schedule that
     InMemoryDataset and kd_jax.data.cub.CUBDataset share. Each epoch is one permutation of
@@ -63,15 +89,8 @@ class GlobalBatches:
         return self._draw_iter(epoch, global_batch_size, b, seed, start_step, steps)
 
     def _draw_iter(self, epoch, global_batch_size, b, seed, start_step, steps):
-        order = shuffle_rng(seed, epoch).permutation(self.info.num_train)
-        host = slice(self._process_index * b, (self._process_index + 1) * b)
-        for step in range(start_step, steps):
-            index = order[step * global_batch_size:(step + 1) * global_batch_size][host]
-            # Parameters are drawn for the whole global batch and sliced, so each host's
-            # images are augmented exactly as in a single-host run.
-            params = augment.sample_crop_flip(augment_rng(seed, epoch, step),
-                                              global_batch_size, self._pad)[host]
-            yield TrainDraw(index, params)
+        return draw_iter(self.info.num_train, epoch, global_batch_size, b,
+                         self._process_index, seed, start_step, steps, self._pad)
 
     def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
         """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""
@@ -79,10 +98,8 @@ class GlobalBatches:
         return self._eval_iter(global_batch_size, b)
 
     def _eval_iter(self, global_batch_size, b):
-        n = self.info.num_test
-        for i in range(math.ceil(n / global_batch_size)):
-            start = min(i * global_batch_size + self._process_index * b, n)
-            stop = min(start + b, n)
+        for start, stop in eval_ranges(self.info.num_test, global_batch_size, b,
+                                       self._process_index):
             real = stop - start
             image = np.zeros((b,) + self.info.image_shape, np.float32)
             label = np.zeros((b,), np.int32)

@@ -21,7 +21,7 @@ Attribute paths mirror the PyTorch module tree, so that `".".join(path)` of ever
 
 from kd_jax.models.families import FAMILIES, arch_name, base_name, family_of
 from kd_jax.models.layers import CPU_CONV_CHOICES, cpu_conv, set_cpu_conv
-from kd_jax.models.registry import create, names, register
+from kd_jax.models.registry import create, import_model_file, names, register
 from kd_jax.models.shapes import pre_pool_shape
 
 # Importing a family module registers its models.
@@ -37,4 +37,5 @@ from kd_jax.models import mobilenetv1  # noqa: F401,E402
 from kd_jax.models import cub  # noqa: F401,E402
 
 __all__ = ["CPU_CONV_CHOICES", "FAMILIES", "arch_name", "base_name", "cpu_conv", "create",
-           "family_of", "names", "pre_pool_shape", "register", "set_cpu_conv"]
+           "family_of", "import_model_file", "names", "pre_pool_shape", "register",
+           "set_cpu_conv"]

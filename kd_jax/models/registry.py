@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -27,6 +30,30 @@ def register(name: str, *, reference: bool = True):
         return fn
 
     return wrap
+
+
+_MODEL_FILES: dict[str, Any] = {}   # real path -> the module a user's model file became
+
+
+def import_model_file(path: str) -> Any:
+    """Runs a user's Python file that registers models (`@kd_jax.models.register("my_net")`
+    on a function (num_classes, dtype, rngs) -> nnx.Module), once per process per file;
+    returns its module. OSError if it does not exist, ValueError if it is not a .py file."""
+    real = os.path.realpath(os.path.expanduser(path))
+    if real in _MODEL_FILES:
+        return _MODEL_FILES[real]
+    if not os.path.isfile(real):
+        raise FileNotFoundError(f"no such file {path!r} (expected a Python file registering "
+                                "models with kd_jax.models.register)")
+    if not real.endswith(".py"):
+        raise ValueError("expected a Python file (*.py) registering models")
+    name = "kd_jax_model_file_" + str(len(_MODEL_FILES))
+    spec = importlib.util.spec_from_file_location(name, real)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)   # an error inside the file is the user's: keep its trace
+    _MODEL_FILES[real] = module
+    return module
 
 
 def names(reference_only: bool = False) -> list[str]:

@@ -2,6 +2,8 @@
 
 - `kd_jax.recipes.builder`: the config builder over the methods' reference hyperparameters.
 - `kd_jax.recipes.quickstart`: the quickstart's teacher and pipeline configs.
+- `kd_jax.recipes.own_data`: the configs of the user's own data (custom_teacher.py,
+  custom_distill.py).
 - `python -m kd_jax.recipes`: the recipe tables of docs/recipes.md.
 
 The data the recipes are made of (solver, per-pair lr, DKD beta, SDD scales, gradient clips,

@@ -16,7 +16,7 @@ from typing import Optional
 import ml_collections
 
 from kd_jax import methods, models, teachers
-from kd_jax.data import catalog
+from kd_jax.data import catalog, own
 from kd_jax.reference import table
 from kd_jax.teachers import catalog as teachers_catalog
 
@@ -47,13 +47,17 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         # 0: this process's share of the host's cores (kd_jax.data.imagenet.auto_threads).
         input_threads=0,
     ))
+    if catalog.is_own(dataset):
+        _own_data_keys(c.dataset)
     # teacher.checkpoint: a .pth file, a converted directory (python -m kd_jax.convert, or
     # <workdir>/final_model of a kd_jax run), 'published' (the teacher fetched by
     # `python -m kd_jax.teachers fetch <arch>`), or 'random' (smoke tests and benchmarks only).
     c.teacher = ml_collections.ConfigDict(dict(arch="", checkpoint=_optional_str(),
                                                allow_pickle=False))
     # student.init_from: "" (random init) or a final_model / best_model / converted directory
-    # (or .pth) of the same arch whose weights and BatchNorm statistics start the student.
+    # (or .pth) of the same arch whose weights and BatchNorm statistics start the student;
+    # 'published': the fetched published teacher of student.arch (own data: any classes, the
+    # head is made anew, e.g. torchvision's imagenet_ResNet34 to fine-tune).
     c.student = ml_collections.ConfigDict(dict(arch="", init_from=""))
     c.recipe = ""                   # the config argument the config was built from.
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -88,7 +92,18 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.export_model = True   # write the final student to <workdir>/final_model (teacher-loadable).
     c.multihost = False     # True: jax.distributed.initialize() before anything else.
+    # A Python file registering models (kd_jax.models.register) to import first, so that
+    # student.arch / teacher.arch may name them; recorded in each export's teacher.json.
+    c.model_file = ""
     return c
+
+
+def _own_data_keys(d: ml_collections.ConfigDict) -> None:
+    """The keys of the user's own data at their defaults (kd_jax.data.own documents each:
+    val_fraction, split_seed, mean, std, skip_unreadable, in_memory, memory_budget_mb,
+    workers); num_classes 0 and image_size 32 come from catalog.OWN_FACTS."""
+    for key, value in own.DEFAULTS.items():
+        d[key] = ml_collections.FieldReference(None, field_type=bool) if value is None else value
 
 
 def _published_teacher(c: ml_collections.ConfigDict, dataset: str) -> None:

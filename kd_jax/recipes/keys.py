@@ -17,7 +17,8 @@ from __future__ import annotations
 
 RUN_KEYS: dict[str, str] = {
     "dataset.name": "cifar10 | cifar100 | fashion_mnist | imagenet2012 | caltech_birds2011 | "
-                    "synthetic (docs/data.md)",
+                    "synthetic (docs/data.md); your own: image_folder | npz | tfds:<name> "
+                    "(docs/own_data.md)",
     "dataset.data_dir": "where the dataset's files are; None: the default location "
                         "(docs/data.md)",
     "dataset.num_train": "synthetic only: number of training images",
@@ -34,6 +35,20 @@ RUN_KEYS: dict[str, str] = {
                          "True: force the device path",
     "dataset.input_threads": "imagenet2012, caltech_birds2011: tf.data's threads per process; "
                              "0: this process's share of the host's cores",
+    "dataset.val_fraction": "own data: the share of each class held out as the test split of a "
+                            "single image folder",
+    "dataset.split_seed": "own data: the seed of that split and of limit_train/limit_test's "
+                          "subsets",
+    "dataset.mean": "own data: per-channel RGB mean on [0, 1]; (): computed from the training "
+                    "images and cached",
+    "dataset.std": "own data: per-channel RGB std on [0, 1]; (): computed with the mean",
+    "dataset.skip_unreadable": "own data: True leaves unreadable images out, with a note; "
+                               "False: one error naming the file",
+    "dataset.in_memory": "own data: None: held in memory when the decoded set fits "
+                         "memory_budget_mb; True: in memory; False: streamed from the files",
+    "dataset.memory_budget_mb": "own data: the decoded uint8 size up to which a set is held in "
+                                "memory",
+    "dataset.workers": "own data: decoding processes of a streamed set; 0: min(8, CPUs)",
     "teacher.arch": "the teacher's model name (docs/models.md); empty for a model trained "
                     "alone",
     "teacher.checkpoint": "published (the pair's teacher, installed by `python -m "
@@ -80,6 +95,10 @@ RUN_KEYS: dict[str, str] = {
     "progress_bar": "a tqdm bar on a terminal (plain lines in a log file)",
     "export_model": "write the final student to <workdir>/final_model (loadable as a "
                     "teacher)",
+    "model_file": "a Python file registering models (kd_jax.models.register), imported first "
+                  "so that student.arch / teacher.arch may name them (docs/own_data.md)",
+    "recipe_from": "custom_teacher.py / custom_distill.py: the reference recipe the "
+                   "hyperparameters come from; informational",
     "multihost": "True: jax.distributed.initialize() before anything else "
                  "(docs/accelerators.md)",
     "method.name": "the method: ce | kd | dkd | nkd | sdd | clkd | msdcrd, or one a config "

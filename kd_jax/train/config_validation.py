@@ -121,20 +121,36 @@ def _archs(config) -> Iterator[tuple[str, str]]:
             yield key, arch
 
 
+def _check_image_size(config, image_size: int) -> None:
+    """Images (synthetic, or the user's own) must be at least as large as the models' total
+    stride: below it, every later stage sees only padding (image_size=1 would 'train')."""
+    from kd_jax.models.shapes import pre_pool_shape
+    for key, arch in _archs(config):
+        nominal = 32 if models.family_of(arch) == "cifar" else 224   # their design sizes
+        stride = max(nominal // pre_pool_shape(arch, 10, nominal)[0], 1)
+        _require(image_size >= stride,
+                 f"dataset.image_size={image_size}: smaller than the {stride}x downsampling "
+                 f"of {key}={arch!r}; use at least {stride}")
+
+
 def _check_synthetic_size(config) -> None:
-    """A synthetic image must be at least as large as the models' total stride: below it,
-    every later stage sees only padding (image_size=1 would 'train')."""
     d = config.dataset
     _int(config, "dataset.image_size")
     _int(config, "dataset.num_classes")
     _require(d.num_classes >= 2, f"dataset.num_classes={d.num_classes}: expected >= 2")
-    from kd_jax.models.shapes import pre_pool_shape
-    for key, arch in _archs(config):
-        nominal = catalog.facts(d.name).image_size
-        stride = max(nominal // pre_pool_shape(arch, d.num_classes, nominal)[0], 1)
-        _require(d.image_size >= stride,
-                 f"dataset.image_size={d.image_size}: smaller than the {stride}x downsampling "
-                 f"of {key}={arch!r}; use at least {stride}")
+    _check_image_size(config, d.image_size)
+
+
+def load_model_file(config) -> None:
+    """Imports config.model_file (a user's Python file registering models with
+    kd_jax.models.register), once per process, so that its models can be named."""
+    path = config.get("model_file", "") or ""
+    if not path:
+        return
+    try:
+        models.import_model_file(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model_file={path!r}: {e}") from None
 
 
 def parse_seeds(seeds: str) -> list[int]:
@@ -196,22 +212,34 @@ def _students(config) -> tuple[StudentPlan, ...]:
     return tuple(plans)
 
 
-def teacher_checkpoint(config) -> str:
-    """config.teacher.checkpoint with 'published' resolved to the installed teacher's directory.
-
-    Raises ConfigError naming the fetch command if the published teacher is not installed."""
-    ckpt = config.teacher.checkpoint
-    if ckpt != teachers.PUBLISHED:
-        return ckpt
+def _resolve_published(value: str, key: str, arch: str) -> str:
+    """`value`, or for 'published' the directory of the installed published teacher `arch`;
+    ConfigError naming `key` and the fetch command when it is not installed."""
+    if value != teachers.PUBLISHED:
+        return value
     try:
-        return teachers.published_path(config.teacher.arch)
+        return teachers.published_path(arch)
     except FileNotFoundError as e:
-        raise ConfigError(f"teacher.checkpoint={ckpt!r}: {e}") from None
+        raise ConfigError(f"{key}={value!r}: {e}") from None
+
+
+def teacher_checkpoint(config) -> str:
+    """config.teacher.checkpoint with 'published' resolved to the installed teacher's directory."""
+    return _resolve_published(config.teacher.checkpoint, "teacher.checkpoint",
+                              config.teacher.arch)
+
+
+def init_from_path(config) -> str:
+    """config.student.init_from with 'published' resolved to the installed published teacher
+    of student.arch (e.g. torchvision's imagenet_ResNet34 weights, to fine-tune on own data)."""
+    return _resolve_published(config.student.get("init_from") or "", "student.init_from",
+                              config.student.arch)
 
 
 def _check_init_from(config, num_classes: int) -> None:
-    """student.init_from: a converted directory of student.arch with num_classes, or a .pth."""
-    path = config.student.get("init_from") or ""
+    """student.init_from: a converted directory of student.arch with num_classes, or a .pth
+    (own data: any class count, the head is made anew)."""
+    path = init_from_path(config)
     if not path:
         return
     key, arch = f"student.init_from={path!r}", config.student.arch
@@ -228,6 +256,11 @@ def _check_init_from(config, num_classes: int) -> None:
             " (expected a final_model / best_model / converted directory)"))
     with open(meta_path) as f:
         meta = json.load(f)
+    if catalog.is_own(config.dataset.name):   # fine-tuning: another head is made anew
+        _require(meta.get("arch") == arch,
+                 f"{key} holds a {meta.get('arch')}, but student.arch={arch!r}: the "
+                 "architectures must match")
+        return
     _require(meta.get("arch") == arch and meta.get("num_classes") == num_classes,
              f"{key} holds a {meta.get('arch')} with {meta.get('num_classes')} classes, but "
              f"student.arch={arch!r} with {num_classes} classes: architecture and classes "
@@ -237,10 +270,10 @@ def _check_init_from(config, num_classes: int) -> None:
 def _check_dataset(config) -> None:
     """dataset.name and its sizes (>= 0; > 0 for synthetic data), with every number of the
     config checked finite in between: a NaN size reads as a bad integer, and a NaN lr is
-    reported before a synthetic split of size 0."""
+    reported before a synthetic split of size 0. Own data: its keys (kd_jax.data.own)."""
     d = config.dataset
-    _require(d.name in catalog.DATASETS,
-             f"dataset.name={d.name!r}; allowed: {', '.join(catalog.DATASETS)}")
+    _require(d.name in catalog.DATASETS or catalog.is_own(d.name),
+             f"dataset.name={d.name!r}; allowed: {catalog.allowed_names()}")
     for key in ("num_train", "num_test", "limit_train", "limit_test"):
         _int(config, f"dataset.{key}", allow_zero=True)
     if "input_threads" in d:
@@ -249,6 +282,13 @@ def _check_dataset(config) -> None:
     if d.name == catalog.SYNTHETIC:
         _require(d.num_train > 0 and d.num_test > 0,
                  "dataset.name='synthetic' needs dataset.num_train > 0 and dataset.num_test > 0")
+    if catalog.is_own(d.name):
+        from kd_jax.data import own
+        _int(config, "dataset.image_size", allow_zero=True)
+        try:
+            own.settings(d)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_run_options(config) -> None:
@@ -308,9 +348,14 @@ def _check_teacher_file(config) -> None:
 
 def _check_model_family(config) -> None:
     """The input size must fit the model family: ImageNet models for imagenet2012, the
-    224-input CUB variants for caltech_birds2011, CIFAR-size models otherwise."""
+    224-input CUB variants for caltech_birds2011, CIFAR-size models otherwise; any model
+    whose downsampling fits the image size on the user's own data."""
     name = config.dataset.name
     family = catalog.facts(name).model_family
+    if not family:
+        if config.dataset.image_size:   # 0: the images' own size, checked once read
+            _check_image_size(config, config.dataset.image_size)
+        return
     for key, arch in _archs(config):
         _require(models.family_of(arch) == family,
                  f"{key}={arch!r} does not fit dataset.name={name!r}: use a "
@@ -318,9 +363,14 @@ def _check_model_family(config) -> None:
                                       "imagenet": " (imagenet_*)", "cub": " (cub_*)"}[family])
 
 
-def _check_pair_models(config, plan: RunPlan) -> None:
-    """Each student's method accepts the (student, teacher) pair (`MethodSpec.check_models`)."""
-    image_size = catalog.facts(config.dataset.name).image_size
+def _check_pair_models(config, plan: RunPlan, image_size: int | None = None) -> None:
+    """Each student's method accepts the (student, teacher) pair (`MethodSpec.check_models`)
+    on images of `image_size` (None: the config's)."""
+    if image_size is None:
+        image_size = (config.dataset.image_size if catalog.is_own(config.dataset.name)
+                      else catalog.facts(config.dataset.name).image_size)
+    if not image_size:   # own data at the images' own size: checked once read (check_data)
+        return
     for s in plan.students:
         if s.spec.check_models is not None and config.teacher.arch:
             try:
@@ -362,7 +412,7 @@ def _check_placement(config, num_devices: int | None) -> None:
              f"dataset.on_device={on_device!r}: expected True, False or None (auto: the train "
              "set goes on the devices when it is held in memory and fits the budget)")
     _require(not on_device or d.name in (catalog.CIFAR100, catalog.FASHION_MNIST,
-                                         catalog.SYNTHETIC),
+                                         catalog.SYNTHETIC) or catalog.is_own(d.name),
              f"dataset.on_device=True: {d.name} is read through tf.data, not held in memory; "
              "set dataset.on_device=False")
     n = jax.device_count() if num_devices is None else num_devices
@@ -372,6 +422,26 @@ def _check_placement(config, num_devices: int | None) -> None:
                  f"{key}={value} must be divisible by the number of devices ({n})")
 
 
+def check_data(config, plan: RunPlan, info) -> None:
+    """The checks that need the dataset read (own data: classes and image size come from
+    it): dataset.num_classes if set, the models' downsampling and each method's pair check
+    at the real image size, student.init_from. `info`: its kd_jax.data.DatasetInfo."""
+    d = config.dataset
+    if not catalog.is_own(d.name):
+        return
+    where = d.get("data_dir") or d.name
+    _require(info.num_classes >= 2,
+             f"dataset.data_dir={where!r} holds {info.num_classes} class: expected >= 2")
+    _require(not d.num_classes or d.num_classes == info.num_classes,
+             f"dataset.num_classes={d.num_classes}, but {where} has {info.num_classes} "
+             "classes: leave it 0 (read from the data)")
+    if not d.image_size:
+        size = min(info.image_shape[:2])
+        _check_image_size(config, size)
+        _check_pair_models(config, plan, size)
+    _check_init_from(config, info.num_classes)
+
+
 def validate(config, *, num_devices: int | None = None, check_files: bool = True) -> RunPlan:
     """Raises ConfigError on unknown or contradictory settings; returns the run's plan.
 
@@ -379,12 +449,13 @@ def validate(config, *, num_devices: int | None = None, check_files: bool = True
     one every time."""
     _check_dataset(config)
     _check_run_options(config)
+    load_model_file(config)
     _check_arch("student.arch", config.student.arch)
     plan = RunPlan(_students(config))
     _check_teacher(config, plan, check_files)
     _check_model_family(config)
     _check_pair_models(config, plan)
-    if check_files:
+    if check_files and not catalog.is_own(config.dataset.name):   # own: once read
         _check_init_from(config, config.dataset.num_classes)
     _check_optimizer(config.optimizer)
     _check_loop(config)

@@ -26,6 +26,7 @@ from flax import nnx
 
 from kd_jax import convert
 from kd_jax.convert import converted
+from kd_jax.data import catalog, own
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.checkpoint import raise_if_storage
 
@@ -64,6 +65,25 @@ def clear_partial(path: str) -> None:
             shutil.rmtree(os.path.join(path, name), ignore_errors=True)
 
 
+def data_record(s: Setup) -> dict:
+    """What teacher.json records of the data, so that `python -m kd_jax.evaluate MODEL`
+    needs nothing else: the dataset's name; its class names where it has them; on own data
+    the dataset config with data_dir absolute and the mean/std it normalised with; the
+    model_file registering the arch, if any."""
+    c = s.config
+    record = {"dataset": c.dataset.name}
+    if s.ds.info.classes:
+        record["classes"] = list(s.ds.info.classes)
+    if catalog.is_own(c.dataset.name):
+        mean, std = own.normalization(s.ds)
+        record["dataset_config"] = {
+            **c.dataset.to_dict(), "mean": list(mean), "std": list(std),
+            "data_dir": os.path.abspath(c.dataset.data_dir) if c.dataset.data_dir else None}
+    if c.get("model_file"):
+        record["model_file"] = os.path.abspath(c.model_file)
+    return record
+
+
 def save_model(s: Setup, state, student: Student, dirname: str, evaluation: dict) -> None:
     """The student's weights in `state` (a TrainState) as a teacher-loadable
     <out_dir>/<dirname>, with the accuracy of `evaluation` ({"epoch", "step", "top1",
@@ -79,7 +99,7 @@ def save_model(s: Setup, state, student: Student, dirname: str, evaluation: dict
     convert.save_converted(model, path + ".tmp", {
         "arch": s.config.student.arch, "num_classes": s.ds.info.num_classes,
         "weights": dirname, **{k: evaluation[k] for k in ("epoch", "step", "top1", "top5")},
-        "source": "kd_jax.train"}, overwrite=True)
+        "source": "kd_jax.train", **data_record(s)}, overwrite=True)
     if jax.process_index() == 0:
         shutil.rmtree(path + ".old", ignore_errors=True)
         if os.path.exists(path):

@@ -30,7 +30,9 @@ def use_on_device(config, ds) -> bool:
         return on_device.fits(ds)
     if wanted and not isinstance(ds, data.InMemoryDataset):
         raise ConfigError(f"dataset.on_device=True, but {ds.info.name} is not held in memory "
-                          "(its batches come from tf.data): set dataset.on_device=False")
+                          "as uint8 images of the model's size (its batches come from "
+                          "tf.data, from files, or are ImageNet-style crops): set "
+                          "dataset.on_device=False")
     return bool(wanted)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kd_jax import convert, methods, models
-from kd_jax.data import on_device
+from kd_jax.data import catalog, on_device
 from kd_jax.train import config_validation, finite, inputs, resume
 from kd_jax.train.actions import Schedule
 from kd_jax.train.checkpoint import Checkpointer
@@ -54,12 +54,42 @@ def load_teacher(config, num_classes: int) -> nnx.Module:
     return teacher
 
 
-def init_from(config, num_classes: int) -> nnx.Module:
-    """The student built from config.student.init_from (a converted directory or a .pth)."""
-    path = config.student.init_from
+def with_new_head(loaded: nnx.Module, fresh: nnx.Module) -> nnx.Module:
+    """`fresh` holding every variable of `loaded` (same architecture) but its head's: the
+    weights and BatchNorm statistics of a model trained on other classes (ImageNet), with
+    `fresh`'s own initialised final linear layer (kernel (C, K), bias (K,))."""
+    head = {id(fresh.head.kernel), id(fresh.head.bias)}
+    source = dict(nnx.to_flat_state(nnx.state(loaded)))
+    for path, variable in nnx.to_flat_state(nnx.state(fresh)):
+        if id(variable) in head:
+            continue
+        if path not in source or source[path].shape != variable.shape:
+            raise ValueError(f"{'.'.join(map(str, path))}: {variable.shape} in the model, "
+                             f"{getattr(source.get(path), 'shape', 'absent')} in the checkpoint")
+        variable.set_value(source[path][...])
+    return fresh
+
+
+def init_from(config, num_classes: int, seed: int = 0) -> nnx.Module:
+    """The student built from config.student.init_from (a converted directory or a .pth).
+
+    On own data a converted directory of the same arch with other classes (e.g. torchvision's
+    ImageNet weights: `python -m kd_jax.teachers fetch imagenet_ResNet34`, then
+    init_from='published') gives everything but the head, initialised from `seed`."""
+    path, arch = config_validation.init_from_path(config), config.student.arch
+    dtype = model_dtype(config)
     try:
-        return convert.load_teacher(path, config.student.arch, num_classes,
-                                    dtype=model_dtype(config))
+        source_classes = (convert.read_meta(path).get("num_classes")
+                          if convert.is_converted_dir(path) else num_classes)
+        if source_classes == num_classes or not catalog.is_own(config.dataset.name):
+            return convert.load_teacher(path, arch, num_classes, dtype=dtype)
+        loaded = convert.load_teacher(path, arch, int(source_classes), dtype=dtype)
+        model = with_new_head(loaded, models.create(arch, num_classes, dtype=dtype,
+                                                    rngs=nnx.Rngs(seed)))
+        print(f"kd_jax: note: student.init_from={path!r}: a {arch} with {source_classes} "
+              f"classes; its weights start the student, with a new {num_classes}-class head",
+              flush=True)
+        return model
     except Exception as e:   # name the config key whatever the converter raised
         raise ConfigError(f"student.init_from={path!r} could not be loaded as a "
                           f"{config.student.arch} with {num_classes} classes: {e}") from e
@@ -97,7 +127,7 @@ def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict,
     teacher_head = None if teacher is None else tuple(teacher.head.kernel.shape)
     for p in plan.students:
         if config.student.get("init_from"):   # weights and BN statistics of another run
-            model = init_from(config, num_classes)
+            model = init_from(config, num_classes, p.init_seed)
         else:
             model = models.create(config.student.arch, num_classes, dtype=model_dtype(config),
                                   rngs=nnx.Rngs(p.init_seed))

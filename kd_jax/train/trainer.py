@@ -97,6 +97,7 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
     plan = config_validation.validate(config)
     ds = data.get_dataset(config.dataset, process_index=jax.process_index(),
                           process_count=jax.process_count())
+    config_validation.check_data(config, plan, ds.info)   # own data: classes, image size
     workdir = os.path.abspath(workdir)
     s, loop = setup_lib.setup(config, plan, ds, workdir)
     clock = Clock(loop.step, t0)
