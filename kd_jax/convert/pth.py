@@ -445,9 +445,10 @@ def _pickle_tensor(key: str, array: np.ndarray) -> bytes:
     torch.save pickles for a contiguous tensor that owns its storage. Strides in elements,
     C order: stride_i = prod(shape[i+1:])."""
     strides = [int(np.prod(array.shape[i + 1:], dtype=np.int64)) for i in range(array.ndim)]
+    storage_type = _STORAGE_NAMES[array.dtype.newbyteorder("=")]
     storage_id = _pickle_tuple([
-        _pickle_str("storage"), _pickle_global("torch", _STORAGE_NAMES[array.dtype.newbyteorder("=")]),
-        _pickle_str(key), _pickle_str("cpu"), _pickle_int(array.size)])
+        _pickle_str("storage"), _pickle_global("torch", storage_type), _pickle_str(key),
+        _pickle_str("cpu"), _pickle_int(array.size)])
     no_hooks = _pickle_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
     return (_pickle_global("torch._utils", "_rebuild_tensor_v2") + _pickle_tuple([
         storage_id + pickle.BINPERSID, _pickle_int(0),
