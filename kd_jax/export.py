@@ -10,9 +10,10 @@ imagenet_*):
     python -m kd_jax.export runs/kd/final_model --to torch resnet8x4.pth
     >>> model.load_state_dict(torch.load("resnet8x4.pth"))
 
---to torch: a plain state_dict (torch.save; the tensors only, loadable with
-weights_only=True). --to npz: the same keys and arrays in a numpy .npz (no torch needed).
-The file is written beside OUT and renamed into place.
+--to torch: a plain state_dict in torch.save's zip layout (the tensors only, loadable with
+torch.load's default weights_only=True), written by kd_jax.convert.pth: PyTorch is not
+needed. --to npz: the same keys and arrays in a numpy .npz. The file is written beside OUT
+and renamed into place.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Optional
 import numpy as np
 from flax import nnx
 
+from kd_jax.convert import pth
 from kd_jax.convert.mapping import flax_to_torch
 
 FORMATS = ("torch", "npz")
@@ -40,12 +42,7 @@ def export(model: nnx.Module, out: str, fmt: str = "torch") -> dict[str, np.ndar
     tmp = f"{out}.tmp{os.getpid()}"
     try:
         if fmt == "torch":
-            try:
-                import torch
-            except ImportError as e:
-                raise ImportError("--to torch needs PyTorch (pip install torch; the CPU build "
-                                  "is enough), or use --to npz") from e
-            torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp)
+            pth.save(state_dict, tmp)
         else:
             with open(tmp, "wb") as f:   # a file object: np.savez would append ".npz" to a name
                 np.savez(f, **state_dict)

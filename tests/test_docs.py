@@ -482,7 +482,6 @@ def test_own_teacher_examples_train(monkeypatch, tmp_path):
     _run(teacher, "--config.student.arch=tiny_cnn_wide")
     (student,) = _doc_commands("extending.md", "checkpoint=runs/teacher_r32x4/final_model")
     assert _run(student, *TINY_PAIR, "--config.export_model=False")["finished"]
-    pytest.importorskip("torch", reason="reading a .pth needs torch (the [torch] extra)")
     from kd_jax import export as kd_export
     (export,) = _doc_commands("extending.md", "--to torch")
     assert kd_export.main(export) == 0

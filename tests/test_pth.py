@@ -1,4 +1,5 @@
-"""kd_jax.convert.pth: .pth files read without PyTorch, bit for bit, under weights_only's policy.
+"""kd_jax.convert.pth: .pth files read and written without PyTorch, bit for bit, under
+weights_only's policy.
 
 Files are written by torch.save in its zip and legacy layouts (`_use_new_zipfile_serialization=
 False`), and in the tar layout of torch < 0.1.10, which torch no longer writes, by
@@ -6,6 +7,9 @@ False`), and in the tar layout of torch < 0.1.10, which torch no longer writes, 
 the oracle that the writer is right. Oracle for the reader: the torch tensors saved, compared
 by their raw bytes (bfloat16 included), shapes and dtypes. State dicts: every reference dump of
 tests/data/torch_state_dicts (key, shape, dtype), filled with random values.
+
+The writer (`pth.save`, the zip layout): oracle torch.load(weights_only=True), the same
+comparison of dtypes, shapes and raw bytes, then the reader reads the file back too.
 """
 
 from __future__ import annotations
@@ -36,22 +40,29 @@ DUMP_NAMES = sorted(f[:-4] for f in os.listdir(DUMPS) if f.endswith(".txt"))
 LAYOUTS = ["zip", "legacy", "tar"]
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
                 torch.bfloat16: ml_dtypes.bfloat16, torch.int64: np.int64, torch.int32: np.int32,
-                torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_}
+                torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
+                torch.bool: np.bool_}
+
+
+def dump_entries(name: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """The reference dump's (key, shape, dtype name) in state_dict order."""
+    body = open(os.path.join(DUMPS, f"{name}.txt")).read().split(
+        "# state_dict (key  shape  dtype)\n", 1)[1]
+    entries = []
+    for line in body.splitlines():
+        if line.strip():
+            key, shape, dtype = line.split("\t")
+            entries.append((key, tuple(int(s) for s in re.findall(r"\d+", shape)), dtype))
+    return entries
 
 
 def dump_state_dict(name: str, seed: int = 0) -> collections.OrderedDict:
     """The reference dump's keys, shapes and dtypes, with random values."""
-    body = open(os.path.join(DUMPS, f"{name}.txt")).read().split(
-        "# state_dict (key  shape  dtype)\n", 1)[1]
     gen = torch.Generator().manual_seed(seed)
-    sd = collections.OrderedDict()
-    for line in body.splitlines():
-        if line.strip():
-            key, shape, dtype = line.split("\t")
-            size = tuple(int(s) for s in re.findall(r"\d+", shape))
-            sd[key] = (torch.randn(size, generator=gen) if dtype == "float32" else
-                       torch.randint(0, 10**6, size, generator=gen, dtype=getattr(torch, dtype)))
-    return sd
+    return collections.OrderedDict(
+        (key, torch.randn(size, generator=gen) if dtype == "float32" else
+         torch.randint(0, 10**6, size, generator=gen, dtype=getattr(torch, dtype)))
+        for key, size, dtype in dump_entries(name))
 
 
 def tensors(obj) -> list[torch.Tensor]:
@@ -330,3 +341,100 @@ def test_half_precision_converts_as_torch_float_does(tmp_path, dtype):
                                   sd["conv1.weight"].float().permute(2, 3, 1, 0).numpy())
     np.testing.assert_array_equal(np.asarray(model.bn1.var[...]),
                                   sd["bn1.running_var"].float().numpy())
+
+
+# --- Writing: pth.save, checked by torch.load(weights_only=True) and by the reader ---
+
+WRITABLE = [np.float32, np.float16, ml_dtypes.bfloat16, np.float64, np.int64, np.int32,
+            np.int16, np.int8, np.uint8, np.bool_]
+TORCH_DTYPES = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
+
+
+def random_bits(shape, dtype, rng) -> np.ndarray:
+    """Random bytes as `dtype` (NaN payloads, infinities, -0 and subnormals included); bool as
+    0/1, the only bytes a torch bool holds."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    n = int(np.prod(shape, dtype=np.int64))
+    return rng.integers(0, 256, n * dtype.itemsize, dtype=np.uint8).view(dtype).reshape(shape)
+
+
+def little_endian_bytes(array: np.ndarray) -> np.ndarray:
+    return raw_bytes(array.astype(array.dtype.newbyteorder("<"), copy=False))
+
+
+def assert_torch_holds(got: dict, want: dict[str, np.ndarray]):
+    """torch.load's dict holds `want`'s arrays: keys in order, dtype, shape, bytes."""
+    assert type(got) is dict and list(got) == list(want)
+    for key, array in want.items():
+        t = got[key]
+        assert (t.dtype, tuple(t.shape)) == (TORCH_DTYPES[array.dtype.newbyteorder("=")],
+                                             array.shape), key
+        assert t.is_contiguous() and np.array_equal(raw_bytes(t), little_endian_bytes(array)), key
+
+
+def assert_saved(sd: dict[str, np.ndarray], path) -> None:
+    """pth.save(sd) reads back equal through torch.load(weights_only=True) and pth.load."""
+    pth.save(sd, str(path))
+    assert_torch_holds(torch.load(str(path), weights_only=True), sd)
+    back = pth.load(str(path))
+    assert list(back) == list(sd)
+    for key, array in sd.items():
+        assert back[key].dtype == array.dtype.newbyteorder("=") and back[key].shape == array.shape
+        assert np.array_equal(little_endian_bytes(back[key]), little_endian_bytes(array)), key
+
+
+def test_save_every_dtype_and_geometry_loads_in_torch_bit_for_bit(tmp_path):
+    """Every writable dtype as 2-d, 0-d and empty arrays; a transposed view and big-endian
+    input (written C-ordered, little-endian). The records are where torch's reader finds them
+    (data at multiples of 64 bytes, as torch writes them; mmap=True reads there), and the same
+    dict gives the same bytes."""
+    rng = np.random.default_rng(0)
+    sd = {}
+    for dtype in WRITABLE:
+        name = np.dtype(dtype).name
+        sd[f"{name}.weight"] = random_bits((3, 5), dtype, rng)
+        sd[f"{name}.scalar"] = random_bits((), dtype, rng)
+        sd[f"{name}.empty"] = np.zeros((0, 4), dtype)
+    sd["transposed"] = random_bits((4, 6), np.float32, rng).T
+    sd["big_endian"] = random_bits((7,), np.float32, rng).astype(">f4")
+    sd["big_endian_i64"] = np.array([1, -2**40, 2**62], ">i8")
+    sd["num_batches_tracked"] = np.zeros((), np.int64)
+    assert_saved(sd, tmp_path / "all.pth")
+    assert_torch_holds(torch.load(str(tmp_path / "all.pth"), mmap=True), sd)
+    reader = torch._C.PyTorchFileReader(str(tmp_path / "all.pth"))
+    records = [r for r in reader.get_all_records() if r.startswith("data/")]
+    assert len(records) == len(sd) and all(reader.get_record_offset(r) % 64 == 0 for r in records)
+    assert reader.get_record("byteorder") == b"little"
+    pth.save(sd, str(tmp_path / "again.pth"))
+    assert (tmp_path / "again.pth").read_bytes() == (tmp_path / "all.pth").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def random_pool() -> np.ndarray:
+    """Random float32 values, more than the largest tensor of the zoo (2.4M)."""
+    return np.random.default_rng(0).standard_normal(1 << 22, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", DUMP_NAMES)
+def test_save_every_zoo_state_dict_loads_in_torch(tmp_path, random_pool, name):
+    """Each reference dump's keys, shapes and dtypes (those kd_jax.export writes: float32
+    weights, int64 0-d num_batches_tracked); each tensor a different run of the random pool
+    (views, so that the big ResNets cost no copies here)."""
+    sd = {}
+    for i, (key, shape, dtype) in enumerate(dump_entries(name)):
+        n = int(np.prod(shape, dtype=np.int64))
+        start = (i * 7919) % (random_pool.size - n)
+        sd[key] = (random_pool[start: start + n].reshape(shape) if dtype == "float32" else
+                   np.full(shape, i, np.dtype(dtype)))
+    assert_saved(sd, tmp_path / f"{name}.pth")
+
+
+def test_save_refuses_what_torch_cannot_hold(tmp_path):
+    path = tmp_path / "x.pth"
+    with pytest.raises(ValueError, match=r"^w: dtype uint16 has no torch storage type"):
+        pth.save({"b": np.zeros(2, np.float32), "w": np.zeros(2, np.uint16)}, str(path))
+    with pytest.raises(TypeError, match=r"^state dict key 3 is a int, not a str$"):
+        pth.save({3: np.zeros(2, np.float32)}, str(path))
+    assert not path.exists()

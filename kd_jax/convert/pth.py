@@ -1,6 +1,10 @@
-"""Reading `.pth` files without PyTorch: tensors come back as numpy arrays.
+"""`.pth` files read and written without PyTorch: tensors are numpy arrays.
 
     obj = pth.load("ckpt_epoch_240.pth")    # e.g. {"model": OrderedDict(key -> np.ndarray), ...}
+    pth.save({"fc.weight": w, ...}, "out.pth")   # what torch.save(dict of tensors) writes
+
+`save` writes the zip layout (below) for a flat state dict; `torch.load(path)` (weights_only=True,
+its default) gives the same dict of tensors, bit for bit (see `save`).
 
 The three layouts `torch.save` has written:
   * zip (torch >= 1.6): `<prefix>/data.pkl` plus one record `<prefix>/data/<key>` per storage
@@ -34,12 +38,14 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import hashlib
 import pickle
 import struct
 import sys
 import tarfile
 import types
 import zipfile
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, NamedTuple
 
 import ml_dtypes
@@ -58,6 +64,12 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
     "BoolStorage": np.bool_, "UntypedStorage": np.uint8}
+# What `save` writes: element dtype -> storage class, and the zip layout's fixed records.
+_STORAGE_NAMES = {np.dtype(dtype): name for name, dtype in _STORAGE_DTYPES.items()
+                  if name != "UntypedStorage"}
+_ARCHIVE = "archive"        # the records' folder, as torch.save names it for a file object
+_ZIP_VERSION = b"3\n"       # the `version` record torch's reader requires (its writer's value)
+_ALIGNMENT = 64             # torch's writer starts each record's data at a multiple of this
 # torch dtypes a checkpoint may hold as values (e.g. an optimizer's settings).
 _TORCH_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
                  "uint8", "bool")
@@ -406,3 +418,106 @@ def load(path: str) -> Any:
     except Exception as e:  # noqa: BLE001  whatever a corrupt file makes the parsers raise
         raise PthError(f"not a readable PyTorch checkpoint ({fmt} layout: {type(e).__name__}: "
                        f"{' '.join(str(e).split())[:200]})") from None
+
+
+# --- Writing: the zip layout of torch.save, for a flat state dict ---
+
+def _pickle_str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+
+def _pickle_int(n: int) -> bytes:
+    return pickle.dumps(n, protocol=2)[2:-1]   # pickle's own opcode choice; ints have no memo
+
+
+def _pickle_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii")
+
+
+def _pickle_tuple(items: list[bytes]) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _pickle_tensor(key: str, array: np.ndarray) -> bytes:
+    """`torch._utils._rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())`
+    over the persistent id ("storage", torch.<Type>Storage, key, "cpu", numel): what
+    torch.save pickles for a contiguous tensor that owns its storage. Strides in elements,
+    C order: stride_i = prod(shape[i+1:])."""
+    strides = [int(np.prod(array.shape[i + 1:], dtype=np.int64)) for i in range(array.ndim)]
+    storage_type = _STORAGE_NAMES[array.dtype.newbyteorder("=")]
+    storage_id = _pickle_tuple([
+        _pickle_str("storage"), _pickle_global("torch", storage_type), _pickle_str(key),
+        _pickle_str("cpu"), _pickle_int(array.size)])
+    no_hooks = _pickle_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
+    return (_pickle_global("torch._utils", "_rebuild_tensor_v2") + _pickle_tuple([
+        storage_id + pickle.BINPERSID, _pickle_int(0),
+        _pickle_tuple([_pickle_int(n) for n in array.shape]),
+        _pickle_tuple([_pickle_int(n) for n in strides]), pickle.NEWFALSE, no_hooks])
+        + pickle.REDUCE)
+
+
+def _state_dict_pickle(arrays: dict[str, np.ndarray]) -> bytes:
+    """The protocol-2 pickle of {key: tensor}, the i-th tensor over storage key str(i)."""
+    items = [_pickle_str(key) + _pickle_tensor(str(i), array)
+             for i, (key, array) in enumerate(arrays.items())]
+    body = pickle.MARK + b"".join(items) + pickle.SETITEMS if items else b""
+    return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + body + pickle.STOP
+
+
+def _write_record(zf: zipfile.ZipFile, f: BinaryIO, name: str, data: memoryview) -> None:
+    """One stored (uncompressed) record whose data starts at a multiple of _ALIGNMENT bytes,
+    padded as torch's writer (miniz) pads: an extra field "FB" of "Z"s in the local header.
+    The header is 30 bytes + the name + the extra field (+ 20 for a zip64 record's sizes);
+    zip64 exactly when forced here (zipfile adds it by itself only for a known file_size)."""
+    zip64 = data.nbytes >= zipfile.ZIP64_LIMIT
+    header = 30 + len(name.encode("ascii")) + 4 + (20 if zip64 else 0)
+    pad = -(f.tell() + header) % _ALIGNMENT
+    info = zipfile.ZipInfo(name)   # 1980-01-01 00:00: the same state dict, the same bytes
+    info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
+    with zf.open(info, "w", force_zip64=zip64) as dest:
+        dest.write(data)
+
+
+def save(state_dict: Mapping[str, Any], path: str) -> None:
+    """Writes `state_dict` (str key -> array) to `path` as `torch.save` writes a dict of
+    tensors: `torch.load(path)` (weights_only=True) gives {key: tensor}, each with the array's
+    dtype, shape and bytes; `load(path)` gives the arrays back.
+
+    Records under `archive/`: `data.pkl` (the pickle, tensors as persistent ids of storages),
+    `byteorder` ("little"), `data/<i>` (the i-th array's bytes, C order, little-endian),
+    `version` and `.data/serialization_id` (a hash of the other records' names, sizes and
+    CRC-32s: the same dict gives the same file). Not written: `.format_version` and
+    `.storage_alignment`, which let recent torch compute record offsets from its own writer's
+    layout (a data descriptor after each record) instead of reading them; Python's zipfile
+    writes none, so torch must read the real offsets.
+
+    Dtypes: those of the storage types (float32/64/16, bfloat16 (ml_dtypes), int64/32/16/8,
+    uint8, bool); anything else raises ValueError, a key that is not a str TypeError, before
+    the file is opened.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state dict key {key!r} is a {type(key).__name__}, not a str")
+        array = np.asarray(value)
+        dtype = array.dtype.newbyteorder("=")
+        if dtype not in _STORAGE_NAMES:
+            raise ValueError(f"{key}: dtype {array.dtype} has no torch storage type (writable: "
+                             f"{', '.join(sorted(str(d) for d in _STORAGE_NAMES))})")
+        # C order, little-endian (np.ascontiguousarray would make a 0-d array 1-d).
+        arrays[key] = np.asarray(array, dtype.newbyteorder("<"), order="C")
+    records = [("data.pkl", memoryview(_state_dict_pickle(arrays))),
+               ("byteorder", memoryview(b"little"))]
+    records += [(f"data/{i}", memoryview(a.reshape(-1).view(np.uint8)))
+                for i, a in enumerate(arrays.values())]
+    records.append(("version", memoryview(_ZIP_VERSION)))
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in records:
+            _write_record(zf, f, f"{_ARCHIVE}/{name}", data)
+        # 40 digits, as torch writes it: a hash of the names, sizes and CRC-32s zipfile took.
+        digest = hashlib.blake2b(repr([(i.filename, i.file_size, i.CRC) for i in zf.infolist()])
+                                 .encode("ascii"), digest_size=16).digest()
+        high, low = struct.unpack(">QQ", digest)
+        _write_record(zf, f, f"{_ARCHIVE}/.data/serialization_id",
+                      memoryview(f"{high:020d}{low:020d}".encode("ascii")))
