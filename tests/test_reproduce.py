@@ -22,7 +22,7 @@ import pytest
 
 import kd_jax.testing  # noqa: F401  registers the tiny table
 from kd_jax.reference import published
-from kd_jax.reproduce import measure, plan as plan_lib, runner
+from kd_jax.reproduce import measure, plan as plan_lib, report, runner
 from kd_jax.reproduce.__main__ import main
 from kd_jax.train import workdir_lock
 
@@ -87,6 +87,24 @@ def test_dry_run_of_a_real_table(capsys):
     assert len(re.findall(r"^ResNet34-ResNet18 seed [01] +lockstep +1 +250,200 ", out, re.M)) == 2
     assert "time on a device: " in out and "disk: " in out
     assert "SD-KD: released SDD config has no KD section" not in out   # stars: in the report
+
+
+def test_report_stars_what_no_reference_code_settles(tmp_path, capsys):
+    """kd_jax.reference's notes: a column's (ImageNet's SD-KD, NKD, SD-DKD) and a pair's
+    inferred SDD scale set (resnet32x4 -> resnet8x4 SD-DKD), each with its note."""
+    main(["sdd_imagenet", "--workdir", str(tmp_path), "--report", "--seeds", "0"])
+    out = capsys.readouterr().out
+    header = re.search(r"^teacher -> student .*$", out, re.M).group(0).split()
+    assert [h for h in header if h.endswith("*")] == ["SD-KD*", "SD-DKD*", "NKD*"]
+    assert "* NKD: SDD's NKD distiller hard-codes T=1, gamma=1.5." in out
+    assert "runs: 0 of 14 finished, 0 unfinished, 14 not started." in out
+    assert (tmp_path / "sdd_imagenet.md").is_file() and (tmp_path / "sdd_imagenet.csv").is_file()
+    table = published.Table("inferred", "a test", "cifar100", ("sd_dkd",),
+                            {("resnet32x4", "resnet8x4"): (76.0,)})
+    p = plan_lib.make_plan(table, [0])
+    text = report.text(p, report.gather(p, str(tmp_path / "none")))
+    assert "- (0/1) | 76.00 | -*" in text
+    assert "* resnet32x4 -> resnet8x4 SD-DKD: SD-DKD [1,2]*: no SDD_DKD launch line" in text
 
 
 def test_device_time_comes_from_an_accelerator_section_of_results_md(tmp_path):
