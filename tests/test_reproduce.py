@@ -171,7 +171,6 @@ def test_tiny_table_planned_run_stopped_resumed_and_printed(tmp_path, capsys):
     published_top1 = {("tiny_cnn_wide", "tiny_cnn"): {"ce": 30.0, "kd": 40.0, "dkd": 45.0},
                       ("tiny_cnn", "tiny_cnn_wide"): {"ce": 35.0, "kd": 41.0, "dkd": 46.0}}
     best_table = out.split("best top-1 (%)")[1].split("last top-1 (%)")[0]
-    rows = []
     for (teacher, student), pub in published_top1.items():
         cells = []
         for key in ("ce", "kd", "dkd"):
@@ -181,7 +180,6 @@ def test_tiny_table_planned_run_stopped_resumed_and_printed(tmp_path, capsys):
             assert s["finished"] and s["steps"] == 6   # the plan's steps per run
             cells.append(f"{s['best_top1']:.2f} (1) | {pub[key]:.2f} | "
                          f"{s['best_top1'] - pub[key]:+.2f}")
-            rows.append(s)
         assert re.search(rf"^{teacher} -> {student} +" + " +".join(map(re.escape, cells)) + "$",
                          best_table, re.M), best_table
     with open(os.path.join(wd, "tiny.csv")) as fh:

@@ -118,8 +118,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args, overrides = parse(argv)
     except cli.UsageError as e:
         cli.exit_with_error(e)
-    except SystemExit:   # --help
-        raise
     if args.list:
         print(list_text())
         return
@@ -163,6 +161,12 @@ def _run(args, overrides: list[str], current: dict) -> None:
     seeds = parse_seeds(args.seeds)
     if not seeds:
         raise cli.UsageError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    if any(cli.override_key(o) == "multihost" and o.split("=", 1)[-1].lower() in ("true", "1")
+           for o in overrides):
+        # Before anything touches a device (the plan's validation counts them), as
+        # kd_jax.main does for --config.multihost=True.
+        from kd_jax.train import multihost
+        multihost.initialize()
 
     def customize(c):
         if not overrides:

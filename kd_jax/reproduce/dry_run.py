@@ -126,9 +126,7 @@ def describe(plan: Plan, root: Optional[str], *, measure_steps: int, max_batch: 
             if dev_s and todo:
                 device_totals[i] += dev_s * group.steps
         rows.append(row + [runner.size(disk)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines += ["", *table[:1], "-" * len(table[0]), *table[1:], ""]
+    lines += ["", *report.aligned(rows), ""]
 
     for pair, (lockstep, why) in modes.items():
         lines.append(f"{pair_name(pair)}: {'lockstep' if lockstep else 'separate runs'}; {why}")

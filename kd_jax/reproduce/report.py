@@ -132,13 +132,18 @@ def heading(plan: Plan, metric: str) -> str:
             "ours mean ± std (seeds) | published | ours - published")
 
 
+def aligned(rows: list[list[str]], sep: str = "  ") -> list[str]:
+    """Rows of cells as fixed-width lines (each column as wide as its widest cell), the
+    header (first row) underlined."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [sep.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
 def text_table(plan: Plan, cells: dict, metric: str) -> str:
     """The table as fixed-width text (columns three spaces apart)."""
-    rows = _grid(plan, cells, metric, " | ")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return heading(plan, metric) + "\n" + "\n".join(lines)
+    return heading(plan, metric) + "\n" + "\n".join(
+        aligned(_grid(plan, cells, metric, " | "), "   "))
 
 
 def markdown_table(plan: Plan, cells: dict, metric: str) -> str:

@@ -163,13 +163,13 @@ def run_plan(plan: Plan, root: str, choice: str = "auto", *,
     Ctrl-C (after the run saves its step)."""
     root = os.path.abspath(root)
     check_plan_file(plan, root, create=True)
-    busy, done = [], None
+    busy, done = [], "nothing trained yet"
     with stops.stop_signals() as stop:
         for group in plan.groups:
             for run in group.runs(lockstep_of(group, root, choice)):
-                if done:   # a signal during the last run's final steps stops here
-                    stops.check_between_runs(stop, f"{done} finished", run.label)
-                    done = None
+                # A signal after the last run's final step, or during a lockstep decision's
+                # compilation, stops here.
+                stops.check_between_runs(stop, done, run.label)
                 if finished(root, run):
                     log(f"--- {run.label}: finished, skipped")
                     continue
@@ -181,5 +181,5 @@ def run_plan(plan: Plan, root: str, choice: str = "auto", *,
                     log(f"--- {run.label}: in use, passed over ({e})")
                     busy.append(run.label)
                     continue
-                done = run.label
+                done = f"{run.label} finished"
     return busy
