@@ -79,7 +79,8 @@ def describe(plan: Plan, root: Optional[str], *, measure_steps: int, max_batch: 
                 group.lockstep_config, measure_steps, max_batch)}
             log(f"measured {pair_name(group.pair)}: {len(group.keys)} students in lockstep, "
                 f"{measure_steps} step(s) after the compiling one, in "
-                f"{time.perf_counter() - t0:.0f} s")
+                f"{time.perf_counter() - t0:.0f} s (load average "
+                f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())})")
         if recorded:
             modes[group.pair] = (recorded["lockstep"], f"recorded: {recorded['why']}")
         elif group.incompatible or choice != "auto" or group.pair in costs:
