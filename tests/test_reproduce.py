@@ -7,6 +7,7 @@
   student's config is its separate run's. That a lockstep student then trains exactly as its
   separate run (parameters and BatchNorm statistics) is
   tests/test_lockstep_seeds.py::test_lockstep_student_equals_its_solo_run.
+- `--lockstep never` (one run per student) writes where the lockstep students do.
 - A run another process holds is passed over; mistakes end in one error line.
 """
 
@@ -200,6 +201,29 @@ def test_a_run_held_elsewhere_is_passed_over(tmp_path, capsys):
     assert "=== tiny_cnn_wide-tiny_cnn seed 1: kd in tiny_cnn_wide-tiny_cnn/seed_1 ===" in out
     assert re.search(r"^tiny_cnn_wide -> tiny_cnn +\d+\.\d\d \(1/2\) \| 40\.00 \| ", out, re.M)
     assert "note: 1 run(s) were in use by another process (tiny_cnn_wide-tiny_cnn seed 0)" in out
+
+
+def test_separate_runs_land_where_lockstep_students_do(tmp_path, capsys):
+    """--lockstep never: one run per student, in the directory its lockstep twin writes, with
+    the same result (the trajectories are equal: tests/test_lockstep_seeds.py)."""
+    args = ["tiny", "--seeds", "0", "--methods", "ce,kd", "--pairs", "tiny_cnn_wide-tiny_cnn"]
+    results = {}
+    for choice in ("always", "never"):
+        wd = tmp_path / choice
+        main([*args, "--workdir", str(wd), "--lockstep", choice])
+        out = capsys.readouterr().out
+        runs = re.findall(r"^=== (.*) ===$", out, re.M)
+        assert len(runs) == (1 if choice == "always" else 2), runs
+        with open(wd / "tiny_cnn_wide-tiny_cnn" / "lockstep.json") as fh:
+            assert json.load(fh)["why"] == f"--lockstep {choice}"
+        results[choice] = {}
+        for key in ("ce", "kd"):
+            with open(wd / "tiny_cnn_wide-tiny_cnn" / "seed_0" / key / "summary.json") as fh:
+                s = json.load(fh)
+            assert s["finished"] and s["seed"] == 0
+            results[choice][key] = [h["top1"] for h in s["history"]]
+        assert "runs: 2 of 2 finished" in out
+    assert results["always"] == results["never"]
 
 
 def test_mistakes_end_in_one_error_line(tmp_path, capsys, monkeypatch):
