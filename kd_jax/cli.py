@@ -57,6 +57,12 @@ class Args:
     config_arg: str       # the --config value, e.g. "cifar_kd.py:vgg13-vgg8"
 
 
+def override_key(arg: str) -> Optional[str]:
+    """'--config.optimizer.lr=0.1' -> 'optimizer.lr'; None for any other argument."""
+    match = _OVERRIDE.match(arg)
+    return match.group(1) if match else None
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -84,7 +90,16 @@ def parse(argv: Sequence[str]) -> Args:
                          "summary (running again with the same one resumes)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir!r} is a file, not a directory")
-    config = load_config(config_arg)
+    config, rest = apply_overrides(load_config(config_arg), args, config_arg, prog)
+    _parse_absl_flags([prog] + rest)
+    return Args(config, workdir, config_arg)
+
+
+def apply_overrides(config, args: Sequence[str], config_arg: str, prog: str = PROG):
+    """(config with the --config.KEY=VALUE arguments of `args` applied and locked, the other
+    arguments). Keys are checked first (closest valid key named), values converted to the
+    field's type; a mistake raises UsageError. `config_arg` names the config in messages."""
+    args = list(args)
     for arg in args:
         match = _OVERRIDE.match(arg)
         if match:
@@ -101,8 +116,7 @@ def parse(argv: Sequence[str]) -> Args:
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
         raise UsageError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)) \
             from None
-    _parse_absl_flags([prog] + rest[1:])
-    return Args(holder.value, workdir, config_arg)
+    return holder.value, rest[1:]
 
 
 def _take(args: list[str], name: str) -> tuple[Optional[str], list[str]]:

@@ -9,8 +9,10 @@ lists the config files. Parsing lives in kd_jax.cli.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Any, Callable, Iterator
 
 from absl import flags, logging
 
@@ -55,9 +57,24 @@ def _main(argv=None) -> None:
         args = cli.parse(sys.argv if argv is None else argv)
     except cli.UsageError as e:
         cli.exit_with_error(e)
+    quiet_logging()
+    with exits_on_failure(lambda: args.config):
+        with cli.workdir_removed_on_failure(args.workdir):
+            run(args.config, args.workdir)
+
+
+def quiet_logging() -> None:
     logging.use_absl_handler()   # what app.run would do: absl's log format on stderr
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
+
+
+@contextlib.contextmanager
+def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
+    """How a training command ends on a failure: an expected one (bad value, missing file,
+    workdir in use, ...) in one `kd_jax: error:` line and exit 2; a stop (SIGTERM, Ctrl-C) as
+    the signal would (130, 143); out of memory in one line naming the batch sizes of the
+    config being trained (`config_of()`)."""
     from kd_jax.data.base import DataFileError, DataNotFoundError
     from kd_jax.train.checkpoint import DamagedCheckpointError, StorageError
     from kd_jax.train.config_validation import ConfigError
@@ -67,8 +84,7 @@ def _main(argv=None) -> None:
     from kd_jax.train.workdir_lock import WorkdirInUse
 
     try:
-        with cli.workdir_removed_on_failure(args.workdir):
-            run(args.config, args.workdir)
+        yield
     except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
             StorageError, DamagedCheckpointError, WorkdirInUse, BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
@@ -78,7 +94,7 @@ def _main(argv=None) -> None:
         cli.exit_with_error(f"stopped by {e}", code=128 + e.signum)
     except Exception as e:   # noqa: BLE001  re-raised unless a Ctrl-C or out of memory
         if _out_of_memory(e):
-            cli.exit_with_error(_oom_message(args.config, e), code=1)
+            cli.exit_with_error(_oom_message(config_of(), e), code=1)
         if not _caused_by_ctrl_c(e):
             raise
         cli.exit_with_error(_INTERRUPTED, code=130)

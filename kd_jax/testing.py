@@ -1,4 +1,5 @@
-"""Helpers for tests, smoke runs and benchmarks: a tiny CNN, and a fixed random batch.
+"""Helpers for tests, smoke runs and benchmarks: a tiny CNN, a fixed random batch, and a tiny
+published table.
 
 Outside the training path: no module of kd_jax imports it (tests/test_architecture.py
 checks), so the tiny models exist in the registry only where a test or benchmark asks.
@@ -7,6 +8,9 @@ Importing this module registers "tiny_cnn" (width 8) and "tiny_cnn_wide" (width 
 conv3x3 -> BN -> ReLU -> conv3x3/s2 -> BN -> ReLU -> global average pool -> fc. Attribute
 names follow a torch module tree (conv1, bn1, conv2, bn2, fc), so a torch twin can share
 weights in parity tests.
+
+It also registers the table "tiny" (`python -m kd_jax.reproduce`): 2 pairs of the tiny CNNs
+x KD and DKD on synthetic data, with CIFAR-100's recipes and made-up published numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from kd_jax.data import catalog
 from kd_jax.models import layers, registry
+from kd_jax.reference import published
+from kd_jax.reference import table as ref_table
 
 
 class TinyCNN(nnx.Module):
@@ -51,6 +58,23 @@ def _register(name: str, width: int) -> None:
 
 _register("tiny_cnn", 8)
 _register("tiny_cnn_wide", 16)
+
+
+# The tiny table: its pairs get recipes on the synthetic dataset (the solver and methods of
+# CIFAR-100; DKD beta 8), its runs a random teacher, 24 training images and 2 epochs of 3 steps.
+TINY_PAIRS = (("tiny_cnn_wide", "tiny_cnn"), ("tiny_cnn", "tiny_cnn_wide"))
+for _pair in TINY_PAIRS:
+    ref_table.PAIRS.setdefault(catalog.SYNTHETIC, {}).setdefault(_pair, ref_table.Pair(0.05, 8.0))
+TINY_TABLE = published.Table(
+    "tiny", "kd_jax.testing: tiny CNNs on synthetic data (made-up published numbers)",
+    catalog.SYNTHETIC, ("kd", "dkd"),
+    {TINY_PAIRS[0]: (40.0, 45.0), TINY_PAIRS[1]: (41.0, 46.0)},
+    {"tiny_cnn": 30.0, "tiny_cnn_wide": 35.0},
+    overrides={"dataset.num_train": 24, "dataset.num_test": 10, "dataset.num_classes": 10,
+               "dataset.image_size": 16, "batch_size": 8, "num_epochs": 2,
+               "optimizer.milestones": (1,), "log_every_steps": 1, "tensorboard": False,
+               "progress_bar": False, "export_model": False, "teacher.checkpoint": "random"})
+published.register_table(TINY_TABLE)
 
 
 def random_batch(mesh: Mesh, batch_size: int, num_classes: int, image_size: int = 32,

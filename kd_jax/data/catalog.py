@@ -33,15 +33,22 @@ class Facts:
                           # default of dataset.image_size)
     model_family: str     # kd_jax.models family: "cifar" | "imagenet" | "cub"; own data:
                           # "" (any model whose downsampling fits the image size)
+    # Images in the train and test splits the loaders read (tfds' counts for imagenet2012's
+    # train / validation and caltech_birds2011's train / test); 0 for synthetic and own data,
+    # whose sizes come from config keys or the data. Plans read them (`python -m
+    # kd_jax.reproduce --dry-run`) without opening the dataset; the loaders count their
+    # files themselves.
+    num_train: int = 0
+    num_test: int = 0
 
 
 FACTS = {
-    CIFAR10: Facts(10, 32, "cifar"),
-    CIFAR100: Facts(100, 32, "cifar"),
-    IMAGENET: Facts(1000, 224, "imagenet"),
-    CUB: Facts(200, 224, "cub"),
+    CIFAR10: Facts(10, 32, "cifar", 50_000, 10_000),
+    CIFAR100: Facts(100, 32, "cifar", 50_000, 10_000),
+    IMAGENET: Facts(1000, 224, "imagenet", 1_281_167, 50_000),
+    CUB: Facts(200, 224, "cub", 5_994, 5_794),
     # 28x28 grey images padded to 32x32 RGB, so every CIFAR model applies unchanged.
-    FASHION_MNIST: Facts(10, 32, "cifar"),
+    FASHION_MNIST: Facts(10, 32, "cifar", 60_000, 10_000),
     SYNTHETIC: Facts(10, 32, "cifar"),
 }
 DATASETS = tuple(FACTS)

@@ -16,18 +16,7 @@ from kd_jax.reference import published, table
 DATASETS = (catalog.CIFAR100, catalog.CUB, catalog.IMAGENET)
 SHORT = {catalog.CIFAR100: "CIFAR-100", catalog.CUB: "CUB-200", catalog.IMAGENET: "ImageNet"}
 # Where a value is not settled by released reference code (marked * in the table).
-NOTES = {
-    ("sd_kd", catalog.IMAGENET): "released SDD config has no KD section, so its code runs the "
-                                 "CFG.KD defaults; the paper does not say which values produced "
-                                 "its table",
-    ("nkd", catalog.IMAGENET): "SDD's NKD distiller hard-codes T=1, gamma=1.5",
-    ("clkd", catalog.CIFAR100): "no official code; 0.1 CE + 0.5 (L_ins + 2 L_cla) + 0.4 L_cc, as "
-                                "reimplementations read the paper",
-    ("msdcrd", catalog.CIFAR100): "no paper text or code: a reconstruction of the abstract's idea",
-    ("sd_dkd", catalog.IMAGENET): "ResNet34->ResNet18: the released "
-                                  "configs/imagenet/r34_r18/sdd_dkd.yaml has BATCH_SIZE 4, "
-                                  "evidently a debug leftover; the solver's 512 is assumed",
-}
+NOTES = table.METHOD_NOTES
 # The method keys each dataset's config files offer (kd_jax/configs/<dataset>_<method>.py).
 OFFERED = {catalog.CIFAR100: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd", "clkd", "msdcrd"),
            catalog.CUB: ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd"),

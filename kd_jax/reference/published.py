@@ -4,11 +4,15 @@ Sources: the DKD paper (Zhao et al., CVPR 2022, Tables 1-3; mdistiller's 5-run a
 best epoch), the SDD paper (Wei et al., CVPR 2024, Tables 1-4), and the teachers' and
 students' vanilla accuracies of the same tables. Columns are method keys of
 kd_jax.methods ("kd", "dkd", "nkd", "sd_kd", "sd_dkd", "sd_nkd"; "ce" = trained alone).
+
+`TABLES` names the published tables that `python -m kd_jax.reproduce` reproduces, each over
+the numbers below (`Table`); `register_table` adds one (kd_jax.testing's tiny table).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any, Mapping, Optional
 
 from kd_jax.data import catalog
 
@@ -85,3 +89,66 @@ def top1(dataset: str, column: str, teacher: Optional[str], student: str) -> Opt
     if dataset == catalog.CIFAR100 and pair in CIFAR_KD_DKD and column in ("kd", "dkd"):
         return CIFAR_KD_DKD[pair][("kd", "dkd").index(column)]
     return None
+
+
+# --- the published tables, as `python -m kd_jax.reproduce` plans them ------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One published table: rows are (teacher, student) pairs, columns method keys.
+
+    `alone`: the published top-1 of the students trained alone (the table's vanilla row; the
+    'ce' column), where kd_jax.reference holds it. `overrides`: config values (dotted keys)
+    every run of the table takes on top of its reference recipe: none for a paper's table;
+    a test table swaps in tiny models and synthetic data.
+    """
+
+    name: str
+    source: str                                        # the paper and its table
+    dataset: str                                       # kd_jax.data name; the recipes' too
+    columns: tuple[str, ...]                           # method keys, in the paper's order
+    values: Mapping[tuple[str, str], tuple[float, ...]]   # pair -> top-1 (%) per column
+    alone: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    note: str = ""                                     # how the numbers were obtained
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.values)
+
+    def top1(self, column: str, pair: tuple[str, str]) -> Optional[float]:
+        """The published top-1 of `pair` under method key `column` ('ce': its student alone)."""
+        if column == "ce":
+            return self.alone.get(pair[1])
+        return self.values[pair][self.columns.index(column)]
+
+
+_CIFAR_NOTE = ("best epoch; the DKD paper's numbers are mdistiller's 5-run averages")
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("sdd_cifar100", "SDD (Wei et al., CVPR 2024), its CIFAR-100 table",
+          catalog.CIFAR100, SDD_COLUMNS, CIFAR_SDD, CIFAR_VANILLA, _CIFAR_NOTE),
+    Table("sdd_cub", "SDD (Wei et al., CVPR 2024), its CUB-200-2011 table (cub20.png in "
+          "SDD's README)", catalog.CUB, SDD_COLUMNS, CUB_SDD, {},
+          "read from the image; no top-1 of the students alone is published there"),
+    Table("sdd_imagenet", "SDD (Wei et al., CVPR 2024), its ImageNet table",
+          catalog.IMAGENET, SDD_COLUMNS, IMAGENET_SDD, {},
+          "DKD's own ImageNet numbers are identical; kd_jax.reference holds no top-1 of the "
+          "students alone"),
+    Table("dkd_cifar100", "DKD (Zhao et al., CVPR 2022), its CIFAR-100 tables (teacher and "
+          "student of the same and of different architectures)", catalog.CIFAR100,
+          ("kd", "dkd"), CIFAR_KD_DKD, CIFAR_VANILLA, _CIFAR_NOTE),
+)}
+
+
+def register_table(table: Table) -> None:
+    """Adds `table` to TABLES (again: the same table only)."""
+    if TABLES.get(table.name, table) != table:
+        raise ValueError(f"a different table {table.name!r} is registered already")
+    TABLES[table.name] = table
+
+
+def get_table(name: str) -> Table:
+    """The published table `name`; ValueError listing the known ones."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+    return TABLES[name]

@@ -163,6 +163,22 @@ CLIP_NOTES = {
 }
 
 
+# Method values that no released reference code settles, per (method key, dataset): starred
+# in `python -m kd_jax.recipes` and in `python -m kd_jax.reproduce`'s tables.
+METHOD_NOTES = {
+    ("sd_kd", catalog.IMAGENET): "released SDD config has no KD section, so its code runs the "
+                                 "CFG.KD defaults; the paper does not say which values produced "
+                                 "its table",
+    ("nkd", catalog.IMAGENET): "SDD's NKD distiller hard-codes T=1, gamma=1.5",
+    ("clkd", catalog.CIFAR100): "no official code; 0.1 CE + 0.5 (L_ins + 2 L_cla) + 0.4 L_cc, as "
+                                "reimplementations read the paper",
+    ("msdcrd", catalog.CIFAR100): "no paper text or code: a reconstruction of the abstract's idea",
+    ("sd_dkd", catalog.IMAGENET): "ResNet34->ResNet18: the released "
+                                  "configs/imagenet/r34_r18/sdd_dkd.yaml has BATCH_SIZE 4, "
+                                  "evidently a debug leftover; the solver's 512 is assumed",
+}
+
+
 def solver(dataset: str) -> Solver:
     """The dataset's solver; datasets without a published recipe use CIFAR-100's."""
     return SOLVERS.get(dataset, SOLVERS[catalog.CIFAR100])
