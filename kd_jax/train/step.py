@@ -41,11 +41,32 @@ def head_of(model) -> tuple[jax.Array, jax.Array]:
     return model.head.kernel[...], model.head.bias[...]
 
 
-def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """(B,) 1.0 where the label is among the k largest logits (k clipped to K)."""
-    k = min(k, logits.shape[-1])
-    _, top = jax.lax.top_k(logits, k)
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def total_order_key(x: jax.Array) -> jax.Array:
+    """int32 keys (same shape) ordered as the IEEE total order of x as float32, the order
+    lax.top_k sorts by: -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN.
+
+    The float's bits as int32 order non-negative floats already; flipping all but the sign
+    bit of the negative ones reverses their order."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """(B,) 1.0 where the label is among the k largest of logits (B, K): fewer than k
+    classes rank above it (k > K: always).
+
+    Class j ranks above label y when logits[j] > logits[y] in the total order, or they are
+    equal and j < y: lax.top_k's order (ties to the lower index), so this equals
+    ``any(lax.top_k(logits, k)[1] == y)``. Elementwise over (B, K) and a sum over K: a
+    sharded batch is counted where it lies, with no gather and no sort of the batch.
+    """
+    key = total_order_key(logits)
+    classes = jnp.arange(logits.shape[-1])
+    is_label = classes == labels[:, None]                                   # (B, K)
+    label_key = jnp.max(jnp.where(is_label, key, jnp.iinfo(jnp.int32).min), axis=-1,
+                        keepdims=True)                                      # (B, 1)
+    above = (key > label_key) | ((key == label_key) & (classes < labels[:, None]))
+    return (jnp.sum(above, axis=-1) < k).astype(jnp.float32)
 
 
 def teacher_forward(teacher_graphdef, teacher_state, images) -> ModelOutput:
@@ -75,7 +96,7 @@ def _student_update(student: StepStudent, s: StudentState, tx, images, labels,
     tx = student.tx if student.tx is not None else tx
     updates, opt_state = tx.update(grads, opt_state, s.params)
     params = optax.apply_updates(s.params, updates)
-    metrics = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, labels, 1)),
+    metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, labels, 1)),
                "lr": jnp.asarray(lr, jnp.float32),
                # The raw loss gradient's global L2 norm over all trainable parameters, before
                # any clip (> optimizer.clip_grad_norm: the clip bound this step).
@@ -175,8 +196,8 @@ def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
         for name, graphdef in eval_graphdefs.items():
             model = nnx.merge(graphdef, *students[name])
             logits, _ = model(images)
-            sums[name] = {"top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
-                          "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
+            sums[name] = {"top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+                          "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
                           "count": jnp.sum(mask)}
         return sums
 
