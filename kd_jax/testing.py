@@ -27,7 +27,7 @@ class TinyCNN(nnx.Module):
         self.bn1 = layers.BatchNorm(width, **kw)
         self.conv2 = layers.conv(width, 2 * width, 3, stride=2, padding=1, rngs=rngs, **kw)
         self.bn2 = layers.BatchNorm(2 * width, **kw)
-        self.fc = layers.linear(2 * width, num_classes, rngs=rngs, **kw)
+        self.fc = layers.linear(2 * width, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:
