@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -161,8 +162,9 @@ class Setup:
     ckpt: Checkpointer
     device_train: Any           # on_device.DeviceTrainSet, or None: the host path
     steps_per_dispatch: int     # steps per call on the on-device path (1 on the host path)
-    # (state, batch or draws (k, B, 4), lr, epoch) -> (state, metrics): one dispatch of the
-    # jitted step (k = 1 on the host path; metrics stacked (k,) on the on-device path).
+    # (state, batch or draws (k, B, 4), steps, lr, epoch) -> (state, metrics): one dispatch
+    # of the jitted step, `steps` of it live (the host path: 1; the on-device path: at most
+    # k, the draws padded to k; metrics stacked (k,), the first `steps` meaningful).
     dispatch: Callable
 
     @property
@@ -217,11 +219,13 @@ def setup(config, plan: RunPlan, ds, workdir: str) -> tuple[Setup, resume.LoopSt
         ckpt.close()
         raise
     if device_train is None:
-        def dispatch(state, batch, lr, epoch):
+        def dispatch(state, batch, steps, lr, epoch):
+            del steps   # always 1
             return b.train_step(state, b.teacher_state, batch, lr, epoch)
     else:
-        def dispatch(state, draws, lr, epoch):
-            return b.multi_train_step(state, b.teacher_state, device_train, draws, lr, epoch)
+        def dispatch(state, draws, steps, lr, epoch):
+            return b.multi_train_step(state, b.teacher_state, device_train, draws,
+                                      np.int32(steps), lr, epoch)
     s = Setup(config=config, plan=plan, workdir=workdir, ds=ds, built=b, schedule=schedule,
               batch_size=config.batch_size, eval_batch_size=_eval_batch_size(config, ds),
               batch_sharding=NamedSharding(b.mesh, P("data")), ckpt=ckpt,

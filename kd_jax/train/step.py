@@ -146,14 +146,19 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
                           tx: Optional[optax.GradientTransformation], mesh: Mesh,
                           make_batch: Callable[[Any, jax.Array], dict],
                           compute_dtype: Any = jnp.float32, unroll: bool = False):
-    """jit(multi_step)(state, teacher_state, data, draws, lr, epoch) -> (state, metrics).
+    """jit(multi_step)(state, teacher_state, data, draws, live, lr, epoch) -> (state, metrics).
 
     k train steps in one call: a lax.scan of the `make_train_step` step over draws (k, B, ...)
     (sharded P(None, 'data')), whose step i trains on ``make_batch(data, draws[i])``, a batch
     built inside the program (e.g. kd_jax.data.on_device.train_batch from the train set on
     the devices). The batch is constrained to P('data') as the host path's batches are.
-    metrics: the step's metrics stacked over the k steps (every leaf (k,)). Only the state is
-    donated: `data` stays on the devices for the next call. Each new k compiles once.
+    live: int32 scalar, the steps that train: steps i >= live are masked (the state leaves
+    the step unchanged, bit for bit: a select, not a branch, so no device waits for the
+    host), so a call with fewer steps to take (an epoch's end, a resume, total_steps) pads
+    its draws to the same k and reuses the one compiled program; with k = 1, live is 1.
+    metrics: the step's metrics stacked over the k steps (every leaf (k,)); the masked
+    steps' entries are meaningless and the caller drops them. Only the state is donated:
+    `data` stays on the devices for the next call.
     `unroll`: the k steps as one straight-line program (compile time grows about k-fold);
     measured on XLA's CPU backend, a step inside the rolled loop ran several times slower than
     alone. k = 1 is always a plain call.
@@ -162,21 +167,29 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    def multi_step(state: TrainState, teacher_state, data, draws, lr, epoch):
-        def body(state, step_draws):
+    def multi_step(state: TrainState, teacher_state, data, draws, live, lr, epoch):
+        k = draws.shape[0]
+
+        def body(state, xs):
+            step_draws, i = xs
             batch = jax.lax.with_sharding_constraint(make_batch(data, step_draws),
                                                      batch_sharding)
-            return train_step(state, teacher_state, batch, lr, epoch)
+            new_state, metrics = train_step(state, teacher_state, batch, lr, epoch)
+            if k > 1:   # a padded step keeps the state it was given
+                new_state = jax.tree.map(lambda new, old: jnp.where(i < live, new, old),
+                                         new_state, state)
+            return new_state, metrics
 
-        if unroll or draws.shape[0] == 1:
+        steps = jnp.arange(k, dtype=jnp.int32)
+        if unroll or k == 1:
             # A Python loop at trace time: no XLA while loop at all (lax.scan with unroll=True
             # keeps a one-trip loop for k = 1, which XLA's CPU backend also ran slowly).
             per_step = []
-            for i in range(draws.shape[0]):
-                state, metrics = body(state, draws[i])
+            for i in range(k):
+                state, metrics = body(state, (draws[i], steps[i]))
                 per_step.append(metrics)
             return state, jax.tree.map(lambda *m: jnp.stack(m), *per_step)
-        return jax.lax.scan(body, state, draws)
+        return jax.lax.scan(body, state, (draws, steps))
 
     return jax.jit(multi_step, out_shardings=(replicated, replicated), donate_argnums=0)
 

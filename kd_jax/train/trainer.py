@@ -111,18 +111,14 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
                          f"in {s.ckpt.directory}")
             # --- for each dispatch: step, log, evaluate, checkpoint -----------------------
             metrics = logs_lib.StepMetrics()   # on the device until a logging point
-            compiled = set()                   # the dispatch lengths (k) compiled
             with stop.deferred(), contextlib.closing(inputs.dispatches(s, loop.step)) as it:
+                # Every dispatch has the same shapes (kd_jax.train.inputs): the first compiles.
                 for d in it:
-                    compiles = clock.compiled and d.steps not in compiled
-                    if compiles:   # a new call length: keep its compilation out of train time
-                        jax.block_until_ready(metrics.pending)
-                        clock.pause()
-                    loop.state, step_metrics = s.dispatch(loop.state, d.item, d.lr, d.epoch)
-                    compiled.add(d.steps)
+                    loop.state, step_metrics = s.dispatch(loop.state, d.item, d.steps, d.lr,
+                                                          d.epoch)
                     loop.step += d.steps
-                    metrics.append(step_metrics)
-                    clock.after_step(step_metrics, d.steps * s.batch_size, loop.step, compiles)
+                    metrics.append(step_metrics, d.steps)
+                    clock.after_step(step_metrics, d.steps * s.batch_size, loop.step)
                     sync_point = s.schedule.sync_point(loop.step, d.steps)
                     due = s.schedule.due(loop.step, d.steps, stops.requested(stop, sync_point))
                     if due.log:   # first: a non-finite loss stops before any eval or save
