@@ -26,7 +26,8 @@ Config keys (the trainer's ``config.dataset`` subtree):
 - ``limit_train`` / ``limit_test`` (int, optional, 0 = all): keep only the first examples.
 - ``on_device`` (bool or None, read by the trainer): None (auto) puts the uint8 train set of
   an in-memory dataset on the devices when it fits ``on_device.DEVICE_BUDGET_BYTES`` and
-  augments it inside the jitted step (kd_jax.data.on_device); False keeps the host path.
+  augments it inside the jitted step (kd_jax.data.on_device), and its uint8 test set too,
+  normalised inside the eval step (kd_jax.data.device_test_set); False keeps the host path.
 - synthetic only: ``num_train``, ``num_test``, ``image_size``, ``num_classes``, optional ``seed``
   (default 0) fixing the random images and labels.
 

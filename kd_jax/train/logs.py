@@ -84,6 +84,9 @@ def header(s: Setup, state) -> str:
     lines.append("  input: " + (
         f"train set on the devices, augmented in the step, {s.steps_per_dispatch} step(s) "
         "per call" if s.device_train is not None else "augmented on the host"))
+    lines.append(f"  evaluation batch {s.eval_batch_size} ("
+                 + ("test set on the devices" if s.device_test is not None else "from the host")
+                 + "); checkpoints " + checkpoint_policy(s.schedule))
     for st in s.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(st.plan.hparams.items()))
         who = "" if st.plan.name == config_validation.SOLO else f"{st.plan.name}: "
@@ -96,6 +99,16 @@ def header(s: Setup, state) -> str:
                  f"schedule={o.schedule} milestones={tuple(o.milestones)} epochs={c.num_epochs}"
                  f" (all values: {os.path.join(s.workdir, CONFIG_FILE)})")
     return "\n".join(lines)
+
+
+def checkpoint_policy(schedule) -> str:
+    """'every 1 epoch(s), at the end and at stops' and the like."""
+    every = []
+    if schedule.checkpoint_every_epochs:
+        every.append(f"every {schedule.checkpoint_every_epochs} epoch(s)")
+    if schedule.checkpoint_every_minutes:
+        every.append(f"every {schedule.checkpoint_every_minutes:g} min")
+    return ", ".join(every + ["at the end and at stops"])
 
 
 def per_step(host: list, live: list) -> list:

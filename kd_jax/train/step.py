@@ -195,14 +195,20 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
 
 
 def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
-                   compute_dtype: Any = jnp.float32):
+                   compute_dtype: Any = jnp.float32,
+                   make_batch: Optional[Callable[[Any, jax.Array], dict]] = None):
     """jit(eval_step)(students, batch) -> {name: sums {"top1", "top5", "count"}}.
 
     students: {name: (params, model_state)}. batch carries "mask" (B,) marking real (1) vs
     padding (0) examples, so the full test set is covered with a fixed batch shape.
+    With `make_batch`: jit(eval_step)(students, data, i), whose batch is
+    ``make_batch(data, i)`` built inside the program (e.g. batch i of
+    kd_jax.data.device_test_set.eval_batch from the test set on the devices), constrained
+    to P('data') as the host path's batches are.
     """
+    batch_sharding = NamedSharding(mesh, P("data"))
 
-    def eval_step(students, batch):
+    def sums_of(students, batch):
         images = batch["image"].astype(compute_dtype)
         mask = batch["mask"].astype(jnp.float32)
         sums = {}
@@ -213,5 +219,12 @@ def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
                           "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
                           "count": jnp.sum(mask)}
         return sums
+
+    if make_batch is None:
+        eval_step = sums_of
+    else:
+        def eval_step(students, data, i):
+            batch = jax.lax.with_sharding_constraint(make_batch(data, i), batch_sharding)
+            return sums_of(students, batch)
 
     return jax.jit(eval_step, out_shardings=NamedSharding(mesh, P()))
