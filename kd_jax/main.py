@@ -65,12 +65,14 @@ def _main(argv=None) -> None:
     from kd_jax.train.summary import BrokenJSONError
     from kd_jax.train.trainer import RunStopped
     from kd_jax.train.workdir_lock import WorkdirInUse
+    from kd_jax.train.workdir_storage import UnsupportedWorkdir
 
     try:
         with cli.workdir_removed_on_failure(args.workdir):
             run(args.config, args.workdir)
     except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
-            StorageError, DamagedCheckpointError, WorkdirInUse, BrokenJSONError) as e:
+            StorageError, DamagedCheckpointError, WorkdirInUse, UnsupportedWorkdir,
+            BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:
