@@ -10,8 +10,8 @@ check prints one line as it ends; all of them go to the JSON file (--json) and, 
 
 1. backend: the platform, device kind and count, versions (kd_jax.machine);
 2. bytes: the CIFAR-sized uint8 train set (50k x 32 x 32 x 3) and the test set put on the
-   device: their logical bytes against what the device reports in use (memory_stats(); a
-   TPU pads the minor dimension to 128 lanes);
+   device: their logical bytes against what the device reports in use (memory_stats();
+   TPU memory is expected to tile a minor dimension of 3 to 128 lanes);
 3. batches: the on-device train batch against the numpy batch of the same (seed, epoch,
    step) (labels equal, largest image difference in ulp), and the on-device test batches
    against the host's (bit for bit);
