@@ -41,14 +41,12 @@ import contextlib
 import dataclasses
 import io
 import json
-import logging
 import os
 import shlex
 import sys
 import tempfile
 import time
 import warnings
-from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -63,7 +61,7 @@ import results_md  # noqa: E402
 import train_step as ts  # noqa: E402  (config, machine facts, table helpers, torch)
 from kd_jax import data  # noqa: E402
 from kd_jax.data import device_test_set, on_device  # noqa: E402
-from kd_jax.testing import random_batch  # noqa: E402
+from kd_jax.testing import compiled_programs, random_batch  # noqa: E402
 from kd_jax.train import config_validation, platform_defaults, trainer  # noqa: E402
 from kd_jax.train.checkpoint import Checkpointer  # noqa: E402
 
@@ -106,27 +104,6 @@ def build(size: Size, dtype: str):
     c = make_config(size, dtype)
     return c, trainer.build(c, config_validation.validate(c, num_devices=1), size.classes,
                             devices=jax.devices()[:1])
-
-
-@contextlib.contextmanager
-def compiles() -> Iterator[list]:
-    """The programs JAX compiles in the block (its compile log), as names."""
-    names = []
-
-    class Names(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Compiling "):
-                names.append(record.getMessage().split()[1])
-
-    handler, logger = Names(), logging.getLogger("jax")
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False   # counted, not printed
-    try:
-        with jax.log_compiles(True):
-            yield names
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
 
 
 def bytes_in_use(device) -> int | None:
@@ -206,7 +183,7 @@ def check_steps(size: Size, ds, dtype: str, k: int) -> tuple[dict, object]:
                                           np.int32(live), LR, EPOCH)
         # Full calls and the padded last call of an epoch (steps per epoch mod k live).
         lives = [k, (size.num_train // size.batch) % k or k] * max(size.steps // (2 * k), 1)
-    with compiles() as names, warnings.catch_warnings(record=True) as caught:
+    with compiled_programs() as names, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         state, metrics = call(state)
@@ -272,7 +249,7 @@ def check_trainer(size: Size, dtype: str, raw_images_per_s: float) -> dict:
     c = make_config(size, dtype)
     c.steps_per_dispatch = 0   # this platform's default
     out = io.StringIO()
-    with tempfile.TemporaryDirectory() as workdir, compiles() as names, \
+    with tempfile.TemporaryDirectory() as workdir, compiled_programs() as names, \
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         summary, _ = trainer.train(c, workdir)
     header = [line.strip() for line in out.getvalue().splitlines()

@@ -105,13 +105,13 @@ if BACKEND == "cpu" and device_files() != "cpu":
 ## Parameters
 
 On a TPU or GPU: the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (240 epochs, the recipe's
-global batch 64 sharded over all devices; raise `BATCH` with the learning rate to use big TPU
-slices well). bfloat16 is the compute dtype where the chip runs it at full rate: TPUs and
-GPUs of compute capability 8.0 or later (A100, L4, H100; parameters, BatchNorm statistics,
-optimizer state and losses stay float32). A T4 or V100 has no bf16 tensor cores, so there
-the notebook computes in float32; `COMPUTE_DTYPE = "float32"` also gives exact parity with
-the PyTorch reference. `TEACHER_PTH`: a `.pth` you uploaded (Files pane) to use instead of the published
-teacher. On a CPU runtime nothing runs unless `CPU_DEMO` is set."""),
+global batch 64 sharded over all devices; raise `BATCH` with the learning rate to use big
+TPU slices well). bfloat16 is the compute dtype where the chip runs it at full rate: TPUs
+and GPUs of compute capability 8.0 or later (A100, L4, H100; parameters, BatchNorm
+statistics, optimizer state and losses stay float32). A T4 or V100 has no bf16 tensor cores,
+so there the notebook computes in float32; `COMPUTE_DTYPE = "float32"` also gives exact
+parity with the PyTorch reference. `TEACHER_PTH`: a `.pth` you uploaded (Files pane) to use
+instead of the published teacher. On a CPU runtime nothing runs unless `CPU_DEMO` is set."""),
     ("code", """\
 from kd_jax import machine
 from kd_jax.data import fashion_mnist
@@ -159,11 +159,11 @@ checkpoint, logs and final model, written every `SYNC_MINUTES` under a scratch n
 renamed, the previous copy kept as `run.prev.tar`: a disconnect in the middle of a copy
 leaves the last complete one, which restore takes. Nothing is deleted or replaced on Drive
 (deleted files stay in its trash and count against the quota): the three copies rotate, the
-oldest becoming the next scratch file. After a disconnect, this cell unpacks the runs' newest complete `run.tar` into
-the new VM's disk, and training resumes from there. Drive also keeps the fetched teacher
-(`teachers/`) and JAX's compilation cache (`jax_cache/`), so a new VM neither fetches nor
-converts the teacher again and reuses the compiled steps. Outside Colab, `persist/` stands
-in for Drive."""),
+oldest becoming the next scratch file. After a disconnect, this cell unpacks the runs'
+newest complete `run.tar` into the new VM's disk, and training resumes from there. Drive
+also keeps the fetched teacher (`teachers/`) and JAX's compilation cache (`jax_cache/`), so
+a new VM neither fetches nor converts the teacher again and reuses the compiled steps.
+Outside Colab, `persist/` stands in for Drive."""),
     ("code", """\
 from kd_jax.train import mirror
 

@@ -12,14 +12,11 @@ tests/test_data.py checks against a per-example torchvision-style reference:
   for bit, state and log records, and compile the train step once per run segment.
 """
 
-import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
 import textwrap
-from typing import Iterator
 
 import jax
 import numpy as np
@@ -164,31 +161,10 @@ def tiny_config(on, k, lockstep=False, total_steps=0):
     return c
 
 
-@contextlib.contextmanager
-def compiled_programs() -> Iterator[list]:
-    """The names of the programs JAX compiles in the block (its compile log: one "Compiling
-    <name> ..." record per compilation, persistent-cache hits included)."""
-    names = []
-
-    class Names(logging.Handler):
-        def emit(self, record):
-            message = record.getMessage()
-            if message.startswith("Compiling "):
-                names.append(message.split()[1])
-
-    handler, logger = Names(), logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            yield names
-    finally:
-        logger.removeHandler(handler)
-
-
 def run(config, workdir, train_step_compiles=1):
     """(summary, state leaves, train records) of a run that compiles its train step (the
     on-device path's multi_step) `train_step_compiles` times."""
-    with compiled_programs() as names:
+    with kd_jax.testing.compiled_programs() as names:
         summary, state = trainer.train(config, str(workdir))
     if config.dataset.on_device:
         assert names.count("jit(multi_step)") == train_step_compiles, names

@@ -1,17 +1,17 @@
 """Run settings whose default depends on the platform of the run's devices (cpu, gpu, tpu).
 
-| setting (auto value)          | CPU (unchanged)    | GPU, TPU (a choice awaiting the device check)  |
-|-------------------------------|--------------------|------------------------------------------------|
-| eval_batch_size = 0           | batch_size         | max(batch_size, 1024) for images of at most     |
-|                               |                    | 32 x 32 pixels; larger images: batch_size       |
-| checkpoint_every_epochs = None | 1                 | 0 (none by epochs)                              |
-| checkpoint_every_minutes = None | 0 (none by time) | 10                                              |
-| steps_per_dispatch = 0        | 1                  | 8 (kd_jax.data.on_device)                       |
+| setting (auto)                  | CPU (unchanged)  | GPU, TPU (awaiting the device check)    |
+|---------------------------------|------------------|-----------------------------------------|
+| eval_batch_size = 0             | batch_size       | max(batch_size, 1024) for images of at  |
+|                                 |                  | most 32 x 32 pixels; else batch_size    |
+| checkpoint_every_epochs = None  | 1                | 0 (none by epochs)                      |
+| checkpoint_every_minutes = None | 0 (none by time) | 10                                      |
+| steps_per_dispatch = 0          | 1                | 8 (kd_jax.data.on_device)               |
 
 The CPU values are those every CPU run and measurement of this repository used. The GPU/TPU
-values are chosen, not measured: on an accelerator an epoch of CIFAR takes seconds, so 157
-evaluation calls and a checkpoint per epoch are a large share of the run (issue 28);
-`python benchmarks/device_check.py` times them where a device is lent. Explicit values
+values are chosen, not measured: issue 28 estimates an epoch of CIFAR at seconds on an H100,
+where evaluating in batches of 64 (157 calls) and a checkpoint per epoch would be a large
+share of the run; `python benchmarks/device_check.py` times them where a device is lent. Explicit values
 always win. Checkpoints are also saved at the end and at every stop, whatever these say.
 """
 

@@ -21,16 +21,16 @@ A live run holds its workdir's lock (kd_jax.train.workdir_lock). Stops (SIGTERM,
 are agreed across processes at sync points (kd_jax.train.stops); a damaged newest
 checkpoint is set aside and a failed save is one StorageError line (kd_jax.train.checkpoint).
 
-Resumption: the state (step, every student's parameters, BatchNorm statistics and
-optimizer state, RNG) is checkpointed every `checkpoint_every_epochs` and every
+Resumption: the state (step, every student's parameters, BatchNorm statistics and optimizer
+state, RNG) is checkpointed every `checkpoint_every_epochs` and every
 `checkpoint_every_minutes` (their defaults by platform: kd_jax.train.platform_defaults), at
-the end, and on SIGTERM or Ctrl-C (SIGINT; a second Ctrl-C interrupts at once), after which `train` raises
-RunStopped (so a seeds run or a pipeline does not go on to its next run); the same command
-with the same workdir restores the latest checkpoint and continues at the same step with
-the same data order (a function of (seed, epoch, step)), so a killed run ends with the
-parameters of an uninterrupted one. A finished run is not re-run: it says so and prints
-its summary. Each start of a run is a segment; summaries keep the wall and training time
-of every segment (kd_jax.train.timing).
+the end, and on SIGTERM or Ctrl-C (SIGINT; a second Ctrl-C interrupts at once), after which
+`train` raises RunStopped (so a seeds run or a pipeline does not go on to its next run); the
+same command with the same workdir restores the latest checkpoint and continues at the same
+step with the same data order (a function of (seed, epoch, step)), so a killed run ends with
+the parameters of an uninterrupted one. A finished run is not re-run: it says so and prints
+its summary. Each start of a run is a segment; summaries keep the wall and training time of
+every segment (kd_jax.train.timing).
 
 Non-finite losses: step metrics stay on the device until the next logging point (every
 `log_every_steps`, at epoch ends and before every checkpoint), where they are fetched in

@@ -3,13 +3,14 @@
 A run finalises every checkpoint by renaming a directory (orbax), moves each export into
 place by renaming (kd_jax.train.exports), holds the workdir by flock(2)
 (kd_jax.train.workdir_lock) and appends to its logs. An object store has no atomic rename
-(gcsfuse renames a directory only when mounted with --rename-dir-limit, and then copies and
-deletes object by object: a crash can leave half a checkpoint under its final name), no lock
-that other hosts see and no append. So a workdir given as a URL (gs://, s3://, ...; before,
-os.path.abspath made it a local directory named "gs:") or lying on an object-store FUSE
-mount (gcsfuse, s3fs, ...) is refused with one line before anything is written. What works: a local disk, or a POSIX shared filesystem (NFS,
-Filestore, Lustre) mounted at the same path on every host; copy a finished workdir to a
-bucket afterwards (gcloud storage cp -r).
+(on a flat bucket gcsfuse renames a directory only when mounted with --rename-dir-limit, and
+then copies and deletes object by object: a crash can leave half a checkpoint under its
+final name), no lock that other hosts see and no append. So a workdir given as a URL (gs://,
+s3://, ...; before, os.path.abspath made it a local directory named "gs:") or lying on an
+object-store FUSE mount (gcsfuse, s3fs, ...) is refused with one line before anything is
+written. What works: a local disk, or a POSIX shared filesystem (NFS, Filestore, Lustre)
+mounted at the same path on every host; copy a finished workdir to a bucket afterwards
+(gcloud storage cp -r).
 
 Importing this module does not import JAX: the command line checks --workdir first.
 """
