@@ -150,7 +150,7 @@ def host_per_step(config, k: int, steps: int) -> float:
                                       ds.steps_per_epoch(config.batch_size) // k * k, k)
         train_set = on_device.put_on_mesh(ds, mesh)
         call = lambda s, x: built.multi_train_step(  # noqa: E731
-            s, built.teacher_state, train_set, x, LR, EPOCH)
+            s, built.teacher_state, train_set, x, np.int32(k), LR, EPOCH)
         per_call = k
     state = built.state
     inputs = [data.to_global_array(next(source), sharding)]   # warm-up and compile
@@ -193,7 +193,7 @@ def interleaved_calls(config, ks: list[int], windows: int = 5) -> dict:
 
     def multi(k):
         state[0], m = built.multi_train_step(state[0], built.teacher_state, train_set,
-                                             inputs[k], LR, EPOCH)
+                                             inputs[k], np.int32(k), LR, EPOCH)
         return m
 
     calls = {"plain step": (plain, 1), **{f"k={k}": (lambda k=k: multi(k), k)

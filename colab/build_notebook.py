@@ -105,12 +105,15 @@ if BACKEND == "cpu" and device_files() != "cpu":
 ## Parameters
 
 On a TPU or GPU: the CIFAR-100 recipe of resnet32x4 -> resnet8x4 (240 epochs, the recipe's
-global batch 64 sharded over all devices; raise `BATCH` with the learning rate to use big TPU
-slices well). bfloat16 is the compute dtype (parameters, BatchNorm statistics, optimizer state
-and losses stay float32); `COMPUTE_DTYPE = "float32"` gives exact parity with the PyTorch
-reference. `TEACHER_PTH`: a `.pth` you uploaded (Files pane) to use instead of the published
-teacher. On a CPU runtime nothing runs unless `CPU_DEMO` is set."""),
+global batch 64 sharded over all devices; raise `BATCH` with the learning rate to use big
+TPU slices well). bfloat16 is the compute dtype where the chip runs it at full rate: TPUs
+and GPUs of compute capability 8.0 or later (A100, L4, H100; parameters, BatchNorm
+statistics, optimizer state and losses stay float32). A T4 or V100 has no bf16 tensor cores,
+so there the notebook computes in float32; `COMPUTE_DTYPE = "float32"` also gives exact
+parity with the PyTorch reference. `TEACHER_PTH`: a `.pth` you uploaded (Files pane) to use
+instead of the published teacher. On a CPU runtime nothing runs unless `CPU_DEMO` is set."""),
     ("code", """\
+from kd_jax import machine
 from kd_jax.data import fashion_mnist
 
 CPU_DEMO = False        # True: let a CPU runtime run a small demo (minutes, not the recipe)
@@ -127,7 +130,11 @@ TEACHER_PTH = ""        # an uploaded PyTorch teacher; "" fetches the published 
 USE_DRIVE = True        # Colab: keep the archive, the latest checkpoint and the models on Drive
 SYNC_MINUTES = 10       # how often the latest checkpoint is copied to Drive
 RUN_NAME = "sd_dkd_cifar100" if ACCELERATOR else "sd_dkd_small"
-COMPUTE_DTYPE = "bfloat16"
+# bf16 where the chip runs it at full rate (and in the CPU demo, which shows the bf16 path).
+FAST_BF16 = machine.bf16_is_fast(jax.devices()[0])
+COMPUTE_DTYPE = "bfloat16" if FAST_BF16 or not ACCELERATOR else "float32"
+if ACCELERATOR and not FAST_BF16:
+    print(f"{DEVICE_KINDS[0]} has no bfloat16 tensor cores: computing in float32")
 
 if ACCELERATOR:
     DATASET, LIMIT_TRAIN, LIMIT_TEST = "cifar100", 0, 0   # 0: all images
@@ -147,11 +154,16 @@ print(f"{'accelerator' if ACCELERATOR else 'CPU demo'} setting: {DATASET}, {TEAC
 ## Where things go
 
 `WORKDIR` (the VM's disk) gets every checkpoint, log and summary. `PERSIST` (Google Drive in
-Colab) gets the CIFAR-100 archive once, and for each run one file, `run.tar`, holding its
-latest checkpoint, logs and final model, rewritten in place every `SYNC_MINUTES` (files
-deleted on Drive stay in its trash and count against the quota, so nothing is deleted there).
-After a disconnect, this cell unpacks the runs' `run.tar` into the new VM's disk, and training
-resumes from there. Outside Colab, `persist/` stands in for Drive."""),
+Colab) gets the CIFAR-100 archive once, and for each run `run.tar`, holding its latest
+checkpoint, logs and final model, written every `SYNC_MINUTES` under a scratch name and then
+renamed, the previous copy kept as `run.prev.tar`: a disconnect in the middle of a copy
+leaves the last complete one, which restore takes. Nothing is deleted or replaced on Drive
+(deleted files stay in its trash and count against the quota): the three copies rotate, the
+oldest becoming the next scratch file. After a disconnect, this cell unpacks the runs'
+newest complete `run.tar` into the new VM's disk, and training resumes from there. Drive
+also keeps the fetched teacher (`teachers/`) and JAX's compilation cache (`jax_cache/`), so
+a new VM neither fetches nor converts the teacher again and reuses the compiled steps.
+Outside Colab, `persist/` stands in for Drive."""),
     ("code", """\
 from kd_jax.train import mirror
 
@@ -162,9 +174,12 @@ if IN_COLAB and USE_DRIVE:
 else:
     PERSIST, LOCAL = os.path.abspath("persist"), os.path.abspath("runs")
 DATA_DIR = os.path.join(PERSIST, "data")            # cifar-100-python.tar.gz, once
+TEACHERS_DIR = os.path.join(PERSIST, "teachers")    # the fetched teacher, once
 WORKDIR = os.path.join(LOCAL, RUN_NAME)             # the VM's disk
 MIRROR = os.path.join(PERSIST, "runs", RUN_NAME)    # one run.tar per run
 os.makedirs(DATA_DIR, exist_ok=True)
+# Compiled steps survive the VM (set before anything is compiled).
+jax.config.update("jax_compilation_cache_dir", os.path.join(PERSIST, "jax_cache"))
 for part in ("teacher", "student"):
     step = mirror.restore(os.path.join(MIRROR, part), os.path.join(WORKDIR, part))
     if step is not None:
@@ -211,35 +226,45 @@ def state_bytes(arch):
     return sum(x.nbytes for x in jax.tree.leaves(nnx.state(models.create(arch, num_classes))))
 
 
-# run.tar (and its .part while it is written): student state + momentum + teacher, the final
-# model; the archive once.
+# A tar: student state + momentum + teacher, the final model. Three per run (run.tar,
+# run.prev.tar and the scratch copy); the archive and the fetched teacher once.
 student_b, teacher_b = state_bytes(STUDENT), state_bytes(TEACHER)
-per_run = 2 * (3 * student_b + teacher_b)
+tar_b = 3 * student_b + teacher_b
 archive = (0 if DATASET != "cifar100" or glob.glob(os.path.join(DATA_DIR, "cifar-100-*"))
            else 169_001_437)
 runs = 1 + (not ACCELERATOR)   # the teacher's run too when it is trained here
-print(f"Drive: about {(archive + runs * per_run) / 2**20:.0f} MiB in {PERSIST} "
-      f"(archive {archive / 2**20:.0f} MiB, {runs} run.tar of about {per_run / 2 / 2**20:.0f} "
-      f"MiB, each written twice in place)")"""),
+total = archive + runs * 3 * tar_b + ACCELERATOR * teacher_b
+print(f"Drive: about {total / 2**20:.0f} MiB in {PERSIST} (archive {archive / 2**20:.0f} "
+      f"MiB, {runs} run(s) x 3 tars of about {tar_b / 2**20:.0f} MiB), plus JAX's "
+      "compilation cache")"""),
     ("md", """\
 ## Teacher
 
 On an accelerator: the published CIFAR-100 teacher (mdistiller's `resnet32x4`), downloaded
-and converted once by `python -m kd_jax.teachers fetch` (no PyTorch needed: kd_jax reads
-`.pth` files itself); or the `.pth` in `TEACHER_PTH`, converted by
-`python -m kd_jax.convert`. Both convert exactly (same logits as PyTorch). In the CPU demo a
-small teacher is trained here."""),
+and converted once into Drive's `teachers/` by `python -m kd_jax.teachers fetch` (no PyTorch
+needed: kd_jax reads `.pth` files itself); or the `.pth` in `TEACHER_PTH`, converted
+by `python -m kd_jax.convert`. Both convert exactly (same logits as PyTorch). Either runs in
+a child process on the CPU (`JAX_PLATFORMS=cpu`): this kernel holds the accelerator, and a
+child asking for it would fall back to the CPU silently, or fail. In the CPU demo a small
+teacher is trained here."""),
     ("code", """\
+def on_cpu(command):
+    \"\"\"Runs a kd_jax command in a child process on the CPU: the accelerator is this
+    kernel's.\"\"\"
+    subprocess.run([sys.executable, "-m", *command], check=True,
+                   env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
 teacher_run = None
-if ACCELERATOR and TEACHER_PTH:
-    TEACHER_DIR = os.path.join(PERSIST, "teachers", TEACHER)
-    if not os.path.isdir(TEACHER_DIR):
-        subprocess.run([sys.executable, "-m", "kd_jax.convert", "--arch", TEACHER,
-                        "--num-classes", "100", TEACHER_PTH, TEACHER_DIR], check=True)
+TEACHER_DIR = os.path.join(TEACHERS_DIR, TEACHER)   # on Drive: fetched or converted once
+if ACCELERATOR and not os.path.isfile(os.path.join(TEACHER_DIR, "teacher.json")):
+    if TEACHER_PTH:
+        on_cpu(["kd_jax.convert", "--arch", TEACHER, "--num-classes", "100", TEACHER_PTH,
+                TEACHER_DIR])
+    else:
+        on_cpu(["kd_jax.teachers", "--dir", TEACHERS_DIR, "fetch", TEACHER])
+if ACCELERATOR:
     student_config.teacher.checkpoint = TEACHER_DIR
-elif ACCELERATOR:
-    subprocess.run([sys.executable, "-m", "kd_jax.teachers", "fetch", TEACHER], check=True)
-    student_config.teacher.checkpoint = "published"
 else:
     teacher_dir = os.path.join(WORKDIR, "teacher")
     with mirror.Mirror(teacher_dir, os.path.join(MIRROR, "teacher"), SYNC_MINUTES * 60):

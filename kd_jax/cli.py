@@ -90,6 +90,10 @@ def parse(argv: Sequence[str]) -> Args:
                          "summary (running again with the same one resumes)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir!r} is a file, not a directory")
+    from kd_jax.train import workdir_storage   # no JAX: answers at once
+    storage_problem = workdir_storage.problem(workdir)
+    if storage_problem:
+        raise UsageError(storage_problem)
     config, rest = apply_overrides(load_config(config_arg), args, config_arg, prog)
     _parse_absl_flags([prog] + rest)
     return Args(config, workdir, config_arg)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from kd_jax import convert, data, models, teachers
 from kd_jax.convert.converted import META_FILE
-from kd_jax.train.step import _topk_correct as topk_correct
+from kd_jax.train.step import topk_correct
 
 RUN_MODEL_DIRS = ("final_model", "best_model")   # what a kd_jax run exports into its workdir
 

@@ -62,6 +62,26 @@ def xla_isa(xla_flags: str | None = None) -> dict[str, bool]:
     return {f: on and _MAX_ISA_LEVELS.index(_FLAG_LEVEL[f]) <= top for f, on in isa().items()}
 
 
+# NVIDIA GPUs run bfloat16 on tensor cores from compute capability 8.0 (Ampere: A100, A10,
+# L4, H100); before (T4 7.5, V100 7.0, P100 6.0) bf16 has no tensor cores and is slower.
+BF16_TENSOR_CORES_FROM = (8, 0)
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether `device` (a jax.Device) runs bfloat16 convolutions and matmuls at full rate:
+    TPUs, and GPUs of compute capability >= BF16_TENSOR_CORES_FROM (one that does not say:
+    assumed yes); not CPUs, which convert bf16."""
+    if device.platform == "tpu":
+        return True
+    if device.platform != "gpu":
+        return False
+    try:   # CUDA devices: "major.minor", e.g. "7.5"
+        capability = tuple(int(x) for x in str(device.compute_capability).split("."))
+    except (AttributeError, ValueError):
+        return True
+    return capability >= BF16_TENSOR_CORES_FROM
+
+
 def describe() -> dict:
     """{platform, device_kind, device_count, cpu, cores, isa: {flag: bool}, os, versions,
     xla_flags} of this process's machine and JAX backend."""

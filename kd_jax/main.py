@@ -82,11 +82,13 @@ def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
     from kd_jax.train.summary import BrokenJSONError
     from kd_jax.train.trainer import RunStopped
     from kd_jax.train.workdir_lock import WorkdirInUse
+    from kd_jax.train.workdir_storage import UnsupportedWorkdir
 
     try:
         yield
     except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
-            StorageError, DamagedCheckpointError, WorkdirInUse, BrokenJSONError) as e:
+            StorageError, DamagedCheckpointError, WorkdirInUse, UnsupportedWorkdir,
+            BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix).
         cli.exit_with_error(e)
     except RunStopped as e:
@@ -122,13 +124,25 @@ def _oom_message(config, error: BaseException) -> str:
     where = "host" if isinstance(error, MemoryError) else "device"
     n = len(config.get("students") or {})
     students = f", {n} students in lockstep" if n > 1 else ""
-    eval_batch = config.get("eval_batch_size") or config.batch_size
+    eval_batch = config.get("eval_batch_size") or _auto_eval_batch_size(config)
     detail = " ".join(str(error).split("\n")[0].split())[:160]
     return (f"out of {where} memory with batch_size={config.batch_size} (global, "
             f"eval_batch_size={eval_batch}{students}) ({detail}): "
             "lower --config.batch_size (or --config.eval_batch_size for evaluation), or use "
             "--config.compute_dtype=bfloat16 or more devices; the same command (same "
             "--workdir) resumes from the last checkpoint")
+
+
+def _auto_eval_batch_size(config) -> int:
+    """eval_batch_size=0 as the trainer resolves it on this platform (before the cap by the
+    test set, which the config does not know)."""
+    import jax
+
+    from kd_jax.train import platform_defaults
+    size = config.dataset.get("image_size") or 0
+    return platform_defaults.eval_batch_size(0, config.batch_size, (size, size, 3),
+                                             jax.devices()[0].platform, 1 << 62,
+                                             jax.device_count())
 
 
 def _caused_by_ctrl_c(error: BaseException) -> bool:

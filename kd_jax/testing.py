@@ -1,5 +1,5 @@
-"""Helpers for tests, smoke runs and benchmarks: a tiny CNN, a fixed random batch, and a tiny
-published table.
+"""Helpers for tests, smoke runs and benchmarks: a tiny CNN, a fixed random batch, a tiny
+published table, and the programs JAX compiles in a block.
 
 Outside the training path: no module of kd_jax imports it (tests/test_architecture.py
 checks), so the tiny models exist in the registry only where a test or benchmark asks.
@@ -14,6 +14,10 @@ x KD and DKD on synthetic data, with CIFAR-100's recipes and made-up published n
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +38,7 @@ class TinyCNN(nnx.Module):
         self.bn1 = layers.BatchNorm(width, **kw)
         self.conv2 = layers.conv(width, 2 * width, 3, stride=2, padding=1, rngs=rngs, **kw)
         self.bn2 = layers.BatchNorm(2 * width, **kw)
-        self.fc = layers.linear(2 * width, num_classes, rngs=rngs, **kw)
+        self.fc = layers.linear(2 * width, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:
@@ -85,3 +89,27 @@ def random_batch(mesh: Mesh, batch_size: int, num_classes: int, image_size: int 
     batch = {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
              "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
     return jax.device_put(batch, NamedSharding(mesh, P("data")))
+
+
+@contextlib.contextmanager
+def compiled_programs() -> Iterator[list]:
+    """The names of the programs JAX compiles in the block, e.g. ["jit(multi_step)"], from
+    its compile log (one "Compiling <name> ..." record per compilation, persistent-cache hits
+    included); the records are counted, not printed."""
+    names = []
+
+    class Names(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                names.append(message.split()[1])
+
+    handler, logger = Names(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with jax.log_compiles(True):
+            yield names
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

@@ -137,6 +137,32 @@ def test_batchnorm_statistics_in_float32_from_bf16_input():
                                rtol=2.0 ** -8, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["tiny_cnn", "resnet8"])
+def test_bf16_classifier_head_is_float32(arch):
+    """Under bf16 compute the head is a float32 matmul of the (bf16) pooled features: the
+    logits equal the float64 product to float32 rounding (a bf16 matmul misses by ~1e-3),
+    and the program's last dot_general takes float32 operands."""
+    from flax import nnx
+
+    from kd_jax import models
+
+    model = models.create(arch, 10, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model.eval()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 3)), jnp.bfloat16)
+    graphdef, variables = nnx.split(model)
+    forward = lambda v, images: nnx.merge(graphdef, v)(images)  # noqa: E731
+    logits, features = jax.jit(forward)(variables, x)
+    assert features["pooled"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    pooled = np.asarray(features["pooled"], np.float64)
+    kernel, bias = (np.asarray(v[...], np.float64) for v in (model.head.kernel, model.head.bias))
+    want = pooled @ kernel + bias
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=0,
+                               atol=1e-6 * np.max(np.abs(want)))
+    jaxpr = jax.make_jaxpr(forward)(variables, x)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert [v.aval.dtype for v in dots[-1].invars] == [jnp.float32, jnp.float32]
+
+
 def _saved_dtypes(directory):
     tree = ocp.StandardCheckpointer().metadata(directory).item_metadata.tree
     return {jax.tree_util.keystr(path): np.dtype(m.dtype)

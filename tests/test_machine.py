@@ -47,3 +47,18 @@ def test_isa_flag_changes_rounding():
     assert row is not None, out
     if machine.describe()["isa"].get("avx"):   # only a machine with AVX has something to lose
         assert float(row[1]) > 0 and float(row[2]) > 0, out
+
+
+class FakeDevice:
+    def __init__(self, platform, **attrs):
+        self.platform = platform
+        self.__dict__.update(attrs)
+
+
+def test_bf16_is_fast_on_tpus_and_ampere_or_later_gpus():
+    assert machine.bf16_is_fast(FakeDevice("tpu"))
+    for capability, fast in (("7.5", False), ("7.0", False), ("6.0", False), ("8.0", True),
+                             ("8.9", True), ("9.0", True), ("10.0", True), ("12.1", True)):
+        assert machine.bf16_is_fast(FakeDevice("gpu", compute_capability=capability)) == fast
+    assert machine.bf16_is_fast(FakeDevice("gpu"))   # no capability to read: assumed yes
+    assert not machine.bf16_is_fast(jax.devices()[0])   # this CPU

@@ -72,6 +72,7 @@ def test_notebook_runs_on_cpu(tmp_path, kernel_env):
     assert "CPU demo setting:" in text and "resnet14 -> resnet8" in text and "bfloat16" in text
     assert "Drive: about " in text
     assert "measured " in text and "images/s: 2 epochs of 768 images take about" in text
+    assert os.listdir(tmp_path / "persist" / "jax_cache")   # compiled steps kept on "Drive"
     assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs)
 
     run_dir = tmp_path / "runs" / "sd_dkd_small"
@@ -139,3 +140,62 @@ def test_placeholder_repo_url_stops_before_installing(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: REPO_URL is still the placeholder "), proc.stderr
     assert "set it in this cell to the kd_jax repository" in last
+
+
+def cell_with(marker: str) -> str:
+    (source,) = [c.source for c in code_cells(nbformat.read(NOTEBOOK, as_version=4))
+                 if marker in c.source]
+    return source
+
+
+class FakeDevice:
+    platform = "gpu"
+
+    def __init__(self, capability):
+        self.compute_capability = capability
+
+
+@pytest.mark.parametrize("capability,dtype", [("7.5", "float32"), ("8.0", "bfloat16")])
+def test_gpus_without_bf16_tensor_cores_compute_in_float32(capability, dtype, monkeypatch):
+    """The parameters cell on a T4 (7.5) and an A100 (8.0), its JAX faked."""
+    import types
+    fake_jax = types.SimpleNamespace(devices=lambda: [FakeDevice(capability)],
+                                     device_count=lambda: 1)
+    monkeypatch.delenv("KD_JAX_CPU_DEMO", raising=False)
+    namespace = {"BACKEND": "gpu", "DEVICE_KINDS": ["a GPU"], "jax": fake_jax, "os": os}
+    exec(cell_with("COMPUTE_DTYPE ="), namespace)
+    assert namespace["COMPUTE_DTYPE"] == dtype
+
+
+def test_the_teacher_is_fetched_on_the_cpu_into_drive_once(tmp_path):
+    """The teacher cell on an accelerator: the fetch (and a .pth's conversion) run in a child
+    with JAX_PLATFORMS=cpu, into Drive's teachers/; once there, nothing runs."""
+    import types
+    calls = []
+
+    def run(args, **kwargs):
+        calls.append((args, kwargs.get("env", {}).get("JAX_PLATFORMS")))
+        os.makedirs(args[-1] if "convert" in args else os.path.join(args[-3], args[-1]))
+        return subprocess.CompletedProcess(args, 0)
+
+    def execute(teacher_pth=""):
+        config = types.SimpleNamespace(teacher=types.SimpleNamespace(checkpoint=None))
+        namespace = {"ACCELERATOR": True, "TEACHER_PTH": teacher_pth, "TEACHER": "resnet32x4",
+                     "TEACHERS_DIR": str(tmp_path / "drive" / "teachers"), "student_config": config,
+                     "subprocess": types.SimpleNamespace(run=run), "sys": sys, "os": os,
+                     "importlib": __import__("importlib")}
+        exec(cell_with("def on_cpu"), namespace)
+        return config.teacher.checkpoint
+
+    teacher_dir = str(tmp_path / "drive" / "teachers" / "resnet32x4")
+    assert execute() == teacher_dir
+    (args, platforms), = calls
+    assert args[1:] == ["-m", "kd_jax.teachers", "--dir", str(tmp_path / "drive" / "teachers"),
+                        "fetch", "resnet32x4"] and platforms == "cpu"
+    with open(os.path.join(teacher_dir, "teacher.json"), "w") as fh:
+        fh.write("{}")
+    assert execute() == teacher_dir and len(calls) == 1     # on Drive: not fetched again
+    os.remove(os.path.join(teacher_dir, "teacher.json"))
+    os.rmdir(teacher_dir)
+    assert execute("uploaded.pth") == teacher_dir
+    assert calls[-1][0][2:4] == ["kd_jax.convert", "--arch"] and calls[-1][1] == "cpu"

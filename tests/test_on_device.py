@@ -8,7 +8,8 @@ tests/test_data.py checks against a per-example torchvision-style reference:
   slice of the global batch);
 - a run on the device path equals a run on the host path to 1e-6 (losses, every state leaf),
   in lockstep (two students, one gather shared), across an epoch end;
-- k steps per call (with a shorter last call of each epoch) equal k = 1.
+- k steps per call (the last call of each epoch padded to k and masked) equal k = 1 bit
+  for bit, state and log records, and compile the train step once per run segment.
 """
 
 import json
@@ -197,8 +198,13 @@ def tiny_config(on, k, lockstep=False, total_steps=0):
     return c
 
 
-def run(config, workdir):
-    summary, state = trainer.train(config, str(workdir))
+def run(config, workdir, train_step_compiles=1):
+    """(summary, state leaves, train records) of a run that compiles its train step (the
+    on-device path's multi_step) `train_step_compiles` times."""
+    with kd_jax.testing.compiled_programs() as names:
+        summary, state = trainer.train(config, str(workdir))
+    if config.dataset.on_device:
+        assert names.count("jit(multi_step)") == train_step_compiles, names
     records = []
     for root, _, files in sorted(os.walk(workdir)):
         if "metrics.jsonl" in files:
@@ -229,32 +235,41 @@ def test_device_path_equals_host_path_in_lockstep(tmp_path):
     assert_leaves_close(dev, host, 1e-6)
 
 
+def assert_leaves_equal(a, b):
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("log_every", [1, 2])
 def test_k_steps_per_call_equal_one(tmp_path, log_every):
-    """k = 3 over 5-step epochs (calls of 3 and 2 steps): the same state, and the same log
-    records (their steps, and the mean over the same steps), fetched at the calls' ends."""
+    """k = 3 over 5-step epochs (calls of 3 and 2 steps, the last padded to 3 and masked),
+    2 epochs: ONE compile of the train step, the state of k = 1 bit for bit, and the same
+    log records (their steps, and the mean over the same steps, bit for bit), fetched at
+    the calls' ends."""
     configs = [tiny_config(True, k) for k in (1, 3)]
     for c in configs:
         c.log_every_steps = log_every
     s1, one, one_log = run(configs[0], tmp_path / "k1")
     s3, three, three_log = run(configs[1], tmp_path / "k3")
-    assert_leaves_close(three, one, 1e-6)
+    assert_leaves_equal(three, one)
     assert s3["last_top1"] == s1["last_top1"] and s3["steps"] == 10
     steps = {1: list(range(1, 11)), 2: [2, 4, 5, 6, 8, 10]}[log_every]
     assert [r["step"] for _, r in one_log] == [r["step"] for _, r in three_log] == steps
     for (_, a), (_, b) in zip(one_log, three_log):
-        for key in ("loss", "top1", "ce", "lr"):
-            np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
+        for key in ("loss", "top1", "ce", "lr", "grad_norm"):
+            assert b[key] == a[key], key
 
 
 def test_k_steps_stop_at_total_steps_and_resume(tmp_path):
-    """total_steps=4 (mid-epoch, with k = 3: calls of 3 and 1), then resume to the end."""
+    """total_steps=4 (mid-epoch, with k = 3: calls of 3 and 1), then resume to the end
+    (calls of 1, 3 and 2): one compile per segment, the state of k = 1 bit for bit."""
     _, full, _ = run(tiny_config(True, 1), tmp_path / "full")
     s, _, _ = run(tiny_config(True, 3, total_steps=4), tmp_path / "split")
     assert s["steps"] == 4
     s, resumed, _ = run(tiny_config(True, 3), tmp_path / "split")
     assert s["steps"] == 10 and len(s["segments"]) == 2
-    assert_leaves_close(resumed, full, 1e-6)
+    assert_leaves_equal(resumed, full)
 
 
 def test_non_finite_loss_names_the_step_inside_a_call(tmp_path, monkeypatch):
@@ -330,7 +345,8 @@ def test_device_batch_equals_host_batch_two_processes(tmp_path):
 
 def test_rolled_and_unrolled_calls_equal_single_steps():
     """The rolled lax.scan (accelerators) and the unrolled one (CPU) of make_multi_train_step
-    give the state and per-step metrics of 3 calls of make_train_step on the host's batches."""
+    give the state and per-step metrics of 3 calls of make_train_step on the host's batches,
+    and with live=2 the state of 2 calls (the third step masked)."""
     from flax import nnx
 
     from kd_jax.train import step as step_lib
@@ -350,22 +366,25 @@ def test_rolled_and_unrolled_calls_equal_single_steps():
     lr, epoch = np.float32(0.01), np.int32(1)
     copy = lambda: jax.tree.map(lambda x: x.copy(), built.state)  # noqa: E731  (donated)
 
-    state, metrics = copy(), []
+    state, metrics, after = copy(), [], []
     for batch in list(ds.train_batches(1, 8, 0))[:3]:
         state, m = built.train_step(state, built.teacher_state,
                                     data.to_global_array(batch, NamedSharding(mesh, P("data"))),
                                     lr, epoch)
         metrics.append(m)
-    want = [np.asarray(x) for x in jax.tree.leaves(state)]
+        after.append([np.asarray(x) for x in jax.tree.leaves(state)])
+    want = after[-1]
     want_loss = [float(m["student"]["loss"]) for m in metrics]
     for unroll in (False, True):
         multi = step_lib.make_multi_train_step(students, teacher_graphdef, tx, mesh,
                                                on_device.train_batch, unroll=unroll)
-        got, m = multi(copy(), built.teacher_state, train_set, draws, lr, epoch)
+        got, m = multi(copy(), built.teacher_state, train_set, draws, np.int32(3), lr, epoch)
         assert m["student"]["loss"].shape == (3,)
         np.testing.assert_allclose(np.asarray(m["student"]["loss"]), want_loss, rtol=0,
                                    atol=1e-6)
         assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(got)], want, 1e-6)
+        two, _ = multi(copy(), built.teacher_state, train_set, draws, np.int32(2), lr, epoch)
+        assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(two)], after[1], 1e-6)
 
 
 def test_uint8_host_batches_are_finished_in_the_step():

@@ -462,7 +462,7 @@ class SmallNet(nnx.Module):
         self.conv2 = layers.conv(width, 2 * width, 3, stride=2, padding=1, rngs=rngs,
                                  dtype=dtype)
         self.bn2 = layers.BatchNorm(2 * width, dtype=dtype)
-        self.fc = layers.linear(2 * width, num_classes, rngs=rngs, dtype=dtype)
+        self.fc = layers.linear(2 * width, num_classes, rngs=rngs)   # float32 head
 
     @property
     def head(self):

@@ -2,7 +2,7 @@
 for 4 steps per epoch, 10 steps, logging every 3 steps, evaluating every 2 epochs and
 checkpointing every epoch: they do not depend on the steps per dispatch."""
 
-from kd_jax.train.actions import Schedule
+from kd_jax.train.actions import CheckpointTimer, Schedule
 
 SCHEDULE = Schedule(steps_per_epoch=4, total_steps=10, log_every_steps=3, eval_every_epochs=2,
                     checkpoint_every_epochs=1)
@@ -51,3 +51,29 @@ def test_a_requested_stop_logs_and_checkpoints_without_evaluating():
 def test_epoch_of_a_step():
     # The epoch of the step after `step`, or of `step` itself at an epoch end.
     assert [SCHEDULE.epoch(t) for t in (0, 1, 3, 4, 5, 8, 9)] == [1, 1, 1, 1, 2, 2, 3]
+
+
+def test_checkpoints_by_time_at_sync_points_and_none_by_epochs():
+    """checkpoint_every_epochs=0 and a timer that has run out: a checkpoint at the sync
+    points the timer says (the caller passes the timer only there), at the end and at stops."""
+    schedule = Schedule(steps_per_epoch=4, total_steps=10, log_every_steps=3,
+                        eval_every_epochs=2, checkpoint_every_epochs=0,
+                        checkpoint_every_minutes=5.0)
+    saves = [end for end in range(1, 11)
+             if schedule.due(end, 1, stop_requested=end == 7,
+                             checkpoint_time=end in (3, 6)).checkpoint]
+    assert saves == [3, 6, 7, 10]   # two timed, the stop, the end; no epoch end
+
+
+def test_checkpoint_timer():
+    now = [100.0]
+    timer = CheckpointTimer(2.0, clock=lambda: now[0])
+    assert not timer.due()
+    now[0] += 119.0
+    assert not timer.due()
+    now[0] += 1.0
+    assert timer.due()
+    timer.restart()
+    assert not timer.due()
+    now[0] += 1e6
+    assert not CheckpointTimer(0.0, clock=lambda: now[0]).due()   # 0: never

@@ -2,7 +2,9 @@
 localhost) at a random train step, during an evaluation or during a save. Both processes
 must stop at the same step, save it together and exit through the real command line with
 the documented line and code 143 (a hang fails the test through its timeout); 2 new
-processes then resume and end with the parameters of an uninterrupted run.
+processes then resume and end with the parameters of an uninterrupted run, the checkpoint
+timer (checkpoint_every_minutes) running out in one of them only: both save at every sync
+point (the timer is agreed like a stop).
 
 The processes run `python -m kd_jax.main` on a config file written here; the config file
 itself installs the signal hook in the process whose environment asks for it
@@ -39,7 +41,7 @@ CONFIG = textwrap.dedent("""
     jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
     import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
     from kd_jax import data, recipes
-    from kd_jax.train import checkpoint
+    from kd_jax.train import checkpoint, setup
 
     def _install_hook(spec):
         kind, n = spec.split(":")
@@ -53,11 +55,20 @@ CONFIG = textwrap.dedent("""
                     term()
             checkpoint.Checkpointer.save = save
             return
-        real_get_dataset = data.get_dataset
         evals = [0]
+        if kind == "eval":   # whether the test set is on the devices or comes from the host
+            real_eval_sums = setup.Setup.eval_sums
+            def eval_sums(self, students):
+                evals[0] += 1
+                if evals[0] == n:
+                    term()
+                return real_eval_sums(self, students)
+            setup.Setup.eval_sums = eval_sums
+            return
+        real_get_dataset = data.get_dataset
         def get_dataset(*args, **kwargs):
             ds = real_get_dataset(*args, **kwargs)
-            real_train, real_eval = ds.train_batches, ds.eval_batches
+            real_train = ds.train_batches
             real_draws = getattr(ds, "train_draws", None)
             def hooked(real):
                 # train_batches (host path) and train_draws (on-device path) alike.
@@ -70,13 +81,7 @@ CONFIG = textwrap.dedent("""
             train_batches = hooked(real_train)
             if real_draws is not None:
                 ds.train_draws = hooked(real_draws)
-            def eval_batches(batch_size):
-                evals[0] += 1
-                for i, batch in enumerate(real_eval(batch_size)):
-                    if kind == "eval" and evals[0] == n and i == 0:
-                        term()
-                    yield batch
-            ds.train_batches, ds.eval_batches = train_batches, eval_batches
+            ds.train_batches = train_batches
             return ds
         data.get_dataset = get_dataset
 
@@ -93,6 +98,9 @@ CONFIG = textwrap.dedent("""
         c.log_every_steps, c.tensorboard, c.progress_bar = 2, False, False
         c.export_model = False
         c.multihost = os.environ.get("KD_TEST_MULTIHOST") == "1"
+        # Each process's own checkpoint timer (the clocks of several hosts differ).
+        c.checkpoint_every_minutes = float(os.environ.get("KD_TEST_MINUTES", "0"))
+        c.keep_checkpoints = 20
         return c
 """).format(spe=STEPS_PER_EPOCH, epochs=EPOCHS)
 
@@ -103,13 +111,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(config, workdir, *, devices=1, process=None, port=None, signal_spec=None):
+def start(config, workdir, *, devices=1, process=None, port=None, signal_spec=None,
+          minutes=None):
     env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-                "KD_TEST_SIGNAL", "KD_TEST_MULTIHOST"):
+                "KD_TEST_SIGNAL", "KD_TEST_MULTIHOST", "KD_TEST_MINUTES"):
         env.pop(key, None)
+    if minutes is not None:
+        env["KD_TEST_MINUTES"] = str(minutes)
     if process is not None:
         env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(process), KD_TEST_MULTIHOST="1")
@@ -167,6 +178,7 @@ def setup(tmp_path_factory):
 
 # Sync points (log_every_steps=2, 3 steps per epoch): steps 2, 3, 4, 6, 8, 9. Each signal
 # below has a later sync point, where both processes stop.
+SYNC_POINTS = (2, 3, 4, 6, 8, 9)
 SCENARIOS = {
     "train": lambda rng: f"train:{rng.randint(1, 7)}",
     "eval": lambda rng: f"eval:{rng.randint(1, 2)}",     # the evaluations of epochs 1, 2
@@ -196,11 +208,19 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, setup, whe
     from kd_jax.train.checkpoint import Checkpointer
     assert Checkpointer(str(wd)).latest_step() == stopped_at[0]
 
+    # The resumed run: process 1's checkpoint timer runs out at once (1e-9 minutes), process
+    # 0's never: both save together at every sync point after the stop (no hang).
     port = free_port()
-    results = wait_all([start(config, wd, process=i, port=port) for i in range(2)])
+    results = wait_all([start(config, wd, process=i, port=port, minutes=[0, 1e-9][i])
+                        for i in range(2)])
     for i, (code, stderr) in enumerate(results):
         assert code == 0, f"resume after {spec}, process {i}: {stderr[-3000:]}"
+    saved = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
+    epoch_ends = range(STEPS_PER_EPOCH, TOTAL + 1, STEPS_PER_EPOCH)
+    assert saved == sorted({t for t in epoch_ends if t < stopped_at[0]} | {stopped_at[0]}
+                           | {t for t in SYNC_POINTS if t > stopped_at[0]}), (spec, saved)
     got = final_state(config, wd)
     assert int(got.step) == TOTAL
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
+

@@ -27,7 +27,8 @@ Config keys (the trainer's ``config.dataset`` subtree):
 - ``limit_train`` / ``limit_test`` (int, optional, 0 = all): keep only the first examples.
 - ``on_device`` (bool or None, read by the trainer): None (auto) puts the uint8 train set of
   an in-memory dataset on the devices when it fits ``on_device.DEVICE_BUDGET_BYTES`` and
-  augments it inside the jitted step (kd_jax.data.on_device); False keeps the host path.
+  augments it inside the jitted step (kd_jax.data.on_device), and its uint8 test set too,
+  normalised inside the eval step (kd_jax.data.device_test_set); False keeps the host path.
 - ``input_threads`` (int, imagenet2012 and caltech_birds2011): tf.data's threads per process;
   0 (default): this process's share of the host's cores (kd_jax.data.imagenet.auto_threads).
 - synthetic only: ``num_train``, ``num_test``, ``image_size``, ``num_classes``, optional ``seed``

@@ -155,6 +155,11 @@ class InMemoryDataset(GlobalBatches):
         return self._train_images, self._train_labels
 
     @property
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images (N, H, W, 3), int32 labels (N,)) of the whole test set."""
+        return self._test_images, self._test_labels
+
+    @property
     def augmentation(self) -> tuple[tuple, tuple, int]:
         """(mean, std, pad) of the train transform."""
         return self._mean, self._std, self._pad

@@ -49,10 +49,10 @@ def _stem_7x7(out_channels: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
                        kernel_init=layers.torch_default_kernel_init, dtype=dtype, rngs=rngs)
 
 
-def _default_linear(old: nnx.Linear, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
+def _default_linear(old: nnx.Linear, *, rngs: nnx.Rngs) -> nnx.Linear:
     """nn.Linear(in, out) with PyTorch's default init, shaped like `old`."""
     cin, cout = old.kernel.shape
-    return layers.linear(cin, cout, dtype=dtype, rngs=rngs)
+    return layers.linear(cin, cout, rngs=rngs)
 
 
 def _with_stem_7x7(model: nnx.Module, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -77,7 +77,7 @@ def _register_vgg(name: str) -> None:
     @register(f"cub_{name}")
     def build(num_classes: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
         model = vgg.VGG(config, num_classes, dtype=dtype, rngs=rngs)
-        model.classifier = _default_linear(model.classifier, dtype=dtype, rngs=rngs)
+        model.classifier = _default_linear(model.classifier, rngs=rngs)
         return model
 
     build.__name__ = f"cub_{name}"

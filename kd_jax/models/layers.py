@@ -250,16 +250,28 @@ def conv(
     )
 
 
+# The classifier head's matmul precision: that of SDD's regional logits
+# (kd_jax.losses.sdd.local_logits), so region 0 equals the global logits on every backend.
+HEAD_PRECISION = jax.lax.Precision.HIGHEST
+
+
 def linear(
     in_features: int,
     out_features: int,
     *,
     kernel_init=torch_default_kernel_init,
     bias_init=None,
-    dtype: Dtype = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """nn.Linear(in, out) with PyTorch's default init; kernel is (in, out)."""
+    """nn.Linear(in, out) with PyTorch's default init; kernel is (in, out). The classifier
+    head of every model: (B, in) -> logits (B, out).
+
+    It computes in float32 at HEAD_PRECISION whatever the model's compute dtype: under
+    bfloat16 its input is cast up (exactly) and the logits are a float32 matmul, as SDD's
+    regional logits of the same features and kernel are; a bf16 matmul would round the
+    logits to 8 significant bits before every loss. The head is B x in x out
+    multiply-adds, a negligible part of the step.
+    """
     if bias_init is None:
         bias_init = torch_default_bias_init(in_features)
     return nnx.Linear(
@@ -267,8 +279,9 @@ def linear(
         out_features,
         kernel_init=kernel_init,
         bias_init=bias_init,
-        dtype=dtype,
+        dtype=jnp.float32,
         param_dtype=jnp.float32,
+        precision=HEAD_PRECISION,
         rngs=rngs,
     )
 

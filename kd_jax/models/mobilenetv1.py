@@ -63,7 +63,7 @@ class MobileNetV1(nnx.Module):
             cin = cout
         units.append(None)  # model.14: AvgPool2d(7)
         self.model = nnx.List(units)
-        self.fc = layers.linear(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(cin, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

@@ -112,7 +112,7 @@ class MobileNetV2(nnx.Module):
         self.conv2 = _conv_bn_relu(cin, last, 1, 1, 0, dtype=dtype, rngs=rngs)
         self.classifier = nnx.List([
             layers.linear(last, num_classes, kernel_init=layers.normal_init(0.01),
-                          bias_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs),
+                          bias_init=nnx.initializers.zeros_init(), rngs=rngs),
         ])
 
     @property

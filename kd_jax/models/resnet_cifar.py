@@ -144,7 +144,7 @@ class CifarResNet(nnx.Module):
             stage, in_planes = make_stage(BasicBlock, in_planes, planes, n, stride, dtype=dtype,
                                           rngs=rngs)
             setattr(self, f"layer{index}", stage)
-        self.fc = layers.linear(in_planes, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(in_planes, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

@@ -43,7 +43,7 @@ class CifarResNetLarge(nnx.Module):
             stage, in_planes = make_stage(block, in_planes, planes, n, stride,
                                           shortcut_name="shortcut", dtype=dtype, rngs=rngs)
             setattr(self, f"layer{index}", stage)
-        self.linear = layers.linear(in_planes, num_classes, dtype=dtype, rngs=rngs)
+        self.linear = layers.linear(in_planes, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

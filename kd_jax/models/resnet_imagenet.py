@@ -47,7 +47,7 @@ class ResNet(nnx.Module):
                                          dtype=dtype, rngs=rngs)
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = layers.linear(inplanes, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.linear(inplanes, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

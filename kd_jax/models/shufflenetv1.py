@@ -97,7 +97,7 @@ class ShuffleNetV1(nnx.Module):
                 cin = width
             stages.append(nnx.List(units))
         self.layer1, self.layer2, self.layer3 = stages
-        self.linear = layers.linear(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.linear = layers.linear(cin, num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

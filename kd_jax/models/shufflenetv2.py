@@ -109,7 +109,7 @@ class ShuffleNetV2(nnx.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.conv2 = _conv(cin, out_channels[3], 1, dtype=dtype, rngs=rngs)
         self.bn2 = layers.BatchNorm(out_channels[3], dtype=dtype)
-        self.linear = layers.linear(out_channels[3], num_classes, dtype=dtype, rngs=rngs)
+        self.linear = layers.linear(out_channels[3], num_classes, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

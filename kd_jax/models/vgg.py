@@ -65,7 +65,7 @@ class VGG(nnx.Module):
             in_channels = widths[-1]
         self.classifier = layers.linear(in_channels, num_classes,
                                         kernel_init=layers.normal_init(0.01),
-                                        bias_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+                                        bias_init=nnx.initializers.zeros, rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

@@ -96,7 +96,7 @@ class WideResNet(nnx.Module):
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2, dtype=dtype, rngs=rngs)
         self.bn1 = layers.BatchNorm(widths[3], dtype=dtype)
         self.fc = layers.linear(widths[3], num_classes, bias_init=nnx.initializers.zeros,
-                                dtype=dtype, rngs=rngs)
+                                rngs=rngs)
 
     @property
     def head(self) -> nnx.Linear:

@@ -72,7 +72,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
         clip_grad_norm=0.0,
     ))
     c.batch_size = solver.batch_size   # global, over all devices and hosts.
-    c.eval_batch_size = 0              # 0: same as batch_size.
+    # 0: by platform (CPU: batch_size; GPU/TPU: 1024 for images up to 32x32):
+    # kd_jax.train.platform_defaults.
+    c.eval_batch_size = 0
     c.num_epochs = solver.num_epochs
     c.total_steps = 0       # >0: stop after this many steps in total (smoke runs).
     c.seed = 0              # student init, data order and augmentation.
@@ -87,7 +89,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.steps_per_dispatch = 0
     c.eval_every_epochs = 1
     c.keep_checkpoints = 3
-    c.checkpoint_every_epochs = 1
+    # Checkpoints every N epochs (0: none by epochs) and at the first logging point after M
+    # minutes since the last save (0: none by time); also at the end and at every stop.
+    # None: by platform (CPU: every epoch; GPU/TPU: every 10 minutes):
+    # kd_jax.train.platform_defaults.
+    c.checkpoint_every_epochs = ml_collections.FieldReference(None, field_type=int)
+    c.checkpoint_every_minutes = ml_collections.FieldReference(None, field_type=float)
     c.tensorboard = True
     c.progress_bar = True
     c.export_model = True   # write the final student to <workdir>/final_model (teacher-loadable).

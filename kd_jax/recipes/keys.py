@@ -73,7 +73,8 @@ RUN_KEYS: dict[str, str] = {
                                 "weight decay and momentum, as torch's clip_grad_norm_; 0: "
                                 "off (docs/recipes.md, gradient clipping)",
     "batch_size": "global training batch, over all devices and hosts",
-    "eval_batch_size": "evaluation batch; 0: batch_size",
+    "eval_batch_size": "evaluation batch; 0: by platform (CPU: batch_size; GPU, TPU: 1024 for "
+                       "images up to 32x32) (docs/accelerators.md)",
     "num_epochs": "training epochs",
     "total_steps": "> 0: stop after this many steps in total (smoke runs); 0: num_epochs",
     "seed": "sets the student's initialisation, the data order and the augmentation",
@@ -90,7 +91,10 @@ RUN_KEYS: dict[str, str] = {
     "eval_every_epochs": "evaluate every N epochs (and at the end)",
     "keep_checkpoints": "how many of the latest checkpoints to keep",
     "checkpoint_every_epochs": "save a checkpoint every N epochs (also at the end and on "
-                               "SIGTERM or Ctrl-C)",
+                               "SIGTERM or Ctrl-C); None: by platform (CPU 1, GPU and TPU 0)",
+    "checkpoint_every_minutes": "also save one at the first sync point N minutes after the "
+                                "last; 0: never by time; None: by platform (CPU 0, GPU and "
+                                "TPU 10) (docs/accelerators.md)",
     "tensorboard": "write TensorBoard events to <workdir>/tb",
     "progress_bar": "a tqdm bar on a terminal (plain lines in a log file)",
     "export_model": "write the final student to <workdir>/final_model (loadable as a "

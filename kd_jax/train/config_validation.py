@@ -396,12 +396,20 @@ def _check_optimizer(o) -> None:
 
 
 def _check_loop(config) -> None:
-    """The loop's sizes and periods: positive integers (steps_per_dispatch 0: automatic)."""
+    """The loop's sizes and periods: positive integers (steps_per_dispatch 0: automatic;
+    the checkpoint intervals >= 0, None: by platform)."""
     for key in ("batch_size", "num_epochs", "log_every_steps", "eval_every_epochs",
-                "keep_checkpoints", "checkpoint_every_epochs"):
+                "keep_checkpoints"):
         _int(config, key)
     if "steps_per_dispatch" in config:
         _int(config, "steps_per_dispatch", allow_zero=True)
+    if config.get("checkpoint_every_epochs") is not None:
+        _int(config, "checkpoint_every_epochs", allow_zero=True)
+    minutes = config.get("checkpoint_every_minutes")
+    _require(minutes is None or (isinstance(minutes, (int, float))
+                                 and not isinstance(minutes, bool) and minutes >= 0),
+             f"checkpoint_every_minutes={minutes!r}: expected a number >= 0 (0: none by time; "
+             "None: by platform)")
 
 
 def _check_placement(config, num_devices: int | None) -> None:

@@ -86,6 +86,9 @@ def header(s: Setup, state) -> str:
         f"train set on the devices ({on_device.held_bytes(s.device_train) / 2**20:.1f} MiB "
         f"per device), augmented in the step, {s.steps_per_dispatch} step(s) per call"
         if s.device_train is not None else "augmented on the host"))
+    lines.append(f"  evaluation batch {s.eval_batch_size} ("
+                 + ("test set on the devices" if s.device_test is not None else "from the host")
+                 + "); checkpoints " + checkpoint_policy(s.schedule))
     for st in s.students.values():
         hp = " ".join(f"{k}={v}" for k, v in sorted(st.plan.hparams.items()))
         who = "" if st.plan.name == config_validation.SOLO else f"{st.plan.name}: "
@@ -100,16 +103,26 @@ def header(s: Setup, state) -> str:
     return "\n".join(lines)
 
 
-def per_step(host: list) -> list:
-    """Fetched metrics of dispatches -> one {student: {term: float}} per step: a k-step
-    dispatch's metrics are stacked (every leaf (k,)), a single step's are scalars."""
+def checkpoint_policy(schedule) -> str:
+    """'every 1 epoch(s), at the end and at stops' and the like."""
+    every = []
+    if schedule.checkpoint_every_epochs:
+        every.append(f"every {schedule.checkpoint_every_epochs} epoch(s)")
+    if schedule.checkpoint_every_minutes:
+        every.append(f"every {schedule.checkpoint_every_minutes:g} min")
+    return ", ".join(every + ["at the end and at stops"])
+
+
+def per_step(host: list, live: list) -> list:
+    """Fetched metrics of dispatches -> one {student: {term: float}} per live step: a k-step
+    dispatch's metrics are stacked (every leaf (k,)), of which the first live[i] are steps
+    taken (the rest were masked); a single step's are scalars."""
     steps = []
-    for metrics in host:
-        k = np.shape(jax.tree.leaves(metrics)[0])
-        if not k:
+    for metrics, n in zip(host, live):
+        if not np.shape(jax.tree.leaves(metrics)[0]):
             steps.append(metrics)
         else:
-            steps.extend(jax.tree.map(lambda x, i=i: x[i], metrics) for i in range(k[0]))
+            steps.extend(jax.tree.map(lambda x, i=i: x[i], metrics) for i in range(n))
     return steps
 
 
@@ -119,11 +132,14 @@ class StepMetrics:
 
     def __init__(self):
         self.pending: list = []     # per dispatch; fetched ones are per step
+        self._live: list = []       # the steps taken by each entry of `pending`
         self._checked = 0           # leading entries of `pending` already fetched and checked
         self._t0 = time.perf_counter()   # start of the time the fresh steps took
 
-    def append(self, metrics) -> None:
+    def append(self, metrics, steps: int = 1) -> None:
+        """A dispatch's metrics, of which the first `steps` are steps taken."""
         self.pending.append(metrics)
+        self._live.append(steps)
 
     def restart_timer(self) -> None:
         """After an evaluation or a save: not time the steps took."""
@@ -136,7 +152,7 @@ class StepMetrics:
         multiple. A non-finite loss raises NonFiniteLossError."""
         if not self.pending:
             return
-        host = per_step(jax.device_get(self.pending))
+        host = per_step(jax.device_get(self.pending), self._live)
         first_step = step - len(host) + 1
         epoch = s.schedule.epoch(step)
         finite.check_losses(host, first_step=first_step, epoch=epoch,
@@ -168,5 +184,6 @@ class StepMetrics:
             start = end + 1
         # The steps after the last record stay (fetched and checked) for the next one.
         self.pending = host[start - first_step:]
+        self._live = [1] * len(self.pending)
         self._checked = len(self.pending)
         self._t0 = time.perf_counter()

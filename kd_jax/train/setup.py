@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax import convert, methods, models
-from kd_jax.data import catalog, on_device
-from kd_jax.train import config_validation, finite, inputs, resume
+from kd_jax import convert, data, methods, models
+from kd_jax.data import catalog, device_test_set, on_device
+from kd_jax.train import config_validation, finite, inputs, platform_defaults, resume
 from kd_jax.train.actions import Schedule
 from kd_jax.train.checkpoint import Checkpointer
 from kd_jax.train.config_validation import ConfigError, RunPlan, StudentPlan
@@ -116,9 +117,11 @@ class Built:
     state: Any              # the initial TrainState, replicated
     train_step: Any         # jit(state, teacher_state, batch, lr, epoch) -> (state, metrics)
     eval_step: Any          # jit({name: (params, model_state)}, batch) -> {name: sums}
-    # jit(state, teacher_state, device train set, draws (k, B, 4), lr, epoch)
+    # jit(state, teacher_state, device train set, draws (k, B, 4), live, lr, epoch)
     #   -> (state, metrics stacked (k,)): k steps per call on the on-device path.
     multi_train_step: Any = None
+    # jit({name: (params, model_state)}, device test set, i) -> {name: sums} of batch i.
+    device_eval_step: Any = None
 
 
 def _build_students(config, plan: RunPlan, num_classes: int, teacher, txs: dict, workdir: str):
@@ -173,9 +176,12 @@ def build(config, plan: RunPlan, num_classes: int, workdir: str = "", devices=No
     multi_train_step = make_multi_train_step(
         step_students, teacher_graphdef, None, mesh, on_device.train_batch, dtype,
         unroll=mesh.devices.flat[0].platform == "cpu")
-    eval_step = make_eval_step({n: s.eval_graphdef for n, s in students.items()}, mesh, dtype)
+    eval_graphdefs = {n: s.eval_graphdef for n, s in students.items()}
+    eval_step = make_eval_step(eval_graphdefs, mesh, dtype)
+    device_eval_step = make_eval_step(eval_graphdefs, mesh, dtype, device_test_set.eval_batch)
     state = jax.device_put(init_state(states, config.seed), replicated)
-    return Built(mesh, students, teacher_state, state, train_step, eval_step, multi_train_step)
+    return Built(mesh, students, teacher_state, state, train_step, eval_step, multi_train_step,
+                 device_eval_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +199,11 @@ class Setup:
     batch_sharding: Any         # a host batch's sharding over the mesh ('data')
     ckpt: Checkpointer
     device_train: Any           # on_device.DeviceTrainSet, or None: the host path
+    device_test: Any            # device_test_set.DeviceTestSet (with device_train), or None
     steps_per_dispatch: int     # steps per call on the on-device path (1 on the host path)
-    # (state, batch or draws (k, B, 4), lr, epoch) -> (state, metrics): one dispatch of the
-    # jitted step (k = 1 on the host path; metrics stacked (k,) on the on-device path).
+    # (state, batch or draws (k, B, 4), steps, lr, epoch) -> (state, metrics): one dispatch
+    # of the jitted step, `steps` of it live (the host path: 1; the on-device path: at most
+    # k, the draws padded to k; metrics stacked (k,), the first `steps` meaningful).
     dispatch: Callable
 
     @property
@@ -205,6 +213,15 @@ class Setup:
     @property
     def total_steps(self) -> int:
         return self.schedule.total_steps
+
+    def eval_sums(self, students: dict) -> list:
+        """{name: sums} of every evaluation batch (on the devices), for students {name:
+        (params, model_state)}: from the test set on the devices, or from host batches."""
+        if self.device_test is not None:
+            return [self.built.device_eval_step(students, self.device_test, np.int32(i))
+                    for i in range(self.device_test.num_batches)]
+        return [self.built.eval_step(students, batch) for batch in data.prefetch_to_mesh(
+            self.ds.eval_batches(self.eval_batch_size), self.batch_sharding)]
 
     def check_finite(self, loop: resume.LoopState) -> None:
         """Before every save and export: no NaN or inf anywhere in the state."""
@@ -222,12 +239,12 @@ def _train_steps(config, ds) -> tuple[int, int]:
     return steps_per_epoch, min(total, config.total_steps) if config.total_steps else total
 
 
-def _eval_batch_size(config, ds) -> int:
-    """eval_batch_size (0: batch_size), at most the test set in one batch (padded to the
+def _eval_batch_size(config, ds, platform: str) -> int:
+    """eval_batch_size (0: by platform), at most the test set in one batch (padded to the
     devices): a larger one would only allocate padding (eval_batch_size=1e8: host memory)."""
-    n = jax.device_count()
-    most = -(-ds.info.num_test // n) * n
-    return min(config.eval_batch_size or config.batch_size, most)
+    return platform_defaults.eval_batch_size(
+        config.eval_batch_size, config.batch_size, ds.info.image_shape, platform,
+        ds.info.num_test, jax.device_count())
 
 
 def setup(config, plan: RunPlan, ds, workdir: str) -> tuple[Setup, resume.LoopState]:
@@ -236,29 +253,39 @@ def setup(config, plan: RunPlan, ds, workdir: str) -> tuple[Setup, resume.LoopSt
     steps_per_epoch, total_steps = _train_steps(config, ds)
     b = build(config, plan, ds.info.num_classes, workdir,
               prepare_batch=on_device.host_batch_finisher(ds))
-    schedule = Schedule(steps_per_epoch, total_steps, config.log_every_steps,
-                        config.eval_every_epochs, config.checkpoint_every_epochs)
+    platform = b.mesh.devices.flat[0].platform
+    schedule = Schedule(
+        steps_per_epoch, total_steps, config.log_every_steps, config.eval_every_epochs,
+        platform_defaults.checkpoint_every_epochs(config.get("checkpoint_every_epochs"),
+                                                  platform),
+        platform_defaults.checkpoint_every_minutes(config.get("checkpoint_every_minutes"),
+                                                   platform))
+    eval_batch_size = _eval_batch_size(config, ds, platform)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         loop = resume.restore(ckpt, b.state, names=list(b.students), batch_size=config.batch_size,
                               steps_per_epoch=steps_per_epoch, workdir=workdir)
-        device_train, steps_per_dispatch = None, 1
+        device_train, device_test, steps_per_dispatch = None, None, 1
         if inputs.use_on_device(config, ds):
             device_train = on_device.put_on_mesh(ds, b.mesh)
+            device_test = device_test_set.put_on_mesh(ds, b.mesh, eval_batch_size)
             steps_per_dispatch = on_device.steps_per_dispatch(
-                int(config.get("steps_per_dispatch", 0)), b.mesh.devices.flat[0].platform)
+                int(config.get("steps_per_dispatch", 0)), platform)
     except BaseException:
         ckpt.close()
         raise
     if device_train is None:
-        def dispatch(state, batch, lr, epoch):
+        def dispatch(state, batch, steps, lr, epoch):
+            del steps   # always 1
             return b.train_step(state, b.teacher_state, batch, lr, epoch)
     else:
-        def dispatch(state, draws, lr, epoch):
-            return b.multi_train_step(state, b.teacher_state, device_train, draws, lr, epoch)
+        def dispatch(state, draws, steps, lr, epoch):
+            return b.multi_train_step(state, b.teacher_state, device_train, draws,
+                                      np.int32(steps), lr, epoch)
     s = Setup(config=config, plan=plan, workdir=workdir, ds=ds, built=b, schedule=schedule,
-              batch_size=config.batch_size, eval_batch_size=_eval_batch_size(config, ds),
+              batch_size=config.batch_size, eval_batch_size=eval_batch_size,
               batch_sharding=NamedSharding(b.mesh, P("data")), ckpt=ckpt,
-              device_train=device_train, steps_per_dispatch=steps_per_dispatch,
+              device_train=device_train, device_test=device_test,
+              steps_per_dispatch=steps_per_dispatch,
               dispatch=dispatch)
     return s, loop

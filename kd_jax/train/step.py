@@ -41,11 +41,32 @@ def head_of(model) -> tuple[jax.Array, jax.Array]:
     return model.head.kernel[...], model.head.bias[...]
 
 
-def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """(B,) 1.0 where the label is among the k largest logits (k clipped to K)."""
-    k = min(k, logits.shape[-1])
-    _, top = jax.lax.top_k(logits, k)
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def total_order_key(x: jax.Array) -> jax.Array:
+    """int32 keys (same shape) ordered as the IEEE total order of x as float32, the order
+    lax.top_k sorts by: -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN.
+
+    The float's bits as int32 order non-negative floats already; flipping all but the sign
+    bit of the negative ones reverses their order."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """(B,) 1.0 where the label is among the k largest of logits (B, K): fewer than k
+    classes rank above it (k > K: always).
+
+    Class j ranks above label y when logits[j] > logits[y] in the total order, or they are
+    equal and j < y: lax.top_k's order (ties to the lower index), so this equals
+    ``any(lax.top_k(logits, k)[1] == y)``. Elementwise over (B, K) and a sum over K: a
+    sharded batch is counted where it lies, with no gather and no sort of the batch.
+    """
+    key = total_order_key(logits)
+    classes = jnp.arange(logits.shape[-1])
+    is_label = classes == labels[:, None]                                   # (B, K)
+    label_key = jnp.max(jnp.where(is_label, key, jnp.iinfo(jnp.int32).min), axis=-1,
+                        keepdims=True)                                      # (B, 1)
+    above = (key > label_key) | ((key == label_key) & (classes < labels[:, None]))
+    return (jnp.sum(above, axis=-1) < k).astype(jnp.float32)
 
 
 def teacher_forward(teacher_graphdef, teacher_state, images) -> ModelOutput:
@@ -75,7 +96,7 @@ def _student_update(student: StepStudent, s: StudentState, tx, images, labels,
     tx = student.tx if student.tx is not None else tx
     updates, opt_state = tx.update(grads, opt_state, s.params)
     params = optax.apply_updates(s.params, updates)
-    metrics = {"loss": loss, "top1": jnp.mean(_topk_correct(logits, labels, 1)),
+    metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, labels, 1)),
                "lr": jnp.asarray(lr, jnp.float32),
                # The raw loss gradient's global L2 norm over all trainable parameters, before
                # any clip (> optimizer.clip_grad_norm: the clip bound this step).
@@ -132,14 +153,19 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
                           tx: Optional[optax.GradientTransformation], mesh: Mesh,
                           make_batch: Callable[[Any, jax.Array], dict],
                           compute_dtype: Any = jnp.float32, unroll: bool = False):
-    """jit(multi_step)(state, teacher_state, data, draws, lr, epoch) -> (state, metrics).
+    """jit(multi_step)(state, teacher_state, data, draws, live, lr, epoch) -> (state, metrics).
 
     k train steps in one call: a lax.scan of the `make_train_step` step over draws (k, B, ...)
     (sharded P(None, 'data')), whose step i trains on ``make_batch(data, draws[i])``, a batch
     built inside the program (e.g. kd_jax.data.on_device.train_batch from the train set on
     the devices). The batch is constrained to P('data') as the host path's batches are.
-    metrics: the step's metrics stacked over the k steps (every leaf (k,)). Only the state is
-    donated: `data` stays on the devices for the next call. Each new k compiles once.
+    live: int32 scalar, the steps that train: steps i >= live are masked (the state leaves
+    the step unchanged, bit for bit: a select, not a branch, so no device waits for the
+    host), so a call with fewer steps to take (an epoch's end, a resume, total_steps) pads
+    its draws to the same k and reuses the one compiled program; with k = 1, live is 1.
+    metrics: the step's metrics stacked over the k steps (every leaf (k,)); the masked
+    steps' entries are meaningless and the caller drops them. Only the state is donated:
+    `data` stays on the devices for the next call.
     `unroll`: the k steps as one straight-line program (compile time grows about k-fold);
     measured on XLA's CPU backend, a step inside the rolled loop ran several times slower than
     alone. k = 1 is always a plain call.
@@ -148,43 +174,64 @@ def make_multi_train_step(students: Mapping[str, StepStudent], teacher_graphdef:
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    def multi_step(state: TrainState, teacher_state, data, draws, lr, epoch):
-        def body(state, step_draws):
+    def multi_step(state: TrainState, teacher_state, data, draws, live, lr, epoch):
+        k = draws.shape[0]
+
+        def body(state, xs):
+            step_draws, i = xs
             batch = jax.lax.with_sharding_constraint(make_batch(data, step_draws),
                                                      batch_sharding)
-            return train_step(state, teacher_state, batch, lr, epoch)
+            new_state, metrics = train_step(state, teacher_state, batch, lr, epoch)
+            if k > 1:   # a padded step keeps the state it was given
+                new_state = jax.tree.map(lambda new, old: jnp.where(i < live, new, old),
+                                         new_state, state)
+            return new_state, metrics
 
-        if unroll or draws.shape[0] == 1:
+        steps = jnp.arange(k, dtype=jnp.int32)
+        if unroll or k == 1:
             # A Python loop at trace time: no XLA while loop at all (lax.scan with unroll=True
             # keeps a one-trip loop for k = 1, which XLA's CPU backend also ran slowly).
             per_step = []
-            for i in range(draws.shape[0]):
-                state, metrics = body(state, draws[i])
+            for i in range(k):
+                state, metrics = body(state, (draws[i], steps[i]))
                 per_step.append(metrics)
             return state, jax.tree.map(lambda *m: jnp.stack(m), *per_step)
-        return jax.lax.scan(body, state, draws)
+        return jax.lax.scan(body, state, (draws, steps))
 
     return jax.jit(multi_step, out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def make_eval_step(eval_graphdefs: Mapping[str, Any], mesh: Mesh,
-                   compute_dtype: Any = jnp.float32):
+                   compute_dtype: Any = jnp.float32,
+                   make_batch: Optional[Callable[[Any, jax.Array], dict]] = None):
     """jit(eval_step)(students, batch) -> {name: sums {"top1", "top5", "count"}}.
 
     students: {name: (params, model_state)}. batch carries "mask" (B,) marking real (1) vs
     padding (0) examples, so the full test set is covered with a fixed batch shape.
+    With `make_batch`: jit(eval_step)(students, data, i), whose batch is
+    ``make_batch(data, i)`` built inside the program (e.g. batch i of
+    kd_jax.data.device_test_set.eval_batch from the test set on the devices), constrained
+    to P('data') as the host path's batches are.
     """
+    batch_sharding = NamedSharding(mesh, P("data"))
 
-    def eval_step(students, batch):
+    def sums_of(students, batch):
         images = batch["image"].astype(compute_dtype)
         mask = batch["mask"].astype(jnp.float32)
         sums = {}
         for name, graphdef in eval_graphdefs.items():
             model = nnx.merge(graphdef, *students[name])
             logits, _ = model(images)
-            sums[name] = {"top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
-                          "top5": jnp.sum(_topk_correct(logits, batch["label"], 5) * mask),
+            sums[name] = {"top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+                          "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
                           "count": jnp.sum(mask)}
         return sums
+
+    if make_batch is None:
+        eval_step = sums_of
+    else:
+        def eval_step(students, data, i):
+            batch = jax.lax.with_sharding_constraint(make_batch(data, i), batch_sharding)
+            return sums_of(students, batch)
 
     return jax.jit(eval_step, out_shardings=NamedSharding(mesh, P()))

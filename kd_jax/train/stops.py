@@ -2,8 +2,8 @@
 
     with stop_signals() as stop:            # handlers installed once (nested: reused)
         ...
-        if requested(stop, sync_point):     # at an action point (a dispatch boundary)
-            save and stop
+        stop_now, save_now = requested(stop, sync_point, timer.due())   # at an action point
+        if stop_now: save and stop
     signum = agreed(stop)                   # between seeds / pipeline stages
 
 One process acts on its own flag. With several processes (a TPU pod slice, a SLURM job),
@@ -14,7 +14,9 @@ all-gathered at sync points, steps that are the same in every process (the loggi
 and epoch ends: where the host already waits for the step metrics, so the small all-gather
 adds no pipeline bubble), and every process stops at the first sync point after any of them
 got the signal. A single process reads its flag at every action point and never
-communicates.
+communicates. The same all-gather carries each process's checkpoint timer
+(checkpoint_every_minutes; clocks differ between hosts, and a save is a collective too):
+every process saves at the first sync point where any timer ran out.
 
 The handlers stay installed across the runs of a seeds run or a pipeline (the context is
 re-entrant), so a signal that arrives after a run's last step (during its last evaluation,
@@ -123,25 +125,40 @@ def stop_signals() -> Iterator[StopSignal]:
             signal.signal(sig, handler)
 
 
+def _agree(stop: StopSignal, checkpoint_due: bool) -> tuple[int, bool]:
+    """(the signal that stops every process or 0, whether any process's checkpoint timer ran
+    out): one all-gather of both flags. A collective with several processes: every process
+    must call it at the same point."""
+    if jax.process_count() == 1:
+        return stop.signum, checkpoint_due
+    from jax.experimental import multihost_utils
+    flags = np.asarray(multihost_utils.process_allgather(
+        np.array([stop.signum, checkpoint_due], np.int32))).reshape(-1, 2)
+    nonzero = [int(f) for f in flags[:, 0] if f]
+    if nonzero and not stop.signum:
+        stop.signum = nonzero[0]   # this process stops too, as if it had got the signal
+    return (stop.signum if nonzero else 0), bool(flags[:, 1].any())
+
+
 def agreed(stop: StopSignal) -> int:
     """The signal that stops every process (0: none). A collective with several processes:
     every process must call it at the same point."""
-    if jax.process_count() == 1:
-        return stop.signum
-    from jax.experimental import multihost_utils
-    flags = np.ravel(np.asarray(multihost_utils.process_allgather(np.int32(stop.signum))))
-    nonzero = [int(f) for f in flags if f]
-    if nonzero and not stop.signum:
-        stop.signum = nonzero[0]   # this process stops too, as if it had got the signal
-    return stop.signum if nonzero else 0
+    return _agree(stop, False)[0]
 
 
-def requested(stop: StopSignal, sync_point: bool) -> bool:
-    """Whether the run stops after the step just taken. `sync_point`: a step at which every
-    process calls this (with several processes the flags are agreed only there)."""
+def requested(stop: StopSignal, sync_point: bool, checkpoint_due: bool = False
+              ) -> tuple[bool, bool]:
+    """(whether the run stops, whether a checkpoint is due by time) after the step just
+    taken. `sync_point`: a step at which every process calls this (with several processes
+    the flags are agreed only there; the checkpoint timer, `checkpoint_due` (this process's
+    kd_jax.train.actions.CheckpointTimer), is read only there in every run, so one process
+    or several save at the same kind of point)."""
     if jax.process_count() == 1:
-        return stop.is_set()
-    return sync_point and bool(agreed(stop))
+        return stop.is_set(), sync_point and checkpoint_due
+    if not sync_point:
+        return False, False
+    signum, checkpoint = _agree(stop, checkpoint_due)
+    return bool(signum), checkpoint
 
 
 def check_between_runs(stop: StopSignal, done: str, next_run: str) -> None:

@@ -26,12 +26,11 @@ class Clock:
         self.compiled = False
         self.images = 0
 
-    def after_step(self, metrics, images: int, step: int, compiles: bool = False) -> None:
-        """After a dispatch of `images` training images that ended at `step`. `compiles`: the
-        dispatch compiled a program (its first call, or a new number of steps per call);
-        the caller paused the clock before it, and its images are not counted."""
+    def after_step(self, metrics, images: int, step: int) -> None:
+        """After a dispatch of `images` training images that ended at `step`. The first one
+        compiled the step (every dispatch has the same shapes): its images are not counted."""
         self.segment["last_step"] = step
-        if not self.compiled or compiles:
+        if not self.compiled:
             # Compilation is not training time: time from after it.
             jax.block_until_ready(metrics)
             self.compiled, self._mark = True, time.perf_counter()

@@ -21,15 +21,16 @@ A live run holds its workdir's lock (kd_jax.train.workdir_lock). Stops (SIGTERM,
 are agreed across processes at sync points (kd_jax.train.stops); a damaged newest
 checkpoint is set aside and a failed save is one StorageError line (kd_jax.train.checkpoint).
 
-Resumption: the state (step, every student's parameters, BatchNorm statistics and
-optimizer state, RNG) is checkpointed every `checkpoint_every_epochs`, at the end, and on
-SIGTERM or Ctrl-C (SIGINT; a second Ctrl-C interrupts at once), after which `train` raises
-RunStopped (so a seeds run or a pipeline does not go on to its next run); the same command
-with the same workdir restores the latest checkpoint and continues at the same step with
-the same data order (a function of (seed, epoch, step)), so a killed run ends with the
-parameters of an uninterrupted one. A finished run is not re-run: it says so and prints
-its summary. Each start of a run is a segment; summaries keep the wall and training time
-of every segment (kd_jax.train.timing).
+Resumption: the state (step, every student's parameters, BatchNorm statistics and optimizer
+state, RNG) is checkpointed every `checkpoint_every_epochs` and every
+`checkpoint_every_minutes` (their defaults by platform: kd_jax.train.platform_defaults), at
+the end, and on SIGTERM or Ctrl-C (SIGINT; a second Ctrl-C interrupts at once), after which
+`train` raises RunStopped (so a seeds run or a pipeline does not go on to its next run); the
+same command with the same workdir restores the latest checkpoint and continues at the same
+step with the same data order (a function of (seed, epoch, step)), so a killed run ends with
+the parameters of an uninterrupted one. A finished run is not re-run: it says so and prints
+its summary. Each start of a run is a segment; summaries keep the wall and training time of
+every segment (kd_jax.train.timing).
 
 Non-finite losses: step metrics stay on the device until the next logging point (every
 `log_every_steps`, at epoch ends and before every checkpoint), where they are fetched in
@@ -58,6 +59,7 @@ from kd_jax.train import logs as logs_lib
 from kd_jax.train import setup as setup_lib
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.config_validation import ConfigError
+from kd_jax.train.actions import CheckpointTimer
 from kd_jax.train.exports import BEST_MODEL_DIR, EXPORT_DIRS, FINAL_MODEL_DIR
 from kd_jax.train.finite import NonFiniteLossError
 from kd_jax.train.inputs import use_on_device
@@ -112,20 +114,18 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
                          f"in {s.ckpt.directory}")
             # --- for each dispatch: step, log, evaluate, checkpoint -----------------------
             metrics = logs_lib.StepMetrics()   # on the device until a logging point
-            compiled = set()                   # the dispatch lengths (k) compiled
+            timer = CheckpointTimer(s.schedule.checkpoint_every_minutes)
             with stop.deferred(), contextlib.closing(inputs.dispatches(s, loop.step)) as it:
+                # Every dispatch has the same shapes (kd_jax.train.inputs): the first compiles.
                 for d in it:
-                    compiles = clock.compiled and d.steps not in compiled
-                    if compiles:   # a new call length: keep its compilation out of train time
-                        jax.block_until_ready(metrics.pending)
-                        clock.pause()
-                    loop.state, step_metrics = s.dispatch(loop.state, d.item, d.lr, d.epoch)
-                    compiled.add(d.steps)
+                    loop.state, step_metrics = s.dispatch(loop.state, d.item, d.steps, d.lr,
+                                                          d.epoch)
                     loop.step += d.steps
-                    metrics.append(step_metrics)
-                    clock.after_step(step_metrics, d.steps * s.batch_size, loop.step, compiles)
+                    metrics.append(step_metrics, d.steps)
+                    clock.after_step(step_metrics, d.steps * s.batch_size, loop.step)
                     sync_point = s.schedule.sync_point(loop.step, d.steps)
-                    due = s.schedule.due(loop.step, d.steps, stops.requested(stop, sync_point))
+                    due = s.schedule.due(loop.step, d.steps,
+                                         *stops.requested(stop, sync_point, timer.due()))
                     if due.log:   # first: a non-finite loss stops before any eval or save
                         metrics.flush(s, logs, loop.step, due.log_through)
                     if due.eval or due.checkpoint:
@@ -135,6 +135,7 @@ def _train(config, workdir: str, stop: stops.StopSignal) -> tuple[dict, Any]:
                                 loop.history[name].append(evaluation)
                         if due.checkpoint:
                             _save(s, loop, clock)
+                            timer.restart()
                         clock.resume()
                         metrics.restart_timer()
                     if due.stop:
@@ -155,10 +156,7 @@ def _evaluate(s: setup_lib.Setup, loop: resume.LoopState, logs: logs_lib.Logs) -
     student as best_model/ where it beats all its earlier evaluations. Returns {name:
     {"epoch", "step", "top1", "top5"}} (percent), for the caller to record."""
     students = {n: (st.params["model"], st.model_state) for n, st in loop.state.students.items()}
-    sums = []
-    for batch in data.prefetch_to_mesh(s.ds.eval_batches(s.eval_batch_size), s.batch_sharding):
-        sums.append(s.built.eval_step(students, batch))
-    host = jax.device_get(sums)
+    host = jax.device_get(s.eval_sums(students))
     epoch = s.schedule.epoch(loop.step)
     lr = schedules.learning_rate(s.config.optimizer, s.config.num_epochs, epoch)
     evaluations = {}

@@ -11,7 +11,10 @@ otherwise both resume from the same checkpoint, write the same steps and crash i
 save (or, started a little apart, silently train the same steps twice).
 
 Several processes (multi-host): process 0 takes the lock and every process learns the
-outcome (an all-gather), so all of them refuse together.
+outcome (an all-gather), so all of them refuse together. The guarantee needs a filesystem
+whose locks every host sees: a local disk (one host), or NFS and Filestore, where Linux
+takes flock as a whole-file lock held by the server; object stores are refused
+(kd_jax.train.workdir_storage).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Iterator, Optional
 
 import jax
 import numpy as np
+
+from kd_jax.train import workdir_storage
 
 LOCK_FILE = "kd_jax.lock"
 
@@ -76,7 +81,9 @@ def _acquire(path: str) -> int:
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
     """Holds the workdir's lock for the block (creating workdir; removed again on exit if it
-    was created here and is left empty)."""
+    was created here and is left empty). An object-store workdir raises UnsupportedWorkdir
+    first (kd_jax.train.workdir_storage: its flock would not be seen by other hosts)."""
+    workdir_storage.check(workdir)
     workdir = os.path.abspath(workdir)
     created = not os.path.exists(workdir)
     fd, refused = None, None
