@@ -35,6 +35,7 @@ from kd_jax import convert
 from kd_jax.cache import cache_dir
 from kd_jax.convert.converted import META_FILE
 from kd_jax.convert.torch_files import sha256
+from kd_jax.errors import storage_cause
 from kd_jax.teachers import catalog, fetch_command, teachers_dir
 from kd_jax.teachers.download import DownloadError, download
 
@@ -122,6 +123,8 @@ def extract_checkpoint(teacher: catalog.Teacher, path: str, tmp: str) -> tuple[s
                 raise EOFError(f"{found[0].name} is truncated")
             return out, found[0].name
     except (tarfile.TarError, EOFError, OSError) as e:
+        if storage_cause(e):   # writing the extracted file failed, not reading the archive
+            raise
         raise FetchError(f"{path} is not a readable tar archive ({type(e).__name__}: {e}); "
                          "a corrupt or truncated download?") from e
 
@@ -211,6 +214,8 @@ def _reading(teacher: catalog.Teacher, path: str, cached: bool):
         raise FetchError(f"{teacher.name}: {path} is not a {teacher.name} checkpoint: "
                          f"{e}") from e
     except Exception as e:   # torch.load of a file that is no checkpoint
+        if storage_cause(e):   # a full disk or a permission: the download itself is fine
+            raise
         removed = _uncache(path, cached)
         raise FetchError(f"{teacher.name}: {path} is neither a tar archive nor a readable "
                          f"PyTorch checkpoint ({type(e).__name__}: {e})" + removed) from e
