@@ -138,6 +138,8 @@ def exit_now(code) -> NoReturn:
         sys.exit(0)
     sys.stdout.flush()
     sys.stderr.flush()
+    if "jax" in sys.modules:   # what JAX's exit handler does: leave the other processes
+        sys.modules["jax"].distributed.shutdown()   # of a multi-host run in order
     os._exit(code if isinstance(code, int) else 1)
 
 

@@ -725,6 +725,27 @@ builtins_open = builtins.open   # the real one, whatever is patched later
 FILLER = "filler"
 
 
+@contextlib.contextmanager
+def tmpfs(directory: str, size: str, without: str) -> Iterator[str]:
+    """A tmpfs of `size` (e.g. "16m") mounted at `directory` for the block: a real disk a
+    test can fill. Mounting needs root: otherwise the test is skipped, saying so and what
+    runs `without` it."""
+    import subprocess
+
+    import pytest
+
+    os.makedirs(directory, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", directory],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN); {without} still run: "
+                    f"{mount.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", directory], check=True)
+
+
 def fill_disk(mount: str) -> None:
     """Takes every free block of the file system at `mount` (a tmpfs) with mount/filler."""
     free = os.statvfs(mount)

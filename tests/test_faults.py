@@ -187,7 +187,8 @@ def test_a_status_text_alone_is_neither_memory_nor_disk(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory):
-    """The download scenarios' files, served on 127.0.0.1 (URL and md5 in os.environ)."""
+    """The download scenarios' files, served on 127.0.0.1 (URL and md5 in os.environ), and
+    the quickstart's Fashion-MNIST (KD_JAX_FAULTS_IDX)."""
     directory = str(tmp_path_factory.mktemp("served"))
     env = faults.make_downloads(directory)
     saved = {k: os.environ.get(k) for k in (*env, faults.URL_ENV, "KD_JAX_FAULTS_IDX")}
@@ -222,7 +223,7 @@ class Bases:
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory, downloads):
+def bases(tmp_path_factory):
     return Bases(str(tmp_path_factory.mktemp("bases")))
 
 
@@ -279,7 +280,7 @@ def _cases():
 
 @pytest.mark.faults
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_discovery_covers_every_write(scenario, bases, tmp_path):
+def test_discovery_covers_every_write(scenario, bases, downloads, tmp_path):
     """Every operation of the scenario's command, and every file it leaves, belongs to a
     site (or to faults.IGNORED); every site's `fail` and `kill` operations happen."""
     root = bases.copy(scenario, str(tmp_path / "root"))
@@ -313,7 +314,7 @@ def test_discovery_covers_every_write(scenario, bases, tmp_path):
 
 @pytest.mark.parametrize("failure", list(FAILURES))
 @pytest.mark.parametrize("site", [pytest.param(s, marks=m, id=s.name) for s, m in _cases()])
-def test_a_write_that_fails(site, failure, bases, tmp_path, capfd):
+def test_a_write_that_fails(site, failure, bases, downloads, tmp_path, capfd):
     """Injected: the site's operation raises OSError(errno) as the kernel would. One line,
     exit 2 (or the command goes on, as the site says), nothing finished lost; the same
     command then finishes."""
@@ -341,7 +342,7 @@ def test_a_write_that_fails(site, failure, bases, tmp_path, capfd):
 
 
 @pytest.mark.parametrize("site", [pytest.param(s, marks=m, id=s.name) for s, m in _cases()])
-def test_a_kill_right_at_a_write(site, bases, tmp_path):
+def test_a_kill_right_at_a_write(site, bases, downloads, tmp_path):
     """A subprocess runs the command and sends itself SIGKILL at the site's `kill`
     operation: nothing finished is lost, and the same command then finishes."""
     root = bases.copy(site.scenario, str(tmp_path / "root"))
@@ -360,15 +361,9 @@ def test_a_kill_right_at_a_write(site, bases, tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB tmpfs at tmp_path/disk: a real disk that a case can fill."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the injected full disks of "
-                    f"the matrix still run: {mount.stderr.strip()}")
-    yield str(disk)
-    subprocess.run(["umount", str(disk)], check=True)
+    with faults.tmpfs(str(tmp_path / "disk"), "16m", "the injected full disks of the matrix"
+                      ) as disk:
+        yield disk
 
 
 REAL = {"best_model": (), "checkpoint": (pytest.mark.faults,),

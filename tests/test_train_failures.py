@@ -401,17 +401,13 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs mounted at tmp_path/disk: a real disk that a test can fill."""
-    import subprocess
+    import pathlib
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the patched full-disk "
-                    f"tests above still run: {mount.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    import faults
+
+    with faults.tmpfs(str(tmp_path / "disk"), "4m", "the patched full-disk tests above"
+                      ) as disk:
+        yield pathlib.Path(disk)
 
 
 def test_a_really_full_disk_at_a_save_is_one_line_and_the_run_goes_on_after(small_disk):
