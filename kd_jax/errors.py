@@ -72,11 +72,13 @@ class Cause:
 
 
 def _chain(error: Optional[BaseException]) -> Iterator[BaseException]:
+    """`error` and the errors it was raised from or during (not past a `raise ... from
+    None`, whose message replaces what it hides)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def storage_cause(error: Optional[BaseException]) -> Optional[Cause]:

@@ -709,10 +709,7 @@ class Interceptor:
         if _importable("matplotlib"):
             from matplotlib import figure
             self._patch(figure.Figure, "savefig",
-                        lambda real: lambda fig, fname, *a, **k: (
-                            self._hook(Op("savefig", os.path.abspath(os.fsdecode(fname))))
-                            if isinstance(fname, (str, os.PathLike)) else None,
-                            real(fig, fname, *a, **k))[1])
+                        lambda real: self._saving(real, "savefig"))   # (figure, path)
         return self
 
     def __exit__(self, *exc) -> None:
