@@ -47,7 +47,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import sys
@@ -62,7 +61,6 @@ DOC = os.path.join(REPO, "docs", "troubleshooting.md")
 MARKERS = ("<!-- failure-table -->", "<!-- /failure-table -->")
 
 FAILURES = {"ENOSPC": errno.ENOSPC, "EACCES": errno.EACCES, "EROFS": errno.EROFS}
-KILL = "SIGKILL"
 
 
 # --- the write sites ----------------------------------------------------------------------------
