@@ -36,7 +36,6 @@ _CAUSES = {
     errno_lib.EROFS: ("read-only", "make {where} writable (or use another directory)"),
     errno_lib.EIO: ("input/output error", "check the disk of {where}"),
 }
-STORAGE_ERRNOS = tuple(_CAUSES)
 # The errno as libraries re-raise it in a message: Python's OSError repr (orbax) and
 # tensorstore's status payload; each followed or preceded by the path where they give one.
 _PY_ERRNO = re.compile(r"\[Errno (\d+)\] [^:\n]*(?:: '([^'\n]*)')?")
