@@ -20,10 +20,11 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 from typing import Iterator, Optional, Sequence
 
 from absl import flags
+
+from kd_jax.errors import exit_with_error, one_line  # noqa: F401  (the CLI's error line)
 
 PROG = "python -m kd_jax.main"
 # The shipped config files (package data: in the wheel too). `--config NAME.py[:ARG]` picks one
@@ -61,10 +62,6 @@ def override_key(arg: str) -> Optional[str]:
     """'--config.optimizer.lr=0.1' -> 'optimizer.lr'; None for any other argument."""
     match = _OVERRIDE.match(arg)
     return match.group(1) if match else None
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def parse(argv: Sequence[str]) -> Args:
@@ -364,7 +361,3 @@ def _holds_files(directory: str) -> bool:
             return True
     return False
 
-
-def exit_with_error(message, code: int = 2) -> None:
-    print(f"kd_jax: error: {one_line(message)}", file=sys.stderr, flush=True)
-    sys.exit(code)

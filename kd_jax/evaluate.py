@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from kd_jax import convert, data, models, teachers
+from kd_jax import convert, data, errors, models, teachers
 from kd_jax.convert.converted import META_FILE
 from kd_jax.train.step import topk_correct
 
@@ -55,6 +55,11 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
             path = teachers.published_path(path)
         except FileNotFoundError as e:
             raise ModelError(str(e)) from None
+    if arch and arch not in models.names():
+        raise ModelError(f"--arch {arch!r}: unknown model; known models: "
+                         f"{', '.join(models.names())}")
+    if num_classes is not None and num_classes < 1:
+        raise ModelError(f"--num-classes {num_classes}: expected an integer >= 1")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, META_FILE)):
             inside = [d for d in RUN_MODEL_DIRS if os.path.isdir(os.path.join(path, d))]
@@ -62,8 +67,8 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
             hint = (f"; it is a run directory: pass {runs}"
                     if inside else " (write one with python -m kd_jax.convert)")
             raise ModelError(f"{path} holds no {META_FILE}: not a converted model{hint}")
-        meta = convert.read_meta(path)
         try:
+            meta = convert.read_meta(path)
             model = convert.load_converted(path, arch=arch, num_classes=num_classes, dtype=dtype)
         except convert.ConversionError as e:
             raise ModelError(str(e)) from None
@@ -196,33 +201,33 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+@errors.command()   # a read or write that fails for a storage cause: one line, exit 2
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.batch_size < 1 or args.limit < 0:
-        print("error: --batch-size must be >= 1 and --limit >= 0", file=sys.stderr)
-        return 2
+        return errors.report("--batch-size must be >= 1 and --limit >= 0")
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    if not os.path.exists(args.model) and args.model in _published_names():
-        try:
-            args.model = teachers.published_path(args.model)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    meta = {}
-    if os.path.isdir(args.model) and os.path.isfile(os.path.join(args.model, META_FILE)):
-        meta = convert.read_meta(args.model)
-    name = args.dataset or meta.get("dataset")
-    allowed = data.catalog.allowed_names()
-    if not name:
-        print(f"error: pass --dataset (one of {allowed})", file=sys.stderr)
-        return 2
-    try:
-        data.catalog.check_name(name)
-    except ValueError:
-        print(f"error: --dataset {name!r}; allowed: {allowed}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     try:
+        if not os.path.exists(args.model) and args.model in _published_names():
+            try:
+                args.model = teachers.published_path(args.model)
+            except FileNotFoundError as e:
+                raise ModelError(str(e)) from None
+        meta = {}
+        if os.path.isdir(args.model) and os.path.isfile(os.path.join(args.model, META_FILE)):
+            try:
+                meta = convert.read_meta(args.model)
+            except convert.ConversionError as e:
+                raise ModelError(str(e)) from None
+        name = args.dataset or meta.get("dataset")
+        allowed = data.catalog.allowed_names()
+        if not name:
+            raise ModelError(f"pass --dataset (one of {allowed})")
+        try:
+            data.catalog.check_name(name)
+        except ValueError:
+            raise ModelError(f"--dataset {name!r}; allowed: {allowed}") from None
         register_model_file(args.model, args.model_file)
         ds = None
         if data.catalog.is_own(name):   # classes from the data: read it first
@@ -235,13 +240,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if ds is None:
             ds = data.get_dataset(dataset_config(name, desc["num_classes"], args.data_dir,
                                                  args.limit))
+        if ds.info.num_classes != desc["num_classes"]:
+            raise ModelError(f"{args.model} has {desc['num_classes']} outputs but {name} has "
+                             f"{ds.info.num_classes} classes")
     except (ModelError, data.DataNotFoundError, data.DataFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if ds.info.num_classes != desc["num_classes"]:
-        print(f"error: {args.model} has {desc['num_classes']} outputs but {name} has "
-              f"{ds.info.num_classes} classes", file=sys.stderr)
-        return 1
+        return errors.report(e)
     result = evaluate(model, ds, args.batch_size, progress=not args.json, desc=name)
     record = {"model": desc["path"], "arch": desc["arch"], "dataset": name,
               "num_test": result["count"], "top1": result["top1"], "top5": result["top5"],
@@ -256,4 +259,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_now(main())

@@ -13,19 +13,21 @@ imagenet_*):
 --to torch: a plain state_dict in torch.save's zip layout (the tensors only, loadable with
 torch.load's default weights_only=True), written by kd_jax.convert.pth: PyTorch is not
 needed. --to npz: the same keys and arrays in a numpy .npz. The file is written beside OUT
-and renamed into place.
+and renamed into place. A mistake (an unknown --arch, a broken teacher.json, OUT a directory
+or under a file) or a failed write (disk full, no permission, read-only) ends in one
+`kd_jax: error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Optional
 
 import numpy as np
 from flax import nnx
 
+from kd_jax import errors
 from kd_jax.convert import pth
 from kd_jax.convert.mapping import flax_to_torch
 
@@ -47,6 +49,9 @@ def export(model: nnx.Module, out: str, fmt: str = "torch") -> dict[str, np.ndar
             with open(tmp, "wb") as f:   # a file object: np.savez would append ".npz" to a name
                 np.savez(f, **state_dict)
         os.replace(tmp, out)
+    except OSError as e:
+        e.filename = e.filename or tmp   # a buffered write's error names no file
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -69,23 +74,39 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+class OutputError(ValueError):
+    """OUT cannot be written there (a directory, under a file, already there)."""
+
+
+def check_output(out: str, overwrite: bool) -> None:
+    """Raises OutputError, before any model is loaded, if `out` is a directory, lies under a
+    regular file, or exists without `overwrite`."""
+    if os.path.isdir(out):
+        raise OutputError(f"{out} is a directory; give the file to write, e.g. "
+                          f"{os.path.join(out, 'model.pth')}")
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{out} exists (pass --overwrite to replace it)")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot write {out}: {parent} is a file, not a directory")
+
+
+@errors.command()   # a full disk, no permission, a read-only OUT: one line, exit 2
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     fmt, out = args.to
     if fmt not in FORMATS:
-        print(f"error: --to {fmt}: allowed formats: {', '.join(FORMATS)}", file=sys.stderr)
-        return 2
-    if os.path.exists(out) and not args.overwrite:
-        print(f"error: {out} exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 1
+        return errors.report(f"--to {fmt}: allowed formats: {', '.join(FORMATS)}")
     from kd_jax import evaluate   # model loading: directories, .pth, teacher names
     try:
+        check_output(out, args.overwrite)
         evaluate.register_model_file(args.model, args.model_file)
         model, desc = evaluate.load_model(args.model, args.arch, args.num_classes)
         state_dict = export(model, out, fmt)
-    except (evaluate.ModelError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (OutputError, evaluate.ModelError, ImportError) as e:
+        return errors.report(e)
     n = sum(int(np.size(v)) for k, v in state_dict.items() if not k.endswith("num_batches_tracked"))
     print(f"wrote {out}: {desc['arch']} (num_classes={desc['num_classes']}) as the reference "
           f"state_dict, {len(state_dict)} entries, {n} values ({fmt})")
@@ -93,4 +114,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_now(main())

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 from absl import flags, logging
 
 from kd_jax import cli   # importing kd_jax first sets the C++ logging environment
+from kd_jax import errors
 from kd_jax.cache import cache_dir
 
 # Compiled steps persist across runs (a resumed run, the next seed, a rerun): no recompile.
@@ -76,7 +77,8 @@ def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
     the signal would (130, 143); out of memory in one line naming the batch sizes of the
     config being trained (`config_of()`)."""
     from kd_jax.data.base import DataFileError, DataNotFoundError
-    from kd_jax.train.checkpoint import DamagedCheckpointError, StorageError
+    from kd_jax.errors import StorageError
+    from kd_jax.train.checkpoint import DamagedCheckpointError
     from kd_jax.train.config_validation import ConfigError
     from kd_jax.train.finite import NonFiniteError
     from kd_jax.train.summary import BrokenJSONError
@@ -89,12 +91,17 @@ def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
     except (cli.UsageError, ConfigError, DataNotFoundError, DataFileError, NonFiniteError,
             StorageError, DamagedCheckpointError, WorkdirInUse, UnsupportedWorkdir,
             BrokenJSONError) as e:
-        # Expected failures: one clear message, no traceback (the message names the fix).
-        cli.exit_with_error(e)
+        # Expected failures: one clear message, no traceback (the message names the fix);
+        # one caused by the storage (a download to a full disk) says so.
+        cli.exit_with_error(errors.message(e, then=_RESUMES) or e)
     except RunStopped as e:
         # SIGTERM or Ctrl-C: the step is saved; exit as the signal would (130, 143).
         cli.exit_with_error(f"stopped by {e}", code=128 + e.signum)
-    except Exception as e:   # noqa: BLE001  re-raised unless a Ctrl-C or out of memory
+    except Exception as e:   # noqa: BLE001  re-raised unless storage, out of memory, Ctrl-C
+        # A full disk, by the errno in the chain: before out of memory (the same status).
+        storage = errors.message(e, then=_RESUMES)
+        if storage is not None:
+            cli.exit_with_error(storage)
         if _out_of_memory(e):
             cli.exit_with_error(_oom_message(config_of(), e), code=1)
         if not _caused_by_ctrl_c(e):
@@ -105,15 +112,21 @@ def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
         cli.exit_with_error(_INTERRUPTED, code=130)
 
 
+_RESUMES = "run the same command: it goes on from the last checkpoint"
 _INTERRUPTED = ("interrupted; the same command (same --workdir) resumes from the last "
                 "checkpoint, if one was saved")
 
 
 def _out_of_memory(error: BaseException) -> bool:
-    """XLA's RESOURCE_EXHAUSTED (device memory) or a host MemoryError, anywhere in the chain."""
+    """A host MemoryError, or XLA's own runtime error with the status RESOURCE_EXHAUSTED
+    (device memory), anywhere in the chain. By the error's type, not its text alone:
+    tensorstore reports a full disk with the same status (errors.storage_cause tells it)."""
+    import jax
+
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]:
+        if isinstance(error, MemoryError) or (isinstance(error, jax.errors.JaxRuntimeError)
+                                              and "RESOURCE_EXHAUSTED" in str(error)[:2000]):
             return True
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -158,4 +171,7 @@ def _caused_by_ctrl_c(error: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        errors.exit_now(e.code)

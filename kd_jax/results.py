@@ -16,6 +16,7 @@ import io
 import os
 import sys
 
+from kd_jax import errors
 from kd_jax.train import summary as summary_lib
 from kd_jax.train.seeds import format_mean_std, stats
 from kd_jax.train.summary import format_or_dash
@@ -74,6 +75,7 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+@errors.command()   # a table that cannot be written: one line, exit 2
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kd_jax.results", description=__doc__.split("\n\n")[0],
@@ -94,13 +96,18 @@ def main(argv=None) -> int:
         print(f"note: not finished (stopped, or seeds missing): {', '.join(unfinished)}; "
               "their numbers are those reached so far", file=sys.stderr)
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(table + "\n")
+        _write(args.markdown, table + "\n")
     if args.csv:
-        with open(args.csv, "w", encoding="utf-8", newline="") as fh:
-            fh.write(to_csv(rows))
+        _write(args.csv, to_csv(rows))
     return 0
 
 
+def _write(path: str, text: str) -> None:
+    """`text` to `path` (its directory created), atomically: an earlier table stays whole
+    if the write fails."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    summary_lib.write_text(path, text)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_now(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -86,9 +87,9 @@ def test_export_command_on_a_final_model(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     tmodel = torch_models.create("resnet8", 10)
     tmodel.load_state_dict(torch.load(out, weights_only=True), strict=True)
-    assert export.main([final, "--to", "torch", out]) == 1
-    assert "exists (pass --overwrite" in capsys.readouterr().err
-    assert export.main([str(tmp_path / "run"), "--to", "npz", str(tmp_path / "x.npz")]) == 1
+    assert export.main([final, "--to", "torch", out]) == 2
+    assert capsys.readouterr().err == f"kd_jax: error: {out} exists (pass --overwrite to replace it)\n"
+    assert export.main([str(tmp_path / "run"), "--to", "npz", str(tmp_path / "x.npz")]) == 2
     assert (f"it is a run directory: pass {final}") in capsys.readouterr().err
     assert export.main([final, "--to", "onnx", str(tmp_path / "x.onnx")]) == 2
 
@@ -144,8 +145,84 @@ def test_evaluate_on_fashion_mnist_and_errors(tmp_path, capsys):
                           "(200 images): top-1 ")
     assert evaluate.main([path, "--dataset", "cifar100x"]) == 2
     assert "--dataset 'cifar100x'; allowed:" in capsys.readouterr().err
-    assert evaluate.main([path + ".pth", "--dataset", "synthetic"]) == 1
+    assert evaluate.main([path + ".pth", "--dataset", "synthetic"]) == 2
     assert "no such file or directory" in capsys.readouterr().err
     # No --dataset and none recorded in teacher.json.
     assert evaluate.main([path]) == 2
     assert "pass --dataset" in capsys.readouterr().err
+
+
+# --- bad input: one `kd_jax: error:` line, exit 2 -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A converted resnet8 (10 classes), its .pth, a directory whose teacher.json is cut
+    short, and a regular file."""
+    d = tmp_path_factory.mktemp("inputs")
+    model = random_flax_model("resnet8", 10)
+    convert.save_converted(model, str(d / "model"), {"arch": "resnet8", "num_classes": 10})
+    export.export(model, str(d / "model.pth"), "torch")
+    convert.save_converted(model, str(d / "broken"), {"arch": "resnet8", "num_classes": 10})
+    (d / "broken" / "teacher.json").write_text('{"arch": "resnet8", "num_cl')
+    (d / "file").write_text("a regular file")
+    return d
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kd_jax: error: "), err
+    return lines[0].removeprefix("kd_jax: error: ")
+
+
+@pytest.mark.parametrize("case", ["unknown arch", "broken teacher.json", "wrong classes .pth",
+                                  "wrong classes dir", "OUT under a file", "OUT a directory"])
+def test_export_bad_input_is_one_line(inputs, tmp_path, capsys, case):
+    d, out = inputs, str(tmp_path / "out.pth")
+    argv, expected = {
+        "unknown arch": ([str(d / "model.pth"), "--arch", "nosuch", "--num-classes", "10"],
+                         r"--arch 'nosuch': unknown model; known models: .*resnet8.*"),
+        "broken teacher.json": ([str(d / "broken")],
+                                rf"{d}/broken/teacher.json: not valid JSON \(.*\); the file is "
+                                r"truncated or damaged"),
+        "wrong classes .pth": ([str(d / "model.pth"), "--arch", "resnet8", "--num-classes", "7"],
+                               r"checkpoint fc.weight has 10 classes but num_classes=7"),
+        "wrong classes dir": ([str(d / "model"), "--num-classes", "7"],
+                              rf"{d}/model holds a converted resnet8 with num_classes=10, but "
+                              r"num_classes=7 was requested"),
+        "OUT under a file": ([str(d / "model")], None),
+        "OUT a directory": ([str(d / "model")], None),
+    }[case]
+    if case == "OUT under a file":
+        out = str(d / "file" / "sub" / "out.pth")
+        expected = rf"cannot write {out}: {d}/file is a file, not a directory"
+    elif case == "OUT a directory":
+        out, expected = str(tmp_path), rf"{tmp_path} is a directory; give the file to write, .*"
+    assert export.main([*argv, "--to", "torch", out]) == 2
+    assert re.fullmatch(expected, one_error_line(capsys))
+    assert not os.path.exists(os.path.join(tmp_path, "out.pth"))
+
+
+@pytest.mark.parametrize("case", ["unknown arch", "broken teacher.json", "wrong classes .pth",
+                                  "wrong classes dir"])
+def test_evaluate_bad_input_is_one_line(inputs, capsys, case):
+    d = inputs
+    if case == "wrong classes dir":
+        if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+            pytest.skip("needs /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)")
+        convert.save_converted(random_flax_model("resnet8", 7), str(d / "seven"),
+                               {"arch": "resnet8", "num_classes": 7}, overwrite=True)
+    argv, expected = {
+        "unknown arch": ([str(d / "model.pth"), "--arch", "nosuch", "--dataset", "synthetic"],
+                         r"--arch 'nosuch': unknown model; known models: .*"),
+        "broken teacher.json": ([str(d / "broken"), "--dataset", "synthetic"],
+                                rf"{d}/broken/teacher.json: not valid JSON \(.*\); the file is "
+                                r"truncated or damaged"),
+        "wrong classes .pth": ([str(d / "model.pth"), "--arch", "resnet8", "--dataset",
+                                "cifar100"],
+                               r"checkpoint fc.weight has 10 classes but num_classes=100"),
+        "wrong classes dir": ([str(d / "seven"), "--dataset", "fashion_mnist", "--limit", "8"],
+                              rf"{d}/seven has 7 outputs but fashion_mnist has 10 classes"),
+    }[case]
+    assert evaluate.main(argv) == 2
+    assert re.fullmatch(expected, one_error_line(capsys))

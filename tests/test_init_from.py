@@ -67,7 +67,7 @@ def test_init_from_trains(tmp_path):
     assert summary["finished"]
 
 
-@pytest.mark.parametrize("case", ["arch", "classes", "run dir", "missing"])
+@pytest.mark.parametrize("case", ["arch", "classes", "run dir", "missing", "broken json"])
 def test_init_from_errors_before_any_work(tmp_path, case):
     c = tiny_config()
     if case == "arch":
@@ -82,6 +82,12 @@ def test_init_from_errors_before_any_work(tmp_path, case):
         saved_model(str(tmp_path / "run" / "final_model"))
         c.student.init_from = str(tmp_path / "run")
         match = r"no teacher.json in it; it is a run directory: use .*run/final_model"
+    elif case == "broken json":   # a teacher.json cut short: named, no JSONDecodeError
+        saved_model(str(tmp_path / "m"))
+        (tmp_path / "m" / "teacher.json").write_text('{"arch": "tiny_cnn", "num_cl')
+        c.student.init_from, match = str(tmp_path / "m"), (
+            rf"student.init_from='.*m': {tmp_path}/m/teacher.json: not valid JSON \(.*\); the "
+            r"file is truncated or damaged")
     else:
         c.student.init_from, match = str(tmp_path / "nothing"), "no such file or directory"
     with pytest.raises(ConfigError, match=match):

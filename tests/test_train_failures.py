@@ -122,21 +122,23 @@ def test_export_cut_short_by_a_full_disk_is_redone_by_the_rerun(tmp_path, monkey
     from kd_jax.train import summary as summary_lib
     from kd_jax.train.checkpoint import StorageError
 
-    real_export = exports.export_final
+    real_save = exports.convert.save_converted
 
-    def full_disk(s, loop, student):
-        os.makedirs(os.path.join(student.out_dir, trainer.FINAL_MODEL_DIR, "state"
-                                 ".orbax-checkpoint-tmp-1"), exist_ok=True)
+    def full_disk(model, out_dir, meta, overwrite=False):
+        if not out_dir.endswith(f"{trainer.FINAL_MODEL_DIR}.tmp"):   # best_model/: as usual
+            return real_save(model, out_dir, meta, overwrite)
+        os.makedirs(os.path.join(out_dir, "state.orbax-checkpoint-tmp-1"), exist_ok=True)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(exports, "export_final", full_disk)
+    monkeypatch.setattr(exports.convert, "save_converted", full_disk)
     wd = str(tmp_path)
     with pytest.raises(StorageError, match=rf"could not export the model to {wd}/final_model: No space "
-                                           r"left on device; checkpoint step 2 in .* is kept"):
+                                           r"left on device \(disk full\); checkpoint step 2 in "
+                                           r".* is kept"):
         trainer.train(exporting_config(), wd)
     saved = summary_lib.read_json(os.path.join(wd, summary_lib.SUMMARY_FILE))
     assert saved is None or not saved["finished"]
-    monkeypatch.setattr(exports, "export_final", real_export)
+    monkeypatch.undo()
     capsys.readouterr()
     summary, _ = trainer.train(exporting_config(), wd)
     out = capsys.readouterr().out
@@ -387,8 +389,8 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     wd = str(tmp_path)
     with pytest.raises(StorageError, match=rf"could not save checkpoint step 6 in "
-                                           rf"{wd}/checkpoints: No space left on device; "
-                                           r"checkpoint step 3 in .* is kept"):
+                                           rf"{wd}/checkpoints: No space left on device "
+                                           r"\(disk full\); checkpoint step 3 in .* is kept"):
         trainer.train(tiny_config(6), wd)
     monkeypatch.undo()
     assert Checkpointer(wd).latest_step() == 3
@@ -399,17 +401,13 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs mounted at tmp_path/disk: a real disk that a test can fill."""
-    import subprocess
+    import pathlib
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the patched full-disk "
-                    f"tests above still run: {mount.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    import faults
+
+    with faults.tmpfs(str(tmp_path / "disk"), "4m", "the patched full-disk tests above"
+                      ) as disk:
+        yield pathlib.Path(disk)
 
 
 def test_a_really_full_disk_at_a_save_is_one_line_and_the_run_goes_on_after(small_disk):
@@ -425,8 +423,8 @@ def test_a_really_full_disk_at_a_save_is_one_line_and_the_run_goes_on_after(smal
     with open(small_disk / "filler", "wb") as fh:
         fh.write(b"\0" * (free.f_bavail * free.f_frsize - 16 * 1024))
     with pytest.raises(StorageError, match=rf"could not save checkpoint step 6 in "
-                                           rf"{wd}/checkpoints: No space left on device; "
-                                           r"checkpoint step 3 in .* is kept"):
+                                           rf"{wd}/checkpoints: No space left on device "
+                                           r"\(disk full\); checkpoint step 3 in .* is kept"):
         trainer.train(tiny_config(6), wd)
     assert Checkpointer(wd).latest_step() == 3
     os.remove(small_disk / "filler")

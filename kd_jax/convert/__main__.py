@@ -11,6 +11,7 @@ import sys
 import time
 
 import kd_jax.models
+from kd_jax import errors
 from kd_jax.convert.converted import STATE_DIR, save_converted
 from kd_jax.convert.torch_files import read_checkpoint, sha256
 from kd_jax.convert.mapping import ConversionError, torch_to_flax
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@errors.command()   # a full disk, no permission, read-only: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.arch not in kd_jax.models.names():
@@ -75,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_now(main())

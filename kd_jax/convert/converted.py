@@ -73,8 +73,19 @@ def write_meta(path: str, record: dict[str, Any]) -> None:
 
 
 def read_meta(path: str) -> dict[str, Any]:
-    with open(os.path.join(path, META_FILE)) as f:
-        return json.load(f)
+    """`path`/teacher.json; ConversionError naming the file if it is not a JSON object with
+    "arch" and "num_classes" (truncated or damaged)."""
+    meta_path = os.path.join(path, META_FILE)
+    with open(meta_path, "rb") as f:
+        try:
+            meta = json.loads(f.read())
+        except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+            raise ConversionError(f"{meta_path}: not valid JSON ({e}); the file is truncated "
+                                  "or damaged") from None
+    if not isinstance(meta, dict) or not all(k in meta for k in ("arch", "num_classes")):
+        raise ConversionError(f"{meta_path}: expected a JSON object with \"arch\" and "
+                              f"\"num_classes\", got {str(meta)[:80]}")
+    return meta
 
 
 def load_converted(path: str, arch: str | None = None, num_classes: int | None = None,

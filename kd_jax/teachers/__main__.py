@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Iterator, Optional
 
-from kd_jax import teachers
+from kd_jax import errors, teachers
 from kd_jax.convert.converted import META_FILE
 from kd_jax.teachers import catalog
 
@@ -120,6 +120,7 @@ def measure_on_test_set(data_dir: Optional[str], batch_size: int):
     return measure
 
 
+@errors.command()   # a full disk, no permission, read-only: one line, exit 2
 def main(argv=None) -> int:
     args = parse_args(argv)
     directory = getattr(args, "dir", None)
@@ -165,4 +166,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_now(main())

@@ -20,6 +20,8 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from kd_jax.errors import storage_cause
+
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0     # per socket operation: a stalled server fails instead of hanging
 RETRIES = 3
@@ -100,6 +102,8 @@ def download(url: str, dest: str, *, timeout: float = TIMEOUT_S, retries: int = 
                 raise DownloadError(f"{url}: {reason}") from e
             last_error = str(reason)    # dropped mid-way: retry from the partial file
         except (OSError, EOFError, http.client.HTTPException) as e:
+            if storage_cause(e):   # the disk, not the connection: retrying cannot help
+                raise
             # timeouts, connection resets, http.client.IncompleteRead
             last_error = f"{type(e).__name__}: {e}"
         part_size = os.path.getsize(part) if os.path.exists(part) else 0

@@ -44,6 +44,7 @@ from kd_jax.cache import cache_dir
 from kd_jax.convert import pth as pth_files
 from kd_jax.convert.converted import META_FILE, STATE_DIR, write_meta
 from kd_jax.convert.torch_files import sha256
+from kd_jax.errors import storage_cause
 from kd_jax.teachers import catalog, fetch_command, teachers_dir
 from kd_jax.teachers.download import DownloadError, download
 
@@ -146,6 +147,8 @@ def extract_checkpoint(teacher: catalog.Teacher, path: str, tmp: str) -> tuple[s
                 raise EOFError(f"{found[0].name} is truncated")
             return out, found[0].name
     except (tarfile.TarError, EOFError, OSError) as e:
+        if storage_cause(e):   # writing the extracted file failed, not reading the archive
+            raise
         raise FetchError(f"{path} is not a readable tar archive ({type(e).__name__}: {e}); "
                          "a corrupt or truncated download?") from e
 

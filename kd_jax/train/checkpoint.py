@@ -8,7 +8,7 @@ device count.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import logging
 import os
 import sys
@@ -16,33 +16,8 @@ from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
+from kd_jax.errors import StorageError, cause_in_text, storage_cause  # noqa: F401
 from kd_jax.train.state import abstract_like
-
-
-# The storage failures a user can fix (free space, permissions), by their strerror: orbax
-# writes in other threads and sometimes re-raises them as a plain message.
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
-_STORAGE_TEXTS = tuple(os.strerror(n) for n in _STORAGE_ERRNOS)
-
-
-class StorageError(OSError):
-    """A checkpoint or an export could not be written (disk full, permission, ...)."""
-
-
-def storage_cause(error: BaseException) -> Optional[str]:
-    """The fixable storage cause somewhere in `error`'s chain, e.g. 'No space left on
-    device', or None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-            return os.strerror(error.errno)
-        text = str(error)
-        for cause in _STORAGE_TEXTS:
-            if cause in text:
-                return cause
-        error = error.__cause__ or error.__context__
-    return None
 
 
 class _QuietStorageErrors(logging.Filter):
@@ -57,9 +32,7 @@ class _QuietStorageErrors(logging.Filter):
                                               and orbax not in record.getMessage()):
             return True
         error = record.exc_info[1] if record.exc_info else None
-        text = record.getMessage()
-        return not ((error is not None and storage_cause(error))
-                    or any(cause in text for cause in _STORAGE_TEXTS))
+        return not (storage_cause(error) or cause_in_text(record.getMessage()))
 
 
 logging.getLogger("absl").addFilter(_QuietStorageErrors())
@@ -68,14 +41,15 @@ logging.getLogger("asyncio").addFilter(_QuietStorageErrors())
 
 def raise_if_storage(error: BaseException, what: str, kept_step: Optional[int],
                      directory: str) -> None:
-    """Raises StorageError (one line: what failed, the cause, what is kept) if `error` came
-    from the storage; returns otherwise (the caller re-raises)."""
+    """Raises StorageError (one line: what failed, the cause, what is kept, what to do) if
+    `error` came from the storage; returns otherwise (the caller re-raises)."""
     cause = storage_cause(error)
     if cause is None:
         return
     kept = (f"checkpoint step {kept_step} in {directory} is kept" if kept_step is not None
             else "no checkpoint was saved yet")
-    raise StorageError(f"{what}: {cause}; {kept}. Free space (or fix the permissions) and run "
+    advice = cause.advice(os.path.dirname(directory))
+    raise StorageError(f"{what}: {cause}; {kept}. {advice[0].upper()}{advice[1:]}, then run "
                        "the same command to go on from there") from error
 
 
@@ -226,5 +200,12 @@ class Checkpointer:
     def close(self) -> None:
         try:
             self.wait()
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):   # orbax re-raises the same failure
+                self._manager.close()
+            raise
+        try:
             self._manager.close()
+        except Exception as e:  # noqa: BLE001  the async save's failure, as one line
+            self._raise_save_error(e, self._started)
+            raise

@@ -14,7 +14,6 @@ kd_jax.recipes.build_lockstep_config writes them (kd_jax/configs/cifar_lockstep.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -23,7 +22,8 @@ from typing import Any, Iterator, Mapping
 import jax
 
 from kd_jax import methods, models, teachers
-from kd_jax.convert.converted import META_FILE
+from kd_jax.convert.converted import META_FILE, read_meta
+from kd_jax.convert.mapping import ConversionError
 from kd_jax.data import catalog
 
 RANDOM_TEACHER = "random"   # teacher.checkpoint value for smoke tests and benchmarks only.
@@ -254,8 +254,10 @@ def _check_init_from(config, num_classes: int) -> None:
         _require(False, f"{key}: no {META_FILE} in it" + (
             f"; it is a run directory: use {os.path.join(path, inside[0])}" if inside else
             " (expected a final_model / best_model / converted directory)"))
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        meta = read_meta(path)
+    except ConversionError as e:
+        raise ConfigError(f"{key}: {e}") from None
     if catalog.is_own(config.dataset.name):   # fine-tuning: another head is made anew
         _require(meta.get("arch") == arch,
                  f"{key} holds a {meta.get('arch')}, but student.arch={arch!r}: the "

@@ -89,23 +89,30 @@ def save_model(s: Setup, state, student: Student, dirname: str, evaluation: dict
     <out_dir>/<dirname>, with the accuracy of `evaluation` ({"epoch", "step", "top1",
     "top5"}: an evaluation of THESE weights) in its teacher.json. Written to <dirname>.tmp,
     then renamed into place (process 0), so a kill never leaves a half-written model under
-    the final name."""
+    the final name. A failed write (disk full, permission) is one StorageError line."""
     st = state.students[student.plan.name]
     model = nnx.merge(student.graphdef, jax.device_get(st.params["model"]),
                       jax.device_get(st.model_state))
     model.eval()
-    path = os.path.join(student.out_dir, dirname)
-    # Every process: the orbax save synchronises them all (process 0 writes).
-    convert.save_converted(model, path + ".tmp", {
-        "arch": s.config.student.arch, "num_classes": s.ds.info.num_classes,
-        "weights": dirname, **{k: evaluation[k] for k in ("epoch", "step", "top1", "top5")},
-        "source": "kd_jax.train", **data_record(s)}, overwrite=True)
-    if jax.process_index() == 0:
-        shutil.rmtree(path + ".old", ignore_errors=True)
-        if os.path.exists(path):
-            os.rename(path, path + ".old")
-        os.rename(path + ".tmp", path)
-        shutil.rmtree(path + ".old", ignore_errors=True)
+    path = os.path.normpath(os.path.join(student.out_dir, dirname))
+    try:
+        if jax.process_index() == 0:   # what an earlier export cut short left there
+            clear_partial(path + ".tmp")
+        # Every process: the orbax save synchronises them all (process 0 writes).
+        convert.save_converted(model, path + ".tmp", {
+            "arch": s.config.student.arch, "num_classes": s.ds.info.num_classes,
+            "weights": dirname, **{k: evaluation[k] for k in ("epoch", "step", "top1", "top5")},
+            "source": "kd_jax.train", **data_record(s)}, overwrite=True)
+        if jax.process_index() == 0:
+            shutil.rmtree(path + ".old", ignore_errors=True)
+            if os.path.exists(path):
+                os.rename(path, path + ".old")
+            os.rename(path + ".tmp", path)
+            shutil.rmtree(path + ".old", ignore_errors=True)
+    except Exception as e:  # noqa: BLE001  a storage cause becomes one line, others re-raise
+        raise_if_storage(e, f"could not export the model to {path}", s.ckpt.latest_step(),
+                         s.ckpt.directory)
+        raise
 
 
 def export_final(s: Setup, loop: LoopState, student: Student) -> None:
@@ -134,7 +141,7 @@ def export_dirs(s: Setup) -> list[str]:
 
 def export_all(s: Setup, loop: LoopState, summaries: dict) -> None:
     """Exports every student (the state checked finite first) and records the exported
-    models in its summary; a failed write (disk full, permission) is one StorageError line."""
+    models in its summary."""
     s.check_finite(loop)
     if not s.config.export_model:
         return
@@ -142,12 +149,5 @@ def export_all(s: Setup, loop: LoopState, summaries: dict) -> None:
         for path in export_dirs(s):
             clear_partial(path)
     for name, st in s.students.items():
-        try:
-            # Every process: the orbax save synchronises them all (process 0 writes).
-            export_final(s, loop, st)
-            summaries[name].update(model_records(st.out_dir))
-        except Exception as e:  # noqa: BLE001  an OS cause becomes one line, others re-raise
-            where = os.path.normpath(os.path.join(st.out_dir, FINAL_MODEL_DIR))
-            raise_if_storage(e, f"could not export the model to {where}", loop.step,
-                             s.ckpt.directory)
-            raise
+        export_final(s, loop, st)
+        summaries[name].update(model_records(st.out_dir))

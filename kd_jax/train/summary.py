@@ -148,9 +148,15 @@ def format_lockstep_table(summaries: dict) -> str:
 
 def write_json(path: str, obj: dict) -> str:
     """Writes `obj` atomically (a reader never sees a half-written file)."""
+    return write_text(path, json.dumps(obj, indent=2))
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes `text` to `path` atomically: to path.tmp, then renamed over it, so a failed or
+    killed write leaves the previous file whole."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
     os.replace(tmp, path)
     return path
 
