@@ -61,6 +61,23 @@ def missing_stack_skip(error: BaseException | None) -> tuple[str, int, str] | No
     return frames[-1].filename, frames[-1].lineno, f"Skipped: needs {stack}"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs(stack): the test needs torch or tensorflow without importing it "
+        "itself (kd_jax checks for it first); skipped with the reason 'needs <stack>' where "
+        "that is not installed")
+
+
+def pytest_collection_modifyitems(items):
+    """Applies @pytest.mark.needs("torch") (see pytest_configure)."""
+    for item in items:
+        for mark in item.iter_markers("needs"):
+            for stack in mark.args:
+                assert stack in OPTIONAL_STACKS, f"{item.nodeid}: needs({stack!r})"
+                if importlib.util.find_spec(stack) is None:
+                    item.add_marker(pytest.mark.skip(reason=f"needs {stack}"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_make_collect_report(collector):
     """A test module whose import needs a missing optional stack: one skip, not an error."""

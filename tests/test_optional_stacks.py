@@ -1,7 +1,8 @@
 """tests/conftest.py's skips for a missing optional stack (torch, TensorFlow), which the lean CI
 legs rely on: a test's own import of a stack that is not installed skips it, at module level,
-in a fixture or in the test body, with the reason "needs <stack>"; any other failed import
-fails, and so does the stack's import from code outside tests/ (a library needing it).
+in a fixture or in the test body, with the reason "needs <stack>", and so does the marker
+@pytest.mark.needs(stack); any other failed import fails, and so does the stack's import from
+code outside tests/ (a library needing it).
 
 An inner pytest run loads the real conftest hooks with a stack name that is never installed.
 """
@@ -17,8 +18,10 @@ import importlib.util, os
 spec = importlib.util.spec_from_file_location("kd_jax_conftest", {__file__.replace("test_optional_stacks.py", "conftest.py")!r})
 kd = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kd)
-kd.OPTIONAL_STACKS = ({STACK!r},)
+kd.OPTIONAL_STACKS = ({STACK!r}, "json")  # json: a stack that is installed
 kd.TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+pytest_configure = kd.pytest_configure
+pytest_collection_modifyitems = kd.pytest_collection_modifyitems
 pytest_make_collect_report = kd.pytest_make_collect_report
 pytest_runtest_makereport = kd.pytest_runtest_makereport
 """
@@ -52,6 +55,14 @@ INNER_TESTS = {
 
         def test_library_import_fails():
             helper.load()
+
+        @pytest.mark.needs({STACK!r})
+        def test_marked():
+            raise AssertionError
+
+        @pytest.mark.needs("json")
+        def test_marked_with_an_installed_stack_runs():
+            pass
         """,
     "lib/__init__.py": "",
     "lib/helper.py": f"""
@@ -67,12 +78,13 @@ def test_missing_stack_skips_only_a_tests_own_import(pytester):
         path = pytester.path / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(textwrap.dedent(text))
-    result = pytester.runpytest("-rsf", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, skipped=3, failed=2)
+    result = pytester.runpytest("-rsf", "-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=2, skipped=4, failed=2)
     result.stdout.fnmatch_lines_random([
         f"SKIPPED [[]1] test_module_level.py:2: needs {STACK}",
         f"SKIPPED [[]1] test_inside.py:7: needs {STACK}",   # the fixture's import
         f"SKIPPED [[]1] test_inside.py:10: needs {STACK}",  # the test's import
+        f"SKIPPED [[]1] test_inside.py:24: needs {STACK}",  # the marker
         "FAILED test_inside.py::test_other_missing_module_fails*",
         "FAILED test_inside.py::test_library_import_fails*",
     ])
