@@ -1,0 +1,48 @@
+"""Prints the stack a CI leg resolved, one line: Python, jax, jaxlib, flax, optax, orbax,
+chex, numpy, tfds, and torch / TensorFlow (or "absent").
+
+    python .ci/versions.py [--absent torch,tensorflow]
+
+--absent: exit 1 unless those import names are missing (the lean legs test the core without
+them, so a dependency that pulled one in would hide what they check).
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+
+# (label, distribution names: the first installed one is shown)
+STACK = (("jax", ("jax",)), ("jaxlib", ("jaxlib",)), ("flax", ("flax",)), ("optax", ("optax",)),
+         ("orbax", ("orbax-checkpoint",)), ("chex", ("chex",)), ("numpy", ("numpy",)),
+         ("tfds", ("tensorflow-datasets",)), ("torch", ("torch",)),
+         ("tensorflow", ("tensorflow-cpu", "tensorflow")))
+
+
+def version(dists: tuple[str, ...]) -> str:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "absent"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--absent", default="", help="comma-separated import names")
+    args = parser.parse_args()
+    print(f"python {platform.python_version()}: "
+          + ", ".join(f"{label} {version(dists)}" for label, dists in STACK))
+    present = [m for m in filter(None, args.absent.split(","))
+               if importlib.util.find_spec(m) is not None]
+    if present:
+        print(f"error: {', '.join(present)} installed in a leg that must test without "
+              f"{'it' if len(present) == 1 else 'them'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
