@@ -36,18 +36,30 @@ def read_constraints(path: str) -> tuple[list[str], dict[str, Version]]:
     return extras, pins
 
 
+def project() -> dict:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
 def requirements(python: str, extras: list[str]) -> list[Requirement]:
     """pyproject.toml's requirements that `pip install .[extras]` asks for on `python`."""
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
-        project = tomllib.load(fh)["project"]
-    asked = [(Requirement(r), "") for r in project["dependencies"]]
-    asked += [(Requirement(r), e) for e in extras for r in project["optional-dependencies"][e]]
+    deps = project()
+    asked = [(Requirement(r), "") for r in deps["dependencies"]]
+    asked += [(Requirement(r), e) for e in extras for r in deps["optional-dependencies"][e]]
     return [r for r, extra in asked
             if r.marker is None or r.marker.evaluate({"python_version": python, "extra": extra})]
 
 
-def test_there_is_a_file_per_tested_python():
-    assert [python_of(f) for f in FILES] == ["3.11", "3.12", "3.13"]
+def test_there_is_a_file_per_python_of_the_classifiers():
+    prefix = "Programming Language :: Python :: "
+    classified = [c[len(prefix):] for c in project()["classifiers"] if c.startswith(prefix)]
+    assert [python_of(f) for f in FILES] == classified == ["3.11", "3.12", "3.13"]
+    # .ci/run: the full leg on 3.11, a lean leg (.ci/lean_leg) on each of the others.
+    with open(os.path.join(ROOT, ".ci", "run")) as fh:
+        ci = fh.read()
+    assert "find_python 3.11" in ci
+    assert re.search(r"for version in ([\d. ]+); do\n\s+\.ci/lean_leg", ci).group(1).split() \
+        == classified[1:]
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
