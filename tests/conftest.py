@@ -1,4 +1,6 @@
-"""Shared test settings: the CPU backend, a persistent XLA compilation cache and fast compiles.
+"""Shared test settings: the CPU backend, a persistent XLA compilation cache, fast compiles,
+the skips of tests that need an optional stack (torch, TensorFlow) where it is not installed,
+and the --faults switch of the fault-injection matrix.
 
 The tests run on CPU (JAX_PLATFORMS=cpu), whatever accelerators the machine has: their
 tolerances (the 1e-5 and 1e-6 parity tests) assume float32 arithmetic, which a GPU does not
@@ -6,7 +8,9 @@ give by default (XLA uses TF32 matmuls there). KD_JAX_TEST_PLATFORM=gpu (or tpu,
 runs them on that platform instead, with matmuls at full float32 precision ("highest").
 """
 
+import importlib.util
 import os
+import traceback
 
 TEST_PLATFORM_ENV = "KD_JAX_TEST_PLATFORM"
 TEST_PLATFORM = os.environ.get(TEST_PLATFORM_ENV, "").strip() or "cpu"
@@ -58,10 +62,74 @@ def pytest_addoption(parser):
                      help="run the tests marked faults (the fault-injection matrix)")
 
 
+# The optional stacks. The lean CI legs (Python 3.12 and 3.13 in .ci/run) install neither: a
+# test whose own code imports one that is not installed is skipped, with the reason "needs
+# torch" (or "needs tensorflow") at the line of that import, whether it is at module level, in
+# a fixture or in the test body. New tests get this with no marker; a leg runs everything that
+# does not skip. Only an import written in tests/ counts: kd_jax or a library importing one
+# fails as before (the core needs neither: tests/test_no_tensorflow.py, tests/test_wheel.py).
+OPTIONAL_STACKS = ("torch", "tensorflow")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def missing_stack_skip(error: BaseException | None) -> tuple[str, int, str] | None:
+    """A skip report's (file, line, "Skipped: needs torch") if `error` is a tests/ file's
+    failed import of an optional stack that is not installed, else None."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    stack = error.name.partition(".")[0]
+    if stack not in OPTIONAL_STACKS or importlib.util.find_spec(stack) is not None:
+        return None
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<frozen ")]
+    if not frames or os.path.dirname(os.path.abspath(frames[-1].filename)) != TESTS_DIR:
+        return None
+    return frames[-1].filename, frames[-1].lineno, f"Skipped: needs {stack}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs(stack): the test needs torch or tensorflow without importing it "
+        "itself (kd_jax checks for it first); skipped with the reason 'needs <stack>' where "
+        "that is not installed")
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--faults"):
-        return
-    skip = pytest.mark.skip(reason=FAULTS_REASON)
+    """Applies @pytest.mark.needs("torch") (see pytest_configure), and skips the tests marked
+    faults unless --faults is given."""
+    faults_skip = None if config.getoption("--faults") else pytest.mark.skip(
+        reason=FAULTS_REASON)
     for item in items:
-        if "faults" in item.keywords:
-            item.add_marker(skip)
+        if faults_skip is not None and "faults" in item.keywords:
+            item.add_marker(faults_skip)
+        for mark in item.iter_markers("needs"):
+            for stack in mark.args:
+                assert stack in OPTIONAL_STACKS, f"{item.nodeid}: needs({stack!r})"
+                if importlib.util.find_spec(stack) is None:
+                    item.add_marker(pytest.mark.skip(reason=f"needs {stack}"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_make_collect_report(collector):
+    """A test module whose import needs a missing optional stack: one skip, not an error."""
+    if not isinstance(collector, pytest.Module):
+        return None
+    try:
+        collector.obj  # imports the module; pytest's own hook reuses it
+    except collector.CollectError as error:
+        skip = missing_stack_skip(error.__cause__)
+        if skip:
+            return pytest.CollectReport(collector.nodeid, "skipped", skip, [])
+    except (Exception, pytest.skip.Exception):  # noqa: BLE001
+        pass  # pytest's own hook imports the module again and reports it as usual
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A fixture or test that failed on importing a missing optional stack: skipped."""
+    report = yield
+    skip = report.failed and call.excinfo and missing_stack_skip(call.excinfo.value)
+    if skip:
+        report.outcome, report.longrepr = "skipped", skip
+    return report

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the PyTorch step of the benchmark needs torch")
+torch = pytest.importorskip("torch", reason="needs torch: the PyTorch step of the benchmark")
 
 import jax  # noqa: E402
 

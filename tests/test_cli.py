@@ -107,7 +107,7 @@ def test_missing_teacher_checkpoint_fails_early(tmp_path, monkeypatch):
 
 
 def test_wrong_teacher_checkpoint_names_the_key(tmp_path):
-    torch = pytest.importorskip("torch", reason="writing a .pth needs torch")
+    torch = pytest.importorskip("torch", reason="needs torch: writing a .pth")
     path = os.path.join(str(tmp_path), "wrong.pth")
     torch.save({"fc.weight": torch.zeros(3, 3)}, path)   # not a resnet14
     with pytest.raises(ConfigError, match=r"teacher.checkpoint=.*wrong.pth.*resnet14"):

@@ -155,7 +155,7 @@ def test_missing_cifar100_offline_fails_fast_and_leaves_nothing(tmp_path):
 def test_tensorflow_path_is_quiet_and_cleans_up(tmp_path):
     """Corrupt CUB-200 archives: tfds (and TensorFlow, the [tf] extra) load, tfds fails to
     prepare; no C++ start-up noise, one error line, and tfds's temporary folders are removed."""
-    pytest.importorskip("tensorflow", reason="the tfds path needs the [tf] extra")
+    pytest.importorskip("tensorflow", reason="needs tensorflow: the tfds path ([tf] extra)")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     for name in ("CUB_200_2011.tgz", "segmentations.tgz"):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch", reason="conversion tests compare with PyTorch models")
+torch = pytest.importorskip("torch", reason="needs torch: the oracles are PyTorch models")
 
 import kd_jax.convert as kc  # noqa: E402
 import torch_models  # noqa: E402  (tests/torch_models.py)

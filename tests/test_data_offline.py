@@ -33,6 +33,7 @@ def offline(tmp_path, monkeypatch, no_network):
     return home, no_network
 
 
+@pytest.mark.needs("tensorflow")  # kd_jax names the [tf] extra before the offline checks
 def test_cub_offline_raises_without_download(offline, tmp_path):
     home, connects = offline
     with pytest.raises(data.DataNotFoundError) as error:
@@ -45,6 +46,7 @@ def test_cub_offline_raises_without_download(offline, tmp_path):
     assert os.listdir(home) == []   # no ~/tensorflow_datasets/caltech_birds2011, no downloads/
 
 
+@pytest.mark.needs("tensorflow")  # kd_jax names the [tf] extra before the offline checks
 def test_kd_jax_offline_skips_even_the_probe(offline, monkeypatch, tmp_path):
     _, connects = offline
     monkeypatch.setenv(tfds_io.OFFLINE_ENV, "1")
@@ -55,6 +57,7 @@ def test_kd_jax_offline_skips_even_the_probe(offline, monkeypatch, tmp_path):
     assert connects == [] and os.listdir(data_dir) == []
 
 
+@pytest.mark.needs("tensorflow")  # kd_jax names the [tf] extra before the offline checks
 def test_imagenet_needs_its_manual_files_and_no_network(offline, tmp_path):
     _, connects = offline
     with pytest.raises(data.DataNotFoundError, match=r"ILSVRC2012_img_train\.tar and "
@@ -127,6 +130,9 @@ def test_network_probe(monkeypatch):
         monkeypatch.setenv(tfds_io.OFFLINE_ENV, "1")
         assert not tfds_io.network_reachable("127.0.0.1", port, timeout=2)
     finally:
+        # A probe returns once the handshake is done, maybe before the thread's accept(); a
+        # socket closed while a thread blocks in accept() still listens (Linux): join first.
+        accept.join(timeout=10)
         server.close()
     monkeypatch.delenv(tfds_io.OFFLINE_ENV)
     monkeypatch.delenv("https_proxy")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch", reason="the export oracle is the PyTorch reference model")
+torch = pytest.importorskip("torch", reason="needs torch: the oracle is the reference model")
 
 import torch_models  # noqa: E402  (tests/torch_models.py)
 from kd_jax import convert, data, evaluate, export, models  # noqa: E402

@@ -96,7 +96,7 @@ def test_init_from_errors_before_any_work(tmp_path, case):
 
 
 def test_published_teacher_resolves_and_loads(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch", reason="the published teachers are PyTorch files")
+    torch = pytest.importorskip("torch", reason="needs torch: the teachers are .pth files")
     import torch_models
     monkeypatch.setenv("KD_JAX_TEACHERS", str(tmp_path / "teachers"))
     c = tiny_config("kd")

@@ -388,7 +388,7 @@ def test_objectives_combine_terms_as_the_recipes():
 
 def test_torch_formulas_agree_if_torch_is_available():
     """Secondary check against the reference's torch expressions (numpy is the primary one)."""
-    torch = pytest.importorskip("torch", reason="torch is optional; numpy is the primary reference")
+    torch = pytest.importorskip("torch", reason="needs torch: a second reference after numpy")
     import torch.nn.functional as F
 
     s, t, y = _data(seed=13)

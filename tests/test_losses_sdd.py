@@ -397,7 +397,7 @@ def test_sd_kd_zeroes_a_nan_kl_element_not_the_whole_loss():
     (logit -inf): its KL element is 0 * (-inf - -inf) = NaN in torch's kl_div and here. SDD
     zeroes that ELEMENT before the class sum, so the loss keeps every other element (and its
     gradient): equal to the torch transcription, value and gradient, and not 0."""
-    torch = pytest.importorskip("torch", reason="the reference transcription is torch code")
+    torch = pytest.importorskip("torch", reason="needs torch: the reference is torch code")
     s, t, y = _local(3)
     s, t = s.astype(np.float32), t.astype(np.float32)
     s[1, 2, 3] = -np.inf

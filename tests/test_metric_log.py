@@ -83,7 +83,7 @@ def test_crc32c_known_value():
 def test_tensorboard_events_read_back_by_tensorflow(tmp_path):
     """The event file, written without TensorFlow, read by TensorFlow's own record reader
     (checks every CRC) and parsed as Event protos: the scalars TensorBoard shows."""
-    tf = pytest.importorskip("tensorflow", reason="reading the events back needs the [tf] extra")
+    tf = pytest.importorskip("tensorflow", reason="needs tensorflow: reading the events back")
     log = MetricLog(str(tmp_path), tensorboard=True, progress_bar=False)
     log.write(5, "train", {"loss": 2.5, "lr": np.float32(0.05), "name": "x", "ok": True})
     log.write(7, "eval", {"top1": 61.25, "step_count": -3})

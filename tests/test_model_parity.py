@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch", reason="the parity oracle is a PyTorch model")
+torch = pytest.importorskip("torch", reason="needs torch: the oracle is a PyTorch model")
 
 import kd_jax.convert as kc  # noqa: E402
 import torch_models  # noqa: E402  (tests/torch_models.py)

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - torch is optional
     torch = None
 
 needs_torch = pytest.mark.skipif(torch is None,
-                                 reason="PyTorch is the oracle of this check and is not installed")
+                                 reason="needs torch: PyTorch is the oracle of this check")
 
 DUMP_DIR = Path(__file__).parent / "data" / "torch_state_dicts"
 LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",

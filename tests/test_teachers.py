@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the teachers are PyTorch checkpoints")
+torch = pytest.importorskip("torch", reason="needs torch: the teachers are PyTorch checkpoints")
 
 import torch_models  # noqa: E402  (tests/torch_models.py)
 from kd_jax import convert, teachers  # noqa: E402

@@ -194,7 +194,7 @@ def test_clip_then_sgd_equals_torch(max_norm):
     momentum), float64, over 3 steps with norms above and below 40; 0 = no clip. The clip
     scales by max_norm / (norm + 1e-6) exactly as torch (optax.clip_by_global_norm, without
     the epsilon, differs)."""
-    pytest.importorskip("torch", reason="the reference is torch's clip_grad_norm_")
+    pytest.importorskip("torch", reason="needs torch: the reference is its clip_grad_norm_")
     import jax
     import jax.numpy as jnp
     import ml_collections

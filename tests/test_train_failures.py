@@ -477,6 +477,7 @@ def test_truncated_gz_idx_file_is_one_error_naming_it(tmp_path):
         read_idx(path)
 
 
+@pytest.mark.needs("torch")  # torch.load decides what is not a checkpoint
 def test_convert_of_a_file_that_is_not_a_torch_checkpoint_is_one_line(tmp_path, capsys):
     from kd_jax.convert.__main__ import main
 

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the PyTorch parity test needs torch")
+torch = pytest.importorskip("torch", reason="needs torch: the oracle is the PyTorch trainer")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
