@@ -19,7 +19,7 @@ from flax import nnx
 
 import kd_jax.testing  # noqa: F401  registers tiny_cnn / tiny_cnn_wide
 from kd_jax import data, models, recipes
-from kd_jax.data import device_test_set
+from kd_jax.data import device_test_set, on_device
 from kd_jax.train import config_validation, platform_defaults, trainer
 from kd_jax.train.config_validation import ConfigError
 from kd_jax.train.step import make_eval_step, make_mesh
@@ -93,7 +93,7 @@ def test_device_test_batches_equal_host_batches(optimized):
 
 def test_normalize_table_is_the_host_normalize():
     mean, std, _ = synthetic().augmentation
-    table = device_test_set.normalize_table(mean, std).reshape(3, 256)
+    table = on_device.normalize_table(mean, std).reshape(3, 256)
     levels = np.arange(256, dtype=np.uint8)
     for c in range(3):
         want = data.augment.normalize(np.stack([levels] * 3, -1), mean, std)[:, c]

@@ -92,8 +92,8 @@ def center_crop(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def normalize_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
     """float32 (C,) (scale, shift) with ``(x / 255 - mean) / std == x * scale - shift``.
 
-    The one home of these constants: the host path (`normalize`) and the on-device path
-    (kd_jax.data.on_device) use the same float32 values, so their batches agree to 1 ulp.
+    The one home of these constants: the host path (`normalize`) computes with them, and the
+    on-device path (kd_jax.data.on_device.normalize_table) tabulates what it computes.
     """
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)

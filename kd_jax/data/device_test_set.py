@@ -7,11 +7,9 @@ Here the uint8 images go to the devices once, as rows (num_batches, EB, H*W*C) s
 is expected to pad to 128 lanes), and the eval step of batch i builds its float32 batch
 itself (`eval_batch`):
 
-- normalised by a lookup in a float32 (C, 256) table computed by the host path's own
-  `augment.normalize`, so the images equal the host's bit for bit on every backend
-  (``x * scale - shift`` in the step lets the compiler fuse one multiply-add, as XLA's CPU
-  backend does: `python benchmarks/device_check.py --tiny` printed 128 ulp between the
-  on-device train batch, normalised that way, and numpy's, on an AMD EPYC);
+- normalised as the train set is (kd_jax.data.on_device.normalize: a lookup in a table the
+  host path's own `augment.normalize` computed), so the images equal the host's bit for bit
+  on every backend;
 - the test set is padded to num_batches * EB with zero images, label 0 and mask 0, as the
   host path's last batch.
 
@@ -26,10 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kd_jax.data import augment
 from kd_jax.data.in_memory import InMemoryDataset
-
-LEVELS = 256   # the values of a uint8 pixel
+from kd_jax.data.on_device import normalize, normalize_table
 
 
 @flax.struct.dataclass
@@ -49,14 +45,6 @@ class DeviceTestSet:
     @property
     def batch_size(self) -> int:
         return self.rows.shape[1]
-
-
-def normalize_table(mean, std) -> np.ndarray:
-    """float32 (C * 256,): entry c * 256 + v is augment.normalize of the value v in channel c
-    (the host path's numbers, bit for bit)."""
-    channels = len(mean)
-    levels = np.broadcast_to(np.arange(LEVELS, dtype=np.uint8)[:, None], (LEVELS, channels))
-    return np.ascontiguousarray(augment.normalize(levels, mean, std).T).reshape(-1)
 
 
 def put_on_mesh(ds: InMemoryDataset, mesh: Mesh, batch_size: int) -> DeviceTestSet:
@@ -85,11 +73,8 @@ def put_on_mesh(ds: InMemoryDataset, mesh: Mesh, batch_size: int) -> DeviceTestS
 def eval_batch(test_set: DeviceTestSet, i: jax.Array) -> dict:
     """Batch i (int32 scalar) -> {"image": float32 (EB, H, W, C), "label": int32 (EB,),
     "mask": float32 (EB,) 1 for real images, 0 for the padding}: the host path's batch."""
-    rows = test_set.rows[i]                                              # (EB, H*W*C)
-    channels = test_set.image_shape[-1]
-    channel = jnp.arange(rows.shape[-1], dtype=jnp.int32) % channels    # of each column
-    image = test_set.table[rows.astype(jnp.int32) + LEVELS * channel]
+    image = normalize(test_set.rows[i].reshape((-1,) + test_set.image_shape), test_set.table)
     real = i * test_set.batch_size + jnp.arange(test_set.batch_size) < test_set.count
-    image = jnp.where(real[:, None], image, 0.0)   # padding images are 0, as the host's
-    return {"image": image.reshape((-1,) + test_set.image_shape),
+    image = jnp.where(real[:, None, None, None], image, 0.0)   # padding: 0, as the host's
+    return {"image": image,
             "label": test_set.labels[i], "mask": real.astype(jnp.float32)}

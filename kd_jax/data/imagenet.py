@@ -102,7 +102,7 @@ def to_uint8(image):
 
 def _normalize(image):
     """uint8 -> float32 ``x * scale - shift`` (augment.normalize_affine of the ImageNet
-    statistics: the constants the step uses for the train batches)."""
+    statistics: what the step's table holds for the train batches)."""
     import tensorflow as tf
     scale, shift = augment.normalize_affine(*NORMALIZATION)
     return tf.cast(image, tf.float32) * scale - shift

@@ -10,9 +10,10 @@ from the SAME (seed, epoch, step) numpy streams as the host path (`train_draws`)
 gathers the B rows of its batch from the set, then reshapes, pads, crops, flips and
 normalises that small batch, so:
 
-- the batch a step sees equals the host path's bit for bit on the uint8 geometry, and to
-  1 ulp after normalisation (the same float32 ``x * scale - shift``; XLA may fuse it into one
-  multiply-add where numpy rounds twice);
+- the batch a step sees equals the host path's bit for bit, normalisation included: a uint8
+  value is normalised by looking it up in a float32 table that the host path's own numpy
+  `augment.normalize` computed (`normalize_table`), so no compiler's fusion of
+  ``x * scale - shift`` into one multiply-add (XLA's CPU backend does it) can change a bit;
 - resumption stays exact (draws are a function of (seed, epoch, step) only), and each host
   sends only its own slice of the global batch.
 
@@ -52,6 +53,8 @@ from kd_jax.data.in_memory import InMemoryDataset
 # labels take at most this many bytes per device (replicated), as the device lays them out
 # (`device_bytes`). CIFAR-100: 154 MB on every platform.
 DEVICE_BUDGET_BYTES = 1 << 30
+
+LEVELS = 256   # the values of a uint8 pixel
 
 # TPU tiling (XLA's tiled layout; Pallas TPU docs): the minor dimension of an array is padded
 # to a multiple of 128 lanes and the second-minor to whole (8 sublanes x 32 bits) tiles,
@@ -93,8 +96,7 @@ class DeviceTrainSet:
 
     images: jax.Array     # uint8 (N, H*W*C): one row per image, (H, W, C) row-major
     labels: jax.Array     # int32 (N,)
-    scale: jax.Array      # float32 (C,): 1 / (255 std)
-    shift: jax.Array      # float32 (C,): mean / std
+    table: jax.Array      # float32 (C * 256,): normalize_table(mean, std)
     image_shape: tuple = flax.struct.field(pytree_node=False, default=())   # (H, W, C)
     pad: int = flax.struct.field(pytree_node=False, default=4)
 
@@ -160,9 +162,9 @@ def put_on_mesh(ds: InMemoryDataset, mesh: Mesh) -> DeviceTrainSet:
 
     images, labels = ds.train_arrays
     mean, std, pad = ds.augmentation
-    scale, shift = augment.normalize_affine(mean, std)
     rows = images.reshape(len(images), -1)    # a view: the host keeps one copy
-    return DeviceTrainSet(put(rows), put(labels.astype(np.int32)), put(scale), put(shift),
+    return DeviceTrainSet(put(rows), put(labels.astype(np.int32)),
+                          put(normalize_table(mean, std)),
                           image_shape=tuple(images.shape[1:]), pad=pad)
 
 
@@ -220,30 +222,43 @@ def crop_flip_gather(train_set: DeviceTrainSet, draws: jax.Array) -> jax.Array:
     return pad_crop_flip(gather_images(train_set, draws[:, INDEX]), draws, train_set.pad)
 
 
-def normalize(images: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
-    """uint8 (..., C) -> float32 ``x * scale - shift`` (augment.normalize_affine's (C,)
-    constants: ``(x / 255 - mean) / std``)."""
-    return images.astype(jnp.float32) * scale - shift
+def normalize_table(mean, std) -> np.ndarray:
+    """float32 (C * 256,): entry c * 256 + v is augment.normalize of the value v in channel c,
+    the host path's numbers bit for bit (`normalize` looks pixels up in it)."""
+    channels = len(mean)
+    levels = np.broadcast_to(np.arange(LEVELS, dtype=np.uint8)[:, None], (LEVELS, channels))
+    return np.ascontiguousarray(augment.normalize(levels, mean, std).T).reshape(-1)
+
+
+def normalize(images: jax.Array, table: jax.Array) -> jax.Array:
+    """uint8 (..., C) -> float32 ``(x / 255 - mean) / std``, by lookup in `table`
+    (`normalize_table`): equal to numpy's augment.normalize bit for bit on every backend.
+    Arithmetic in the step would not be: XLA's CPU backend fuses ``x * scale - shift`` into
+    one multiply-add, 128 ulp from numpy's two roundings at worst (benchmarks/device_check.py
+    printed it on an AMD EPYC). The table has 256 C entries; the lookup is one gather of
+    the batch's B H W C elements, small beside a convolution."""
+    channel = jnp.arange(images.shape[-1], dtype=jnp.int32)
+    return table[images.astype(jnp.int32) + LEVELS * channel]
 
 
 def train_batch(train_set: DeviceTrainSet, draws: jax.Array) -> dict:
     """draws int32 (B, 4) -> {"image": float32 (B, H, W, C), "label": int32 (B,)}: the host
     path's CIFAR train transform (pad, crop, flip, normalise) inside the jitted step."""
-    image = normalize(crop_flip_gather(train_set, draws), train_set.scale, train_set.shift)
+    image = normalize(crop_flip_gather(train_set, draws), train_set.table)
     return {"image": image, "label": train_set.labels[draws[:, INDEX]]}
 
 
-def finish_host_batch(batch: dict, scale, shift) -> dict:
+def finish_host_batch(batch: dict, table) -> dict:
     """A host batch of uint8 images -> the step's batch: {"image": uint8 (B, H, W, C),
     "label", optional "flip" (B,) bool, ...} -> "image" float32, mirrored where "flip",
-    normalised with the (C,) constants (augment.normalize_affine); "flip" dropped, the other
-    entries kept. Inside the jitted step (kd_jax.train.step.make_train_step's `prepare`)."""
+    normalised by `table` (`normalize_table`); "flip" dropped, the other entries kept. Inside
+    the jitted step (kd_jax.train.step.make_train_step's `prepare`)."""
     batch = dict(batch)
     image = batch.pop("image")
     flip = batch.pop("flip", None)
     if flip is not None:
         image = jnp.where(flip[:, None, None, None], image[:, :, ::-1], image)
-    return {"image": normalize(image, scale, shift), **batch}
+    return {"image": normalize(image, table), **batch}
 
 
 def host_batch_finisher(ds):
@@ -253,5 +268,4 @@ def host_batch_finisher(ds):
     stats = getattr(ds, "device_normalization", None)
     if stats is None:
         return None
-    scale, shift = augment.normalize_affine(*stats)
-    return functools.partial(finish_host_batch, scale=scale, shift=shift)
+    return functools.partial(finish_host_batch, table=jnp.asarray(normalize_table(*stats)))
