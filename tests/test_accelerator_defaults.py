@@ -156,13 +156,14 @@ def test_checkpoints_by_time_and_the_cpu_header(tmp_path, capsys):
     assert summary["finished"]
     saved = sorted(int(d) for d in os.listdir(tmp_path / "timed" / "checkpoints") if d.isdigit())
     assert saved == [2, 4, 5, 6, 8, 10]
-    # The CPU defaults: evaluation in batches of batch_size, a checkpoint every epoch.
+    # The CPU defaults: the host path, evaluation in batches of batch_size, a checkpoint
+    # every epoch.
     capsys.readouterr()
     c = tiny_config()
     c.keep_checkpoints = 20
     trainer.train(c, str(tmp_path / "default"))
     out = "".join(capsys.readouterr())
-    assert ("evaluation batch 8 (test set on the devices); checkpoints every 1 epoch(s), at "
+    assert ("evaluation batch 8 (from the host); checkpoints every 1 epoch(s), at "
             "the end and at stops") in out
     saved = sorted(int(d) for d in os.listdir(tmp_path / "default" / "checkpoints")
                    if d.isdigit())

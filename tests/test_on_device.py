@@ -160,14 +160,27 @@ def test_auto_steps_per_dispatch():
     assert on_device.steps_per_dispatch(5, "cpu") == 5
 
 
-def test_budget_decides_the_default_path(monkeypatch):
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_budget_decides_the_default_path_on_accelerators(platform, monkeypatch):
     ds = synthetic()
     c = tiny_config(None, 1)
-    assert trainer.use_on_device(c, ds)
-    monkeypatch.setattr(on_device, "DEVICE_BUDGET_BYTES", on_device.train_set_bytes(ds) - 1)
-    assert not trainer.use_on_device(c, ds)
+    assert trainer.use_on_device(c, ds, platform)
+    monkeypatch.setattr(on_device, "DEVICE_BUDGET_BYTES",
+                        on_device.train_set_bytes(ds, platform) - 1)
+    assert not trainer.use_on_device(c, ds, platform)
     c.dataset.on_device = True
-    assert trainer.use_on_device(c, ds)
+    assert trainer.use_on_device(c, ds, platform)
+
+
+def test_the_default_path_on_a_cpu_is_the_host_path():
+    """On a CPU the host path's augmentation overlaps with the step in the prefetch thread;
+    the device path's runs on the step's cores (platform_defaults.on_device). True still
+    forces the device path there."""
+    ds = synthetic()
+    c = tiny_config(None, 1)
+    assert not trainer.use_on_device(c, ds, "cpu")
+    c.dataset.on_device = True
+    assert trainer.use_on_device(c, ds, "cpu")
 
 
 @pytest.mark.parametrize("key,value,match", [

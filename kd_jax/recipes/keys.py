@@ -29,10 +29,11 @@ RUN_KEYS: dict[str, str] = {
                            "dataset)",
     "dataset.limit_train": "> 0: train on the first N training images only; 0: all",
     "dataset.limit_test": "> 0: evaluate on the first N test images only; 0: all",
-    "dataset.on_device": "None: the uint8 train set goes on the devices and is augmented "
-                         "inside the step when held in memory and it fits (CIFAR, "
-                         "Fashion-MNIST, synthetic); False: numpy augmentation on the host; "
-                         "True: force the device path",
+    "dataset.on_device": "None: on a GPU or TPU, the uint8 train and test sets go on the "
+                         "devices and are augmented and normalised inside the step when held "
+                         "in memory and they fit (CIFAR, Fashion-MNIST, synthetic, small own "
+                         "data); on a CPU, the host path (faster there); False: numpy "
+                         "augmentation on the host; True: force the device path",
     "dataset.input_threads": "imagenet2012, caltech_birds2011: tf.data's threads per process; "
                              "0: this process's share of the host's cores",
     "dataset.val_fraction": "own data: the share of each class held out as the test split of a "

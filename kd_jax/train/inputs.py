@@ -20,19 +20,20 @@ import numpy as np
 
 from kd_jax import data
 from kd_jax.data import on_device
-from kd_jax.train import schedules
+from kd_jax.train import platform_defaults, schedules
 from kd_jax.train.config_validation import ConfigError
 
 if TYPE_CHECKING:
     from kd_jax.train.setup import Setup
 
 
-def use_on_device(config, ds) -> bool:
-    """dataset.on_device: None (auto) = an in-memory train set within
-    on_device.DEVICE_BUDGET_BYTES; True where the set cannot go there is an error."""
+def use_on_device(config, ds, platform: str) -> bool:
+    """dataset.on_device: None (auto) = on a GPU or TPU, an in-memory train set within
+    on_device.DEVICE_BUDGET_BYTES; on a CPU, the host path (platform_defaults.on_device);
+    True where the set cannot go there is an error."""
     wanted = config.dataset.get("on_device", None)
     if wanted is None:
-        return on_device.fits(ds)
+        return platform_defaults.on_device(platform) and on_device.fits(ds, platform)
     if wanted and not isinstance(ds, data.InMemoryDataset):
         raise ConfigError(f"dataset.on_device=True, but {ds.info.name} is not held in memory "
                           "as uint8 images of the model's size (its batches come from "

@@ -266,7 +266,7 @@ def setup(config, plan: RunPlan, ds, workdir: str) -> tuple[Setup, resume.LoopSt
         loop = resume.restore(ckpt, b.state, names=list(b.students), batch_size=config.batch_size,
                               steps_per_epoch=steps_per_epoch, workdir=workdir)
         device_train, device_test, steps_per_dispatch = None, None, 1
-        if inputs.use_on_device(config, ds):
+        if inputs.use_on_device(config, ds, platform):
             device_train = on_device.put_on_mesh(ds, b.mesh)
             device_test = device_test_set.put_on_mesh(ds, b.mesh, eval_batch_size)
             steps_per_dispatch = on_device.steps_per_dispatch(
