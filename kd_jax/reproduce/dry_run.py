@@ -74,6 +74,9 @@ def describe(plan: Plan, root: Optional[str], *, measure_steps: int, max_batch: 
             continue
         recorded = runner.read_lockstep(root, group) if root else None
         if measure_steps > 0:
+            log(f"measuring {pair_name(group.pair)} ({len(modes) + 1} of {len(plan.pairs)}): "
+                "compiling its lockstep step, then timing it (minutes on a CPU; --no-measure "
+                "skips this)")
             t0 = time.perf_counter()
             costs[group.pair] = {"lockstep": measure.step_cost(
                 group.lockstep_config, measure_steps, max_batch)}
