@@ -318,9 +318,7 @@ def _load_legacy(f: BinaryIO) -> Any:
     start = f.tell()
     try:
         magic = _Unpickler(f, _no_persistent).load()
-    except UnsafePickleError:   # a pickle naming a dangerous global: said as such
-        raise
-    except Exception:  # noqa: BLE001  whatever bytes that are no pickle make it raise
+    except (pickle.UnpicklingError, EOFError):   # bytes that are no pickle at all
         magic = None
     if magic != MAGIC_NUMBER:
         f.seek(start)
