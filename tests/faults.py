@@ -624,6 +624,8 @@ def run_command(module: str, argv: list) -> int:
     """Runs the command as `python -m MODULE ARGV` would, in this process; its exit status."""
     import importlib
 
+    import kd_jax.testing  # noqa: F401  the scenarios' models and reproduce's tiny table
+
     if module in COMMANDS:
         main = COMMANDS[module]
     else:
@@ -1048,8 +1050,6 @@ def _run_case(mode: str, scenario: str, site_name: str, root: str, arg: str) -> 
     the site failing (MODE fail, ARG the errno name) or killed (MODE kill, ARG the file for
     the record of what was finished); returns the command's exit status."""
     import jax
-
-    import kd_jax.testing  # noqa: F401  tiny_cnn, tiny_cnn_wide: the scenarios' models
 
     jax.config.update("jax_disable_most_optimizations", True)   # as tests/conftest.py
     site = {s.name: s for s in SITES}.get(site_name)
