@@ -130,10 +130,14 @@ def evaluate(model: nnx.Module, ds: data.Dataset, batch_size: int = 256,
 
 def register_model_file(model: str, model_file: Optional[str] = None) -> None:
     """Imports `model_file`, else the model_file recorded in MODEL's teacher.json (a run on a
-    model the user registered), so that its arch can be built. ModelError if it fails."""
+    model the user registered), so that its arch can be built. ModelError if it fails, a
+    broken teacher.json included (export calls this before load_model reads the file)."""
     meta_path = os.path.join(model, META_FILE)
     if not model_file and os.path.isfile(meta_path):
-        model_file = convert.read_meta(model).get("model_file")
+        try:
+            model_file = convert.read_meta(model).get("model_file")
+        except convert.ConversionError as e:
+            raise ModelError(str(e)) from None
     if model_file:
         try:
             models.import_model_file(model_file)

@@ -8,15 +8,18 @@ right at it; every case must end in one `kd_jax: error:` line naming the path an
 
 SITES is the list of write sites; each names the SCENARIOS command that reaches it and the
 operation at which it fails (`fail`) or is killed (`kill`): a regular expression over
-"KIND ROOT-RELATIVE-PATH" (KIND: open, os.open, write, mkdir, rename, replace, torch.save,
-savefig), with `nth` its occurrence. The table of docs/troubleshooting.md is generated from
-SITES (`table()`), so it cannot claim more than tests/test_faults.py tests.
+"KIND ROOT-RELATIVE-PATH" (KIND: open, os.open, write, mkdir, rename, replace, link,
+torch.save, savefig), with `nth` its occurrence. The scenarios are the commands (`python -m
+kd_jax.main`, `.export`, `.convert`, `.teachers`, `.results`, `.reproduce`) and two library
+entry points run as commands would run them (COMMANDS: the notebook's mirror, CUB's cache).
+The table of docs/troubleshooting.md is generated from SITES (`table()`), so it cannot claim
+more than tests/test_faults.py tests.
 
 How writes are seen (`Interceptor`): the Python-level write operations are patched for the
 duration of a command: `open` for writing (builtins, io and tarfile's own; the file object
 is wrapped so that each `write` is an operation too), `os.open` for writing, `os.write` to a
 regular file, `os.mkdir` (os.makedirs and pathlib go through it) of a directory that does
-not exist yet, `os.rename`, `os.replace`, `torch.save` and matplotlib's `savefig`.
+not exist yet, `os.rename`, `os.replace`, `os.link`, `torch.save` and matplotlib's `savefig`.
 Tensorstore (orbax's array writer) writes from C++, below Python: its files are classified
 after the run by walking the root, and its failures are injected at the Python operations
 around it (orbax creates the directory it writes into, and renames it when done; a real
@@ -27,7 +30,9 @@ records what is finished (`finished`: every file's sha256, and the prefix of app
 logs), then raises OSError(errno, strerror, path) as the kernel would: `open` for writing
 first creates (or truncates) the file, since a full disk fails the write after it.
 A kill (`Interceptor(kill=...)`, in a subprocess: `python tests/faults.py run kill ...`)
-writes that record to a file and sends SIGKILL to its own process.
+writes that record to a file and sends SIGKILL to its own process. A finished file counts as
+lost unless its bytes are still at its path, or where the site's `moved` allows (a rotation
+the next command reads from: the mirror's run.tar as run.prev.tar).
 
 Discovery (`test_discovery_covers_every_write`): every operation a scenario performs, and
 every file it leaves, must belong to a site of SITES (or to IGNORED, with the reason), and
@@ -42,6 +47,7 @@ import builtins
 import contextlib
 import dataclasses
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -72,10 +78,14 @@ class Site:
     pattern: the root-relative paths of the site (re.fullmatch); fail / kill: the operation
     ("KIND PATH", re.fullmatch) whose `nth` occurrence (from 1) fails / is killed. sees: the
     error line after `kd_jax: error: `, with placeholders the test turns into a regular
-    expression: ROOT (the scenario's root), NUM (a number), CAUSE (e.g. 'No space left on
+    expression: ROOT (the scenario's root), NUM (a number), HOST and PID (a part file's),
+    PAIR (a reproduction's pair directory), KEY (a cache key), CAUSE (e.g. 'No space left on
     device (disk full)'), STRERROR (e.g. 'No space left on device'), ADVICE (e.g. 'free
     space on the disk of DIR'), ANY (anything);
-    None: the command goes on (`goes_on`, shown in the table instead)."""
+    None: the command goes on (`goes_on`, shown in the table instead). moved: (pattern,
+    regex) pairs: a finished file whose path matches `pattern` is not lost where its bytes
+    are, after the kill, at a path matching re.sub(pattern, regex, path): a rotation the
+    next command undoes or reads from (the mirror's run.tar, kept as run.prev.tar)."""
 
     name: str
     scenario: str
@@ -90,6 +100,7 @@ class Site:
     goes_on: str = ""         # sees=None: what happens instead of an error
     killed: str = "nothing is printed (the process is gone)"
     xfail: str = ""           # a known failure: the reason (strict: fixed, it fails)
+    moved: tuple = ()         # ((pattern, regex), ...): see above
 
     @property
     def kill_op(self) -> str:
@@ -102,6 +113,7 @@ class Site:
 
 RESUMES = "run the same command: it goes on from the last checkpoint"
 RUN = r"run(/teacher|/students(/seed_\d+)?(/[\w.@-]+)?|/seed_\d+)?"   # a run's directory
+PART = r"\.part-[\w.-]+-\d+"   # a part file of kd_jax.data.download.part_path
 KEPT = "checkpoint step NUM in ROOT/run/checkpoints is kept"
 
 SITES = (
@@ -131,6 +143,13 @@ SITES = (
          fail=r"mkdir run/checkpoints/6\.orbax-checkpoint-tmp",
          kill=r"rename run/checkpoints/6\.orbax-checkpoint-tmp",
          sees="could not save checkpoint step 6 in ROOT/run/checkpoints: CAUSE; " + KEPT
+              + ". ADVICE, then run the same command to go on from there",
+         todo="as the line says: the run resumes from the kept checkpoint"),
+    Site("timed_checkpoint", "timed", "a checkpoint by time (`checkpoint_every_minutes`, "
+         "within an epoch)", r"run/checkpoints(/.*)?",
+         fail=r"mkdir run/checkpoints/4\.orbax-checkpoint-tmp",
+         kill=r"rename run/checkpoints/4\.orbax-checkpoint-tmp",
+         sees="could not save checkpoint step 4 in ROOT/run/checkpoints: CAUSE; " + KEPT
               + ". ADVICE, then run the same command to go on from there",
          todo="as the line says: the run resumes from the kept checkpoint"),
     Site("best_model", "train", "`best_model/` (at every better evaluation)",
@@ -180,12 +199,12 @@ SITES = (
          r"run/quickstart_accuracy\.png", fail=r"savefig run/quickstart_accuracy\.png",
          sees="ROOT/run/quickstart_accuracy.png: CAUSE; ADVICE, then " + RESUMES,
          todo="as the line says"),
-    Site("export_output", "export", "`python -m kd_jax.export ... OUT`",
+    Site("export_output", "export", "an export's file (`kd_jax.export ... OUT`)",
          r"out/model\.pth(\.tmp\d+)?",
          fail=r"write out/model\.pth\.tmp\d+", kill=r"replace out/model\.pth\.tmp\d+",
          sees="ROOT/out/model.pth.tmpNUM: CAUSE; ADVICE, then run the same command again",
          todo="as the line says; an earlier OUT is kept until the new one is complete"),
-    Site("converted", "convert", "`python -m kd_jax.convert ... OUT_DIR`",
+    Site("converted", "convert", "a conversion's directory (`kd_jax.convert ... OUT_DIR`)",
          r"converted(/.*)?", fail=r"mkdir converted", kill=r"replace converted/teacher\.json\.tmp",
          sees="ANY: CAUSE; ADVICE, then run the same command again",
          todo="as the line says (with --overwrite after a partial one)"),
@@ -200,25 +219,81 @@ SITES = (
          fail=r"open tmp/tmp\w+/ckpt\.pth",
          sees="ROOT/tmp/ANY/ckpt.pth: CAUSE; ADVICE, then run the same command again",
          todo="as the line says; the cached download is kept"),
+    Site("teacher_record", "teachers", "a teacher's record with the sha256 of its files "
+         "(`teacher.json`, written again once they are hashed)",
+         r"teachers/\.resnet56\.\w+/teacher\.json(\.tmp)?",
+         fail=r"open teachers/\.resnet56\.\w+/teacher\.json\.tmp", nth=2,
+         kill=r"replace teachers/\.resnet56\.\w+/teacher\.json\.tmp", kill_nth=2,
+         sees="ROOT/teachers/.resnet56.ANY/teacher.json.tmp: CAUSE; ADVICE, then run the same "
+              "command again",
+         todo="as the line says; nothing is installed before its record is complete"),
     Site("teacher_install", "teachers", "a teacher's install (`$KD_JAX_TEACHERS`)",
          r"teachers(/.*)?", fail=r"mkdir teachers/\.resnet56\.\w+",
          kill=r"replace teachers/\.resnet56\.\w+",
          sees="ROOT/teachers/.resnet56.ANY: CAUSE; ADVICE, then run the same command again",
          todo="as the line says; nothing half-written is installed"),
-    Site("cifar_download", "cifar", "a CIFAR download (`dataset.data_dir` or the cache)",
-         r"cache(/cifar(/cifar-10-python\.tar\.gz(\.part)?)?)?",
-         fail=r"write cache/cifar/cifar-10-python\.tar\.gz\.part",
-         kill=r"replace cache/cifar/cifar-10-python\.tar\.gz\.part",
-         sees="ROOT/cache/cifar/cifar-10-python.tar.gz.part: CAUSE; ADVICE, then " + RESUMES,
-         todo="as the line says: the download starts again"),
-    Site("mirror", "mirror", "the notebook's mirror (`run.tar` on Drive)",
-         r"mirror(/run\.tar(\.part)?|/run\.json)?", fail=r"write mirror/run\.tar", nth=1,
-         sees="ROOT/mirror/run.tar: CAUSE; ADVICE, then run the same command again",
-         todo="free space on Drive; the run on the VM's disk is complete, pack it again",
-         xfail="run.tar is overwritten in place (kd_jax/train/mirror.py): a failure in the "
-               "copy truncates the previous one; i28-train writes it under a temporary name "
-               "and renames it"),
-    Site("results_tables", "results", "`python -m kd_jax.results --markdown/--csv`",
+    Site("cifar_download", "cifar", "a CIFAR download (`dataset.data_dir` or the cache; a "
+         "part file per host and process)",
+         rf"cache(/cifar(/cifar-10-python\.tar\.gz({PART})?)?)?",
+         fail=rf"write cache/cifar/cifar-10-python\.tar\.gz{PART}",
+         kill=rf"replace cache/cifar/cifar-10-python\.tar\.gz{PART}",
+         sees="ROOT/cache/cifar/cifar-10-python.tar.gz.part-HOST-PID: CAUSE; ADVICE, then "
+              + RESUMES,
+         todo="as the line says: the download starts again (a killed one's part file is "
+              "removed)"),
+    Site("cub_cache", "cub", "CUB's resized cache (`$KD_JAX_CACHE/caltech_birds2011`)",
+         r"cache(/caltech_birds2011(/.*)?)?",
+         # The third open: the one that allocates the memory map (numpy's open_memmap opens
+         # the file twice); a real full disk from there on is SIGBUS unless allocated first.
+         fail=rf"open cache/caltech_birds2011/\w+/train_images\.npy{PART}", nth=3,
+         kill=rf"replace cache/caltech_birds2011/\w+/train_images\.npy{PART}", kill_nth=1,
+         sees="ROOT/cache/caltech_birds2011/KEY/train_images.npy.part-HOST-PID: CAUSE; ADVICE, "
+              "then " + RESUMES,
+         todo="as the line says: the cache is built again (a killed build's part files are "
+              "removed)"),
+    Site("own_cache_lock", "own", "own data's cache lock (`$KD_JAX_CACHE/own_data/*.lock`)",
+         r"cache(/own_data(/[^/]+\.lock)?)?", fail=r"open cache/own_data/[^/]+\.lock",
+         sees=None, goes_on="`kd_jax: note: the decoded dataset could not be cached (...: CAUSE)` "
+                            "and the run goes on (it decodes the images again next time)",
+         todo="nothing (free space or fix the permissions to keep the decoded images)"),
+    Site("own_cache", "own", "own data's decoded cache (`$KD_JAX_CACHE/own_data`)",
+         r"cache(/own_data(/.*)?)?", fail=r"mkdir cache/own_data/[^/]+\.tmp\d+",
+         kill=r"rename cache/own_data/[^/]+\.tmp\d+",
+         sees=None, goes_on="`kd_jax: note: the decoded dataset could not be cached (...: CAUSE)` "
+                            "and the run goes on (it decodes the images again next time)",
+         todo="nothing (free space or fix the permissions to keep the decoded images)"),
+    Site("mirror", "mirror", "the notebook's mirror (`run.tar` on Drive, written as "
+         "`run.tar.part`, then rotated)",
+         r"mirror(/run\.(tar(\.part|\.old)?|prev\.tar|json))?",
+         fail=r"write mirror/run\.tar\.part", kill=r"rename mirror/run\.tar\.part",
+         sees="ROOT/mirror/run.tar.part: CAUSE; ADVICE, then run the same command again",
+         todo="free space on Drive; the run on the VM's disk is complete, pack it again (a "
+              "restore meanwhile takes the newest complete copy)",
+         moved=((r"mirror/run\.tar", r"mirror/run\.(prev\.tar|tar\.old|tar\.part)"),)),
+    Site("reproduce_plan", "reproduce", "a reproduction's `plan.json`",
+         r"run/plan\.json(\.[\w.-]+\.\d+\.tmp)?",
+         fail=r"open run/plan\.json\.[\w.-]+\.\d+\.tmp",
+         kill=r"link run/plan\.json\.[\w.-]+\.\d+\.tmp",
+         sees="ROOT/run/plan.json.HOST.PID.tmp: CAUSE; ADVICE, then " + RESUMES,
+         todo="as the line says"),
+    Site("reproduce_tables", "reproduce", "a reproduction's tables (`DIR/TABLE.md`, `.csv`)",
+         r"run/tiny\.(md|csv)(\.tmp)?", fail=r"open run/tiny\.md\.tmp",
+         kill=r"replace run/tiny\.md\.tmp",
+         sees="ROOT/run/tiny.md.tmp: CAUSE; ADVICE, then " + RESUMES,
+         todo="as the line says: the finished runs are skipped, the tables written again"),
+    Site("reproduce_lockstep", "reproduce", "a pair's `lockstep.json` (its lockstep decision)",
+         r"run/[\w.]+-[\w.]+(/lockstep\.json(\.[\w.-]+\.\d+\.tmp)?)?",
+         fail=r"open run/[\w.-]+/lockstep\.json\.[\w.-]+\.\d+\.tmp",
+         kill=r"link run/[\w.-]+/lockstep\.json\.[\w.-]+\.\d+\.tmp",
+         sees="ROOT/run/PAIR/lockstep.json.HOST.PID.tmp: CAUSE; ADVICE, then " + RESUMES,
+         todo="as the line says"),
+    Site("reproduce_run", "reproduce", "a reproduction's runs (`DIR/PAIR/seed_N/...`, each a "
+         "run's files as above)", r"run/[\w.-]+/seed_\d+(/.*)?",
+         fail=r"mkdir run/[\w.-]+/seed_0",
+         kill=r"rename run/[\w.-]+/seed_0/checkpoints/6\.orbax-checkpoint-tmp",
+         sees="ROOT/run/PAIR/seed_0: CAUSE; ADVICE, then " + RESUMES,
+         todo="as the line says: finished runs are skipped, the others resume"),
+    Site("results_tables", "results", "a results table (`kd_jax.results --markdown/--csv`)",
          r"out/table\.(md|csv)(\.tmp)?", fail=r"open out/table\.md\.tmp",
          kill=r"replace out/table\.md\.tmp",
          sees="ROOT/out/table.md.tmp: CAUSE; ADVICE, then run the same command again",
@@ -226,7 +301,9 @@ SITES = (
 )
 
 # Paths a scenario writes that are no kd_jax write site, each with the reason.
-IGNORED: dict = {}
+IGNORED = {r"tmp(/__autograph_generated_file\w+\.py)?": "TensorFlow's autograph writes the "
+           "functions it converts (CUB's tf.data resize) into $TMPDIR (an anonymous file "
+           "too); a failure there is TensorFlow's"}
 
 # The writes of kd_jax's source (tests/test_faults.py scans for them): the function that
 # writes -> the sites above it serves, or why it has no case.
@@ -238,15 +315,18 @@ WRITERS = {
     "kd_jax/train/metric_log.py:MetricLog.__init__": ("metrics", "tensorboard"),
     "kd_jax/train/metric_log.py:drop_records_after": ("metrics_resume",),
     "kd_jax/train/tb_events.py:EventWriter.__init__": ("tensorboard",),
-    "kd_jax/train/checkpoint.py:Checkpointer.save": ("checkpoint",),
+    "kd_jax/train/checkpoint.py:Checkpointer.save": ("checkpoint", "timed_checkpoint"),
     "kd_jax/train/checkpoint.py:Checkpointer._set_aside": ("set_aside",),
     "kd_jax/train/exports.py:save_model": ("best_model", "final_model"),
     "kd_jax/convert/converted.py:save_converted": ("best_model", "final_model", "converted",
                                                    "teacher_install"),
+    "kd_jax/convert/converted.py:write_meta": ("best_model", "final_model", "converted",
+                                               "teacher_record"),
+    "kd_jax/convert/pth.py:save": ("export_output",),
     "kd_jax/train/summary.py:write_json": ("summary", "seeds_summary", "quickstart_summary",
                                            "config"),
     "kd_jax/train/summary.py:write_text": ("summary", "seeds_summary", "quickstart_summary",
-                                           "config", "results_tables"),
+                                           "config", "results_tables", "reproduce_tables"),
     "kd_jax/train/summary.py:report": ("summary",),
     "kd_jax/train/seeds.py:run_seeds": ("seeds_summary",),
     "kd_jax/train/pipeline.py:run_pipeline": ("quickstart_summary",),
@@ -258,9 +338,18 @@ WRITERS = {
     "kd_jax/teachers/download.py:download": ("teacher_download",),
     "kd_jax/teachers/download.py:_attempt": ("teacher_download",),
     "kd_jax/teachers/fetch.py:extract_checkpoint": ("teacher_scratch",),
-    "kd_jax/teachers/fetch.py:_install": ("teacher_install",),
+    "kd_jax/teachers/fetch.py:_install": ("teacher_install", "teacher_record"),
     "kd_jax/data/download.py:download": ("cifar_download",),
+    "kd_jax/data/download.py:write_part": ("cifar_download",),
+    "kd_jax/data/download.py:put_in_place": ("cifar_download",),
+    "kd_jax/data/cub.py:build": ("cub_cache",),
+    "kd_jax/data/cub.py:_write_split": ("cub_cache",),
+    "kd_jax/data/own_cache.py:_locked": ("own_cache_lock",),
+    "kd_jax/data/own_cache.py:_write": ("own_cache",),
+    "kd_jax/reproduce/runner.py:create_once": ("reproduce_plan", "reproduce_lockstep"),
+    "kd_jax/reproduce/report.py:write": ("reproduce_tables",),
     "kd_jax/train/mirror.py:pack": ("mirror",),
+    "kd_jax/train/mirror.py:_rotate": ("mirror",),
     "kd_jax/train/mirror.py:restore": "unpacks run.tar into an empty workdir before a run: a "
                                       "failure leaves no checkpoint, and the same cell unpacks "
                                       "it again",
@@ -276,9 +365,10 @@ class Scenario:
     """A command (run in this process: `run_command`) and what its root holds before it."""
 
     name: str
-    module: str               # kd_jax.main, kd_jax.export, ...
+    module: str               # kd_jax.main, kd_jax.export, ... (or a pseudo-command: COMMANDS)
     argv: Callable[[str], list]   # root -> the command's arguments
     done: Callable[[str], None]   # root -> asserts the command finished
+    needs: tuple = ()         # optional stacks (tests/conftest.py's needs marker)
 
 
 def _main_argv(*extra: str) -> Callable[[str], list]:
@@ -297,6 +387,19 @@ def _run_finished(root: str, run: str = "run") -> None:
     assert summary["finished"], summary
     for model in ("final_model", "best_model"):
         assert exports.is_complete(os.path.join(root, run, model)), model
+
+
+def _summary_finished(*parts: str) -> Callable[[str], None]:
+    def done(root: str) -> None:
+        summary = _read(os.path.join(root, *parts, "summary.json"))
+        assert summary["finished"], summary
+    return done
+
+
+def _cub_cached(root: str) -> None:
+    from kd_jax.data import cub
+    (directory,) = glob.glob(os.path.join(root, "cache", cub.NAME, "*"))
+    assert cub.is_complete(directory), directory
 
 
 def _seeds_finished(root: str) -> None:
@@ -331,6 +434,11 @@ SCENARIOS = {s.name: s for s in (
     # The run of `train` in a subprocess whose compilation cache starts empty (COMPILE_ENV).
     Scenario("compile", "kd_jax.main", _main_argv(), _run_finished),
     Scenario("resume", "kd_jax.main", _main_argv(), _run_finished),
+    # Checkpoints by time only (every sync point: a multiple of log_every_steps, an epoch end).
+    Scenario("timed", "kd_jax.main",
+             _main_argv("--config.checkpoint_every_minutes=1e-9",
+                        "--config.checkpoint_every_epochs=0", "--config.export_model=False",
+                        "--config.tensorboard=False"), _summary_finished("run")),
     Scenario("damaged", "kd_jax.main", _main_argv(), _run_finished),
     Scenario("seeds", "kd_jax.main", _main_argv("--config.seeds=0,1",
                                                 "--config.export_model=False"),
@@ -365,6 +473,25 @@ SCENARIOS = {s.name: s for s in (
              lambda root: [os.path.join(root, "run"), "--markdown",
                            os.path.join(root, "out", "table.md")],
              _file_done("out", "table.md")),
+    # A published table's plan (kd_jax.testing's tiny one): one pair, KD, seed 0.
+    Scenario("reproduce", "kd_jax.reproduce",
+             lambda root: ["tiny", "--workdir", os.path.join(root, "run"), "--seeds", "0",
+                           "--methods", "kd", "--pairs", "tiny_cnn_wide-tiny_cnn",
+                           "--lockstep", "always"],
+             _file_done("run", "tiny.csv")),
+    # Own data: an image folder (written by prepare), decoded into the cache.
+    Scenario("own", "kd_jax.main",
+             lambda root: ["--config", "custom_teacher.py:tiny_cnn",
+                           "--workdir", os.path.join(root, "run"),
+                           "--config.dataset.data_dir=" + os.path.join(root, "images"),
+                           "--config.dataset.image_size=16", "--config.dataset.workers=0",
+                           "--config.num_epochs=1", "--config.batch_size=4",
+                           "--config.progress_bar=False", "--config.tensorboard=False",
+                           "--config.export_model=False"],
+             _summary_finished("run")),
+    # CUB's cache built from a prepared tfds data dir (a fake builder: cub_patches).
+    Scenario("cub", "cub", lambda root: [os.path.join(root, "tfds")], _cub_cached,
+             needs=("tensorflow",)),
 )}
 
 
@@ -375,12 +502,23 @@ def prepare(scenario: str, root: str) -> None:
     run = os.path.join(root, "run")
 
     def command(module: str, argv: list) -> None:
-        with environment(root), patched(scenario_patches(scenario)):
+        with environment(root), patched(scenario_patches(scenario, root)):
             code = run_command(module, argv)
         assert code == 0, f"preparing {scenario}: {module} {argv} exited with {code}"
 
-    if scenario in ("train", "compile", "seeds", "teachers", "cifar", "quickstart"):
+    if scenario in ("train", "compile", "timed", "seeds", "teachers", "cifar", "quickstart",
+                    "reproduce"):
         return          # from nothing (quickstart: see test_faults.bases, which runs it once)
+    if scenario == "own":                     # the image folder
+        from test_own_data import write_shapes_folder
+        write_shapes_folder(os.path.join(root, "images"), per_class=4)
+        return
+    if scenario == "cub":                     # the prepared tfds data's record
+        info = os.path.join(root, "tfds", "caltech_birds2011", "2.1.0", "dataset_info.json")
+        os.makedirs(os.path.dirname(info))
+        with builtins_open(info, "w") as fh:
+            fh.write('{"version": "2.1.0"}')
+        return
     if scenario == "resume":   # stopped after step 3, having logged step 4
         command("kd_jax.main", _main_argv("--config.total_steps=3")(root))
         with builtins_open(os.path.join(run, "metrics.jsonl"), "a") as fh:
@@ -412,8 +550,12 @@ def served(directory: str) -> Iterator[str]:
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Quiet, directory=directory))
+    class QuietServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass   # a client that stopped reading (its write failed) resets the connection:
+            # the server's report of it would be on the stderr the test reads as the command's
+
+    httpd = QuietServer(("127.0.0.1", 0), functools.partial(Quiet, directory=directory))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -456,16 +598,45 @@ def mirror_main(argv: list) -> int:
     return main(argv)
 
 
+def cub_main(argv: list) -> int:
+    """CUB's cache as a training command builds it (`python -m kd_jax.main` on a CUB config
+    loads the dataset first, and fails as kd_jax.main does): `cub.load(DATA_DIR)`."""
+    from kd_jax import main as main_lib
+    from kd_jax.data import cub
+
+    with main_lib.exits_on_failure(lambda: None):
+        cub.load(argv[0], threads=1)
+    return 0
+
+
+COMMANDS = {"mirror": mirror_main, "cub": cub_main}   # pseudo-commands of the scenarios
+
+
+def cub_patches(root: str) -> list:
+    """(owner, name, value): tfds's prepared CUB is a fake builder of 4 + 2 small images (its
+    dataset_info.json in ROOT/tfds: prepare)."""
+    from test_data_tfds import FakeBuilder
+
+    from kd_jax.data import imagenet
+
+    builder = FakeBuilder({"train": 4, "test": 2})
+    builder.data_dir = os.path.join(root, "tfds", "caltech_birds2011", "2.1.0")
+    return [(imagenet, "prepared_builder", lambda name, data_dir: builder)]
+
+
 def run_command(module: str, argv: list) -> int:
     """Runs the command as `python -m MODULE ARGV` would, in this process; its exit status."""
     import importlib
 
-    if module == "mirror":
-        return mirror_main(argv)
-    imported = importlib.import_module(module)
-    if hasattr(imported, "__path__"):   # a package: python -m runs its __main__
-        imported = importlib.import_module(module + ".__main__")
-    main = imported.main
+    import kd_jax.testing  # noqa: F401  the scenarios' models and reproduce's tiny table
+
+    if module in COMMANDS:
+        main = COMMANDS[module]
+    else:
+        imported = importlib.import_module(module)
+        if hasattr(imported, "__path__"):   # a package: python -m runs its __main__
+            imported = importlib.import_module(module + ".__main__")
+        main = imported.main
     try:
         code = main(["kd_jax.main", *argv]) if module == "kd_jax.main" else main(argv)
     except SystemExit as e:
@@ -476,8 +647,9 @@ def run_command(module: str, argv: list) -> int:
 # --- what is finished ---------------------------------------------------------------------------
 
 _APPEND_ONLY = re.compile(r"(.*/)?(metrics\.jsonl|events\.out\.tfevents\..*)")
-_IN_FLIGHT = re.compile(r".*(\.tmp\d*|\.part|\.orbax-checkpoint-tmp[^/]*(/.*)?|kd_jax\.lock"
-                        r"|/tmp/.*|^tmp/.*|\.old(/.*)?)")
+_IN_FLIGHT = re.compile(r".*(\.tmp\d*|\.part(-[^/]*)?|\.orbax-checkpoint-tmp[^/]*(/.*)?"
+                        r"|kd_jax\.lock|/tmp/.*|^tmp/.*|\.(old|tmp)\d*(/.*)?)"
+                        r"|(.*/)?\.[\w-]+\.\w{8}(\.old)?(/.*)?")   # tempfile.mkdtemp's staging
 
 
 def finished(root: str) -> dict:
@@ -502,9 +674,10 @@ def finished(root: str) -> dict:
     return out
 
 
-def lost(before: dict, root: str) -> list:
+def lost(before: dict, root: str, moved: tuple = ()) -> list:
     """The files of `before` (a `finished` record) that are gone or changed under `root`
-    (append-only logs: whose earlier content is no longer their start)."""
+    (append-only logs: whose earlier content is no longer their start), unless their bytes
+    are where a site's `moved` says they may be."""
     bad = []
     for rel, digest in before.items():
         path = os.path.join(root, rel)
@@ -512,15 +685,36 @@ def lost(before: dict, root: str) -> list:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError:
-            bad.append(f"{rel} (gone)")
+            if not _moved(rel, digest, root, moved):
+                bad.append(f"{rel} (gone)")
             continue
         if digest.startswith("prefix:"):
             _, want, size = digest.split(":")
             if hashlib.sha256(data[:int(size)]).hexdigest() != want:
                 bad.append(f"{rel} (its earlier records changed)")
-        elif hashlib.sha256(data).hexdigest() != digest:
+        elif hashlib.sha256(data).hexdigest() != digest and not _moved(rel, digest, root,
+                                                                        moved):
             bad.append(f"{rel} (changed)")
     return bad
+
+
+def _moved(rel: str, digest: str, root: str, moved: tuple) -> bool:
+    """Whether the bytes of `rel` (its sha256 `digest`) are at a path that `moved` allows."""
+    allowed = [re.sub(pattern, regex, rel) for pattern, regex in moved
+               if re.fullmatch(pattern, rel)]
+    return any(re.fullmatch(regex, other) and value == digest
+               for other, value in finished_any(root).items() for regex in allowed)
+
+
+def finished_any(root: str) -> dict:
+    """{root-relative path: sha256} of every file under `root`, in flight or not."""
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
 
 
 # --- seeing and failing the writes --------------------------------------------------------------
@@ -700,6 +894,7 @@ class Interceptor:
         self._patch(os, "write", self._os_write)
         self._patch(os, "mkdir", self._mkdir)
         self._patch(os, "rename", lambda real: self._move(real, "rename"))
+        self._patch(os, "link", lambda real: self._move(real, "link"))
         self._patch(os, "replace", lambda real: self._move(real, "replace"))
         if "torch" in sys.modules or _importable("torch"):
             import torch
@@ -846,9 +1041,11 @@ def patched(patches: list) -> Iterator[None]:
                 setattr(owner, name, value)
 
 
-def scenario_patches(scenario: str) -> list:
+def scenario_patches(scenario: str, root: str) -> list:
     if scenario == "cifar":
         return cifar_patches(os.environ[URL_ENV])
+    if scenario == "cub":
+        return cub_patches(root)
     return []
 
 
@@ -858,14 +1055,12 @@ def _run_case(mode: str, scenario: str, site_name: str, root: str, arg: str) -> 
     the record of what was finished); returns the command's exit status."""
     import jax
 
-    import kd_jax.testing  # noqa: F401  tiny_cnn, tiny_cnn_wide: the scenarios' models
-
     jax.config.update("jax_disable_most_optimizations", True)   # as tests/conftest.py
     site = {s.name: s for s in SITES}.get(site_name)
     s = SCENARIOS[scenario]
     spec = {"fail": (site, FAILURES.get(arg)), "kill": (site, arg), "fill": (site, arg),
             "record": None}[mode]
-    with environment(root), patched(scenario_patches(scenario)), \
+    with environment(root), patched(scenario_patches(scenario, root)), \
             Interceptor(root, **({} if mode == "record" else {mode: spec})) as interceptor:
         code = run_command(s.module, s.argv(root))
     if mode == "record":   # ARG: the file for the operations seen
@@ -882,14 +1077,16 @@ def line_pattern(site: Site, code: int, root: str) -> str:
     text = re.escape(errors.PREFIX + site.sees)
     for token, value in (("ROOT", re.escape(root)), ("CAUSE", re.escape(str(errors.Cause(code)))),
                          ("STRERROR", re.escape(os.strerror(code))), ("ADVICE", ".+?"),
-                         ("ANY", ".*?"), ("NUM", r"\d+")):
+                         ("ANY", ".*?"), ("NUM", r"\d+"), ("HOST", r"[\w.-]+"), ("PID", r"\d+"),
+                         ("PAIR", r"[\w.]+-[\w.]+"), ("KEY", r"\w+")):
         text = text.replace(token, value)
     return text
 
 
 # --- the table of docs/troubleshooting.md --------------------------------------------------------
 
-_SHOWN = (("ROOT/run", "DIR"), ("ROOT/out/model.pth", "OUT"), ("ROOT/out/table.md", "TABLE"),
+_SHOWN = (("ROOT/run/tiny", "DIR/TABLE"), ("ROOT/run", "DIR"), ("ROOT/out/model.pth", "OUT"),
+          ("ROOT/out/table.md", "TABLE"),
           ("ROOT/converted", "OUT_DIR"), ("ROOT/cache", "$KD_JAX_CACHE"),
           ("ROOT/teachers", "$KD_JAX_TEACHERS"), ("ROOT/tmp", "$TMPDIR"),
           ("ROOT/mirror", "MIRROR"), ("STRERROR", "CAUSE"), ("ADVICE", "WHAT TO DO"),

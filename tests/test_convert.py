@@ -225,5 +225,6 @@ def test_cli_writes_orbax_and_json_and_load_teacher_matches_pth(tmp_path, capsys
     with pytest.raises(kc.ConversionError, match="converted resnet8 .* but arch='resnet20'"):
         kc.load_teacher(out, "resnet20", 10)
     # No silent overwrite of an existing conversion.
-    assert cli_main(["--arch", "resnet8", "--num-classes", "10", pth, out]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert cli_main(["--arch", "resnet8", "--num-classes", "10", pth, out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kd_jax: error: ") and "not empty" in err

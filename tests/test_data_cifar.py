@@ -245,3 +245,21 @@ def test_download_keeps_a_verified_file_and_writes_its_own_part(tmp_path, server
     assert target.read_bytes() == path.read_bytes() and other.read_bytes() == b"half an archive"
     path.unlink()   # the server has it no more: a second download would fail
     assert download.download(f"{base}/{path.name}", str(target), md5) == str(target)
+
+
+def test_part_files_of_killed_downloads_are_removed(tmp_path):
+    """Before a download, this host's part files of processes that are gone (killed while
+    downloading) are removed; those of live processes and of other hosts are left."""
+    import socket
+    import subprocess
+    import sys
+
+    from kd_jax.data import download
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    names = [f"{host}-{gone}", f"{host}-{os.getpid()}", f"otherhost-{gone}", f"{host}-x"]
+    for name in names:
+        (tmp_path / f"a.tar.gz.part-{name}").write_bytes(b"half an archive")
+    download.remove_stale_parts(str(tmp_path / "a.tar.gz"))
+    assert sorted(os.listdir(tmp_path)) == sorted(f"a.tar.gz.part-{n}" for n in names[1:])

@@ -208,6 +208,31 @@ def test_the_error_of_process_zero_stops_the_others(simulated):
     assert loads == []
 
 
+def test_a_full_disk_at_process_zero_is_the_same_line_in_every_process(simulated):
+    """Process 0's download hits a full disk: each process ends with the same one line, the
+    part file and the cause (kd_jax.errors reads the errno and path from the relayed text)."""
+    import errno
+
+    from kd_jax import errors
+    _, run = simulated
+    part = "/data/cifar-100-python.tar.gz.part-a-7"
+
+    def full():   # as kd_jax.data.download raises it
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), part)
+        except OSError as e:
+            raise DataNotFoundError(f"downloading http://x/c.tar.gz to /data/c.tar.gz failed "
+                                    f"({type(e).__name__}: {e})") from e
+
+    lines = []
+    for process, load in ((0, full), (2, None), (1, None), (3, None)):
+        with pytest.raises(DataNotFoundError) as error:
+            run(process, load)
+        lines.append(errors.message(error.value))
+    assert lines == [f"{part}: No space left on device (disk full); free space on the disk of "
+                     "/data, then run the same command again"] * 4, lines
+
+
 def test_a_predecessor_that_never_answers_is_one_clear_error(simulated, monkeypatch, capsys):
     monkeypatch.setattr(processes, "WAIT_S", 7200)
     _, run = simulated

@@ -33,7 +33,8 @@ PACKAGE = os.path.join(REPO, "kd_jax")
 # --- every write in the source has a site -------------------------------------------------------
 
 _WRITE_MODE = re.compile(r"[wax+]")
-_OS_WRITES = {"open", "write", "replace", "rename", "mkdir", "makedirs", "ftruncate"}
+_OS_WRITES = {"open", "write", "replace", "rename", "link", "mkdir", "makedirs", "ftruncate",
+              "posix_fallocate"}
 _SHUTIL_WRITES = {"copytree", "copyfile", "copy", "copy2", "move", "copyfileobj"}
 _NAMED_WRITERS = {"save_converted", "write_json", "write_text", "mkdtemp", "TemporaryDirectory",
                   "NamedTemporaryFile", "mkstemp", "savez", "savez_compressed", "savefig",
@@ -232,7 +233,7 @@ def command(scenario: str, root: str, **interception):
     fail / kill); returns (exit status, the Interceptor)."""
     s = SCENARIOS[scenario]
     try:
-        with faults.environment(root), faults.patched(faults.scenario_patches(scenario)), \
+        with faults.environment(root), faults.patched(faults.scenario_patches(scenario, root)), \
                 faults.Interceptor(root, **interception) as interceptor:
             code = faults.run_command(s.module, s.argv(root))
     finally:
@@ -268,9 +269,14 @@ def assert_one_line(err: str, site, code: int, root: str) -> None:
         f"{errors_[0]!r} does not match {site.sees!r}")
 
 
+def _needs(scenario: str) -> list:
+    """The scenario's optional stacks as marks (skipped, saying so, where one is missing)."""
+    return [pytest.mark.needs(*SCENARIOS[scenario].needs)] if SCENARIOS[scenario].needs else []
+
+
 def _cases():
     for site in SITES:
-        marks = [pytest.mark.faults]
+        marks = [pytest.mark.faults, *_needs(site.scenario)]
         if site.xfail:
             marks.append(pytest.mark.xfail(reason=site.xfail, strict=True))
         yield site, marks
@@ -279,7 +285,7 @@ def _cases():
 # --- the matrix ---------------------------------------------------------------------------------
 
 @pytest.mark.faults
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=_needs(s)) for s in SCENARIOS])
 def test_discovery_covers_every_write(scenario, bases, downloads, tmp_path):
     """Every operation of the scenario's command, and every file it leaves, belongs to a
     site (or to faults.IGNORED); every site's `fail` and `kill` operations happen."""
@@ -337,7 +343,7 @@ def test_a_write_that_fails(site, failure, bases, downloads, tmp_path, capfd):
         assert code == 2, (code, err[-3000:])
         assert_one_line(err, site, code_, root)
     if snapshot is not None:
-        assert not faults.lost(snapshot, root), faults.lost(snapshot, root)
+        assert not faults.lost(snapshot, root, site.moved), faults.lost(snapshot, root)
     finishes(site.scenario, root)
 
 
@@ -352,7 +358,8 @@ def test_a_kill_right_at_a_write(site, bases, downloads, tmp_path):
                                              f"happened: exit {r.returncode}", r.stderr[-3000:])
     with open(record) as fh:
         killed = json.load(fh)
-    assert not faults.lost(killed["finished"], root), faults.lost(killed["finished"], root)
+    assert not faults.lost(killed["finished"], root, site.moved), (
+        faults.lost(killed["finished"], root, site.moved))
     finishes(site.scenario, root)
 
 
@@ -367,10 +374,12 @@ def small_disk(tmp_path):
 
 
 REAL = {"best_model": (), "checkpoint": (pytest.mark.faults,),
-        "final_model": (pytest.mark.faults,), "export_output": (pytest.mark.faults,)}
+        "final_model": (pytest.mark.faults,), "export_output": (pytest.mark.faults,),
+        "cub_cache": (pytest.mark.faults,)}   # a memory map: SIGBUS unless allocated first
 
 
-@pytest.mark.parametrize("site", [pytest.param(s, marks=REAL[s.name], id=s.name)
+@pytest.mark.parametrize("site", [pytest.param(s, marks=[*REAL[s.name], *_needs(s.scenario)],
+                                               id=s.name)
                                   for s in SITES if s.name in REAL])
 def test_a_really_full_disk(site, small_disk, bases, tmp_path):
     """Real: the command runs on a tmpfs, in a subprocess that ends as `python -m kd_jax.X`

@@ -261,9 +261,9 @@ def test_a_malicious_pickle_runs_nothing(tmp_path, capsys, layout):
     with pytest.raises(pth.UnsafePickleError, match=r"global posix\.system"):
         pth.load(path)
     assert convert_main(["--arch", "resnet8", "--num-classes", "100", path,
-                         str(tmp_path / "out")]) == 1
+                         str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {path}: it names the global "
+    assert len(err) == 1 and err[0].startswith(f"kd_jax: error: {path}: it names the global "
                                                "posix.system") and "--allow-pickle" in err[0]
     assert not marker.exists() and not (tmp_path / "out").exists()
 

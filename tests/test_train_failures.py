@@ -477,18 +477,24 @@ def test_truncated_gz_idx_file_is_one_error_naming_it(tmp_path):
         read_idx(path)
 
 
-@pytest.mark.needs("torch")  # torch.load decides what is not a checkpoint
 def test_convert_of_a_file_that_is_not_a_torch_checkpoint_is_one_line(tmp_path, capsys):
+    """Without PyTorch (kd_jax.convert.pth reads .pth files): text, binary bytes and a pickle
+    of something else are each one line naming the file and what it is not, exit 2."""
+    import pickle
+
     from kd_jax.convert.__main__ import main
 
-    for content in (b"hello, not torch\n", bytes(range(256)) * 40):
+    for content in (b"hello, not torch\n", bytes(range(256)) * 40, pickle.dumps({"a": 1})):
         path = tmp_path / "model.pth"
         path.write_bytes(content)
         assert main(["--arch", "tiny_cnn", "--num-classes", "10", str(path),
-                     str(tmp_path / "out")]) == 1
+                     str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(
-            f"error: {path}: not a PyTorch checkpoint (torch.load failed: "), err
+        assert err == [f"kd_jax: error: {path}: not a PyTorch checkpoint: neither a zip archive "
+                       "nor a tar file nor a pickle stream opening with torch.save's magic "
+                       f"number (it starts with {content[:16]!r}); expected a .pth file written "
+                       "by torch.save"], err
+        assert not (tmp_path / "out").exists()
 
 
 def test_out_of_memory_is_one_line_naming_the_batch(monkeypatch, capsys, tmp_path):

@@ -1,13 +1,14 @@
 """python -m kd_jax.convert --arch NAME --num-classes K INPUT.pth OUTPUT_DIR
 
 Converts a PyTorch teacher checkpoint into OUTPUT_DIR/state (orbax) + OUTPUT_DIR/teacher.json.
+A mistake (an unknown --arch, a file that is not a PyTorch checkpoint, a non-empty OUTPUT_DIR
+without --overwrite) or a failed write ends in one `kd_jax: error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import kd_jax.models
@@ -40,9 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.arch not in kd_jax.models.names():
-        print(f"error: unknown arch {args.arch!r}; known: {', '.join(kd_jax.models.names())}",
-              file=sys.stderr)
-        return 2
+        return errors.report(f"unknown arch {args.arch!r}; known: "
+                             f"{', '.join(kd_jax.models.names())}")
     start = time.perf_counter()
     print(f"reading {args.input}")
     try:
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         model = torch_to_flax(ckpt.state_dict, args.arch, args.num_classes)
         convert_s = time.perf_counter() - start - read_s
     except (ConversionError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return errors.report(e)
     print(f"  converted to {args.arch} (num_classes={args.num_classes}): every key used, every "
           f"leaf filled (read {read_s:.1f} s, convert {convert_s:.1f} s)")
     meta = {"arch": args.arch, "num_classes": args.num_classes,
@@ -67,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta_path = save_converted(model, args.output_dir, meta, overwrite=args.overwrite)
     except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return errors.report(e)
     print(f"wrote {os.path.join(args.output_dir, STATE_DIR)}/ (orbax) and {meta_path} "
           f"(source sha256 {meta['source_sha256'][:12]}...) in {time.perf_counter() - start:.1f} s")
     print(f"load it with kd_jax.convert.load_teacher({args.output_dir!r}, {args.arch!r}, "

@@ -315,8 +315,16 @@ def _no_persistent(pid: Any) -> Any:
 
 
 def _load_legacy(f: BinaryIO) -> Any:
-    if _Unpickler(f, _no_persistent).load() != MAGIC_NUMBER:
-        raise PthError("no PyTorch magic number: not a file written by torch.save")
+    start = f.tell()
+    try:
+        magic = _Unpickler(f, _no_persistent).load()
+    except (pickle.UnpicklingError, EOFError):   # bytes that are no pickle at all
+        magic = None
+    if magic != MAGIC_NUMBER:
+        f.seek(start)
+        raise PthError(f"not a PyTorch checkpoint: neither a zip archive nor a tar file nor "
+                       f"a pickle stream opening with torch.save's magic number (it starts "
+                       f"with {f.read(16)!r})")
     version = _Unpickler(f, _no_persistent).load()
     if version != PROTOCOL_VERSION:
         raise UnsupportedPthError(f"legacy protocol version {version} (known: "

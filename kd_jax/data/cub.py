@@ -35,7 +35,7 @@ import numpy as np
 from kd_jax.cache import cache_dir
 from kd_jax.data import augment, imagenet, tfds_io
 from kd_jax.data.base import DataFileError, DatasetInfo, require_tensorflow
-from kd_jax.data.download import part_path
+from kd_jax.data.download import part_path, remove_stale_parts
 from kd_jax.data.in_memory import GlobalBatches
 
 NAME = "caltech_birds2011"
@@ -115,15 +115,18 @@ def _open(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 def build(builder, directory: str, threads: int) -> None:
     """Decodes and resizes both splits of `builder` (in file order) into `directory`: each
     file to this process's part file, renamed once all are written, the manifest last. A
-    failure removes the part files."""
+    failure removes the part files (a killed build's are removed by the next one)."""
     os.makedirs(directory, exist_ok=True)
+    for name in (*(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")),
+                 MANIFEST):
+        remove_stale_parts(os.path.join(directory, name))
     parts, counts = [], {}
     try:
         for split in SPLITS:
             counts[split] = builder.info.splits[split].num_examples
             _write_split(builder, split, counts[split], directory, threads, parts)
         manifest = os.path.join(directory, MANIFEST)
-        with open(part_path(manifest), "w") as fh:
+        with _naming(part_path(manifest)), open(part_path(manifest), "w") as fh:
             parts.append((part_path(manifest), manifest))
             json.dump({"dataset": NAME, "examples": counts, "resize": RESIZE,
                        "format": CACHE_FORMAT}, fh)
@@ -151,8 +154,13 @@ def _write_split(builder, split: str, n: int, directory: str, threads: int,
     paths = [os.path.join(directory, f"{split}_{kind}.npy") for kind in ("images", "labels")]
     written = [(part_path(p), p) for p in paths]
     parts += written
-    images = np.lib.format.open_memmap(written[0][0], mode="w+", dtype=np.uint8,
-                                       shape=(n, RESIZE, RESIZE, 3))
+    with _naming(written[0][0]):
+        images = np.lib.format.open_memmap(written[0][0], mode="w+", dtype=np.uint8,
+                                           shape=(n, RESIZE, RESIZE, 3))
+        # The map's pages get their blocks when written: on a full disk that is SIGBUS,
+        # which kills the process without a word. Taken now, it is ENOSPC, an OSError.
+        with open(written[0][0], "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
     labels = np.zeros((n,), np.int32)
     done = 0
     for image, label in tfds.as_numpy(ds):
@@ -164,8 +172,19 @@ def _write_split(builder, split: str, n: int, directory: str, threads: int,
     if done != n:
         raise DataFileError(f"{NAME} {split}: tfds read other than the {n} examples its info "
                             "gives; prepare the data again")
-    with open(written[1][0], "wb") as fh:
+    with _naming(written[1][0]), open(written[1][0], "wb") as fh:
         np.save(fh, labels)
+
+
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError in the block names `path` (a buffered write's or posix_fallocate's names
+    no file), so that its one error line does."""
+    try:
+        yield
+    except OSError as e:
+        e.filename = e.filename or path
+        raise
 
 
 class CUBDataset(GlobalBatches):

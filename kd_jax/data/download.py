@@ -3,7 +3,8 @@ in place (atomically: a killed download leaves a part file, never a truncated ar
 
 The two writes are `write_part` (the bytes, into a part file named for this host and
 process, so that processes downloading the same file at once never share one) and
-`put_in_place` (the rename). A file already at the target with the published md5 is used as
+`put_in_place` (the rename); the part files of killed processes are removed first
+(`remove_stale_parts`). A file already at the target with the published md5 is used as
 it is. Which process downloads in a multi-process run: kd_jax.data.processes.
 
 No tensorflow and no tfds: urllib and hashlib only.
@@ -35,6 +36,28 @@ def part_path(path: str) -> str:
     return f"{path}.part-{socket.gethostname()}-{os.getpid()}"
 
 
+def remove_stale_parts(path: str) -> None:
+    """Removes the part files of `path` left by processes of this host that are gone (killed
+    while writing: an archive or a cache can be gigabytes). Other hosts' part files, and
+    those of live processes, are left alone."""
+    prefix = f"{os.path.basename(path)}.part-{socket.gethostname()}-"
+    directory = os.path.dirname(os.path.abspath(path))
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+            _remove(os.path.join(directory, name))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
 def download(url: str, path: str, md5: str, *, timeout: float = 30.0) -> str:
     """Fetches `url` into `path` (its folder created) and checks its md5; returns `path`.
 
@@ -46,6 +69,7 @@ def download(url: str, path: str, md5: str, *, timeout: float = 30.0) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.isfile(path) and md5sum(path) == md5:
         return path
+    remove_stale_parts(path)
     part = part_path(path)
     try:
         write_part(url, part, timeout=timeout, label=path)

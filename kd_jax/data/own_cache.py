@@ -12,7 +12,9 @@ fingerprint differs is stale: `build` runs again and replaces the entry.
 Writing: into a temporary sibling directory, renamed into place, so a killed build leaves no
 entry that looks complete. Concurrency: an exclusive lock file (``<directory>.lock``, flock)
 is held while checking and building, so of several processes (the hosts of one run on a
-shared filesystem, or two runs) one builds and the others wait and then read its result.
+shared filesystem, or two runs) one builds and the others wait and then read its result. A
+cache that cannot be written (the lock file included: read-only, full) is built in memory for
+this run, with a "not_cached" note.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Callable, Iterator, Optional
 
@@ -58,13 +61,21 @@ def file_fingerprint(paths, root: str) -> list:
 
 
 @contextlib.contextmanager
-def _locked(directory: str) -> Iterator[None]:
+def _locked(directory: str) -> Iterator[Optional[OSError]]:
+    """Holds `directory`.lock for the block; yields None, or the OSError that kept the lock
+    file from being created (a read-only or full cache: the block then runs unlocked, and
+    must not write)."""
     import fcntl
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    with open(directory + ".lock", "a+") as f:
+    try:
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        f = open(directory + ".lock", "a+")
+    except OSError as e:
+        yield e
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -88,8 +99,13 @@ def _read(directory: str, key: str) -> Optional[Entry]:
 
 
 def _write(directory: str, manifest: dict, arrays: Optional[dict]) -> None:
+    """Writes the entry into a temporary sibling renamed into place (under the lock: a
+    sibling left by a killed writer is removed first)."""
+    parent, name = os.path.split(directory)
+    for leftover in os.listdir(parent):
+        if re.fullmatch(re.escape(name) + r"\.(tmp|old)\d+", leftover):
+            shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
     tmp = f"{directory}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         if arrays is not None:
@@ -112,13 +128,15 @@ def load_or_build(directory: str, fingerprint: Any,
     arrays or None) when missing or stale. A cache that cannot be written (read-only, full
     disk) still returns the built entry, with a "not_cached" note."""
     key = digest(fingerprint)
-    with _locked(directory):
+    with _locked(directory) as unlockable:
         found = _read(directory, key)
         if found is not None:
             return found
         fields, arrays = build()
         manifest = {"format": FORMAT, "fingerprint": key, **fields, "arrays": arrays is not None}
         try:
+            if unlockable is not None:
+                raise unlockable
             _write(directory, manifest, arrays)
         except OSError as e:
             manifest["not_cached"] = f"{directory}: {type(e).__name__}: {e}"

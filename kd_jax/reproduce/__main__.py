@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from kd_jax import cli
+from kd_jax import cli, errors
 from kd_jax import main as main_lib   # also sets the persistent compilation cache
 from kd_jax.reference import published
 
@@ -205,4 +205,7 @@ def _run(args, overrides: list[str], current: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:   # as kd_jax.main ends: a failed save's threads do not hold it
+        errors.exit_now(e.code)

@@ -228,8 +228,5 @@ def write(plan: Plan, cells: dict, root: str) -> tuple[str, str]:
     paths = (os.path.join(root, f"{plan.table.name}.md"),
              os.path.join(root, f"{plan.table.name}.csv"))
     for path, body in zip(paths, (markdown(plan, cells), to_csv(plan, cells))):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(body)
-        os.replace(tmp, path)
+        summary_lib.write_text(path, body)   # atomic: a failed write keeps the previous table
     return paths

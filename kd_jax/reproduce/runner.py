@@ -27,6 +27,7 @@ same command then resumes it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -69,8 +70,9 @@ def create_once(path: str, record: dict) -> dict:
     record of whoever created it first: a hard link either succeeds whole or not at all)."""
     if jax.process_index() == 0 and not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-        summary_lib.write_json(tmp, record)
+        tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"   # this process's own
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -71,8 +71,8 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
 def _quiet_closed_loop_callbacks() -> None:
     """A failed orbax restore (or a save on a full disk) leaves tensorstore reads (writes) in
     flight whose callbacks reach orbax's asyncio loop after it closed; each prints an 'Event
-    loop is closed' traceback through sys.unraisablehook. Those (and only those) are dropped: the failure itself is
-    reported in one line."""
+    loop is closed' traceback through sys.unraisablehook. Those (and only those) are
+    dropped: the failure itself is reported in one line."""
     previous = sys.unraisablehook
     if getattr(previous, "_kd_jax_quiet_loop", False):
         return
@@ -84,6 +84,11 @@ def _quiet_closed_loop_callbacks() -> None:
 
     hook._kd_jax_quiet_loop = True
     sys.unraisablehook = hook
+
+
+# At import too, below every hook installed later: stops.stop_signals restores, as the run
+# unwinds from a failed save, the hook it found, and the callbacks come after that.
+_quiet_closed_loop_callbacks()
 
 
 class Checkpointer:
