@@ -3,10 +3,11 @@ prepares, the others wait, then open what it left.
 
 - Three jax.distributed CPU processes train on CIFAR-10 that none of them has: the archive
   (written by tests/test_data_cifar.py's `make`) is served by a 127.0.0.1 HTTP server that
-  counts requests; exactly one request reaches it, and all three processes train. The same
-  processes then open imagenet2012 through a stub tfds builder (a stand-in module for
+  counts requests; exactly one request reaches it, and all three processes train.
+- Three processes open imagenet2012 through a stub tfds builder (a stand-in module for
   tensorflow_datasets whose download_and_prepare logs the process that runs it): one
-  preparation, by process 0.
+  preparation, by process 0. Its tf.data pipeline needs TensorFlow (the lean CI legs have
+  none: skipped there with the reason).
 - In one process, with a fake key-value client: the order (process 0, then each other host's
   first process, then the rest), and process 0's error raised by the processes waiting for it.
 """
@@ -42,8 +43,9 @@ SCRIPT = textwrap.dedent("""
     from kd_jax import data, main, recipes
     from kd_jax.data import cifar, tfds_io
 
-    workdir, total_steps = sys.argv[1], int(sys.argv[2])
+    workdir, total_steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     url, md5, tfds_dir = (os.environ[k] for k in ("TEST_URL", "TEST_MD5", "TEST_TFDS_DIR"))
+    result = {}
     # CIFAR-10 comes from the local server (its md5 is the served archive's).
     spec = cifar.SPECS["cifar10"]
     cifar.SPECS["cifar10"] = dataclasses.replace(spec, md5=md5)
@@ -56,7 +58,11 @@ SCRIPT = textwrap.dedent("""
     c.batch_size, c.num_epochs, c.total_steps = 6, 1, total_steps
     c.log_every_steps, c.tensorboard, c.progress_bar, c.export_model = 1, False, False, False
     c.multihost = True
-    summary = main.run(c, workdir)          # initializes jax.distributed
+    if mode == "cifar":
+        result["steps"] = main.run(c, workdir)["steps"]   # initializes jax.distributed
+    else:
+        from kd_jax.train import multihost
+        multihost.initialize()
 
     # imagenet2012 through a stub tensorflow_datasets: preparing takes a second, and logs
     # which process ran it.
@@ -80,11 +86,13 @@ SCRIPT = textwrap.dedent("""
     sys.modules["tensorflow_datasets"] = stub
     tfds_io.hide_accelerators_from_tensorflow = lambda: None
     tfds_io.bounded_download_retries = contextlib.nullcontext
-    ds = data.get_dataset({"name": "imagenet2012", "data_dir": tfds_dir},
-                          process_index=jax.process_index(), process_count=jax.process_count())
+    if mode == "tfds":
+        ds = data.get_dataset({"name": "imagenet2012", "data_dir": tfds_dir},
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+        result["imagenet_train"] = ds.info.num_train
     print("RESULT " + json.dumps({
-        "process": jax.process_index(), "processes": jax.process_count(),
-        "steps": summary["steps"], "imagenet_train": ds.info.num_train}), flush=True)
+        "process": jax.process_index(), "processes": jax.process_count(), **result}), flush=True)
 """)
 
 
@@ -99,8 +107,10 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.mark.slow
-def test_three_processes_download_once_prepare_once_and_train(tmp_path, monkeypatch):
+def run_three_processes(tmp_path, monkeypatch, mode: str):
+    """Runs SCRIPT in 3 processes ("cifar": train on CIFAR-10 served once; "tfds": open
+    imagenet2012 through the stub builder). Returns (results, the requests the server saw,
+    the archive's name, the cache, the tfds directory)."""
     served = tmp_path / "served"
     served.mkdir()
     archive, _, _ = test_data_cifar.make("cifar10", "python", served, np.random.default_rng(0))
@@ -123,14 +133,27 @@ def test_three_processes_download_once_prepare_once_and_train(tmp_path, monkeypa
     port = multihost.free_port()
     try:
         results = multihost.finish([
-            multihost.start(script, tmp_path / "run", 1, "-", process=i, port=port,
+            multihost.start(script, tmp_path / "run", 1, mode, process=i, port=port,
                             processes=PROCESSES) for i in range(PROCESSES)])
     finally:
         httpd.shutdown()
-    assert httpd.requests == [f"/{archive.name}"]
     assert sorted(r["process"] for r in results) == list(range(PROCESSES))
-    assert all(r["processes"] == PROCESSES and r["steps"] == 1 for r in results)
-    assert os.listdir(cache / "cifar") == [archive.name]        # no part file left
+    assert all(r["processes"] == PROCESSES for r in results)
+    return results, httpd.requests, archive.name, cache, tfds_dir
+
+
+@pytest.mark.slow
+def test_three_processes_download_once_and_train(tmp_path, monkeypatch):
+    results, requests, archive, cache, _ = run_three_processes(tmp_path, monkeypatch, "cifar")
+    assert requests == [f"/{archive}"]
+    assert all(r["steps"] == 1 for r in results)
+    assert os.listdir(cache / "cifar") == [archive]        # no part file left
+
+
+@pytest.mark.slow
+@pytest.mark.needs("tensorflow")
+def test_three_processes_prepare_a_tfds_dataset_once(tmp_path, monkeypatch):
+    results, _, _, _, tfds_dir = run_three_processes(tmp_path, monkeypatch, "tfds")
     assert (tfds_dir / "prepare.log").read_text() == "0\n"
     assert all(r["imagenet_train"] == 6 for r in results)
 

@@ -22,7 +22,7 @@ import tarfile
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the teacher files are written with torch")
+torch = pytest.importorskip("torch", reason="needs torch: the teacher files are written with torch")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_models  # noqa: E402

@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the oracle writes and reads .pth files with torch")
+torch = pytest.importorskip("torch", reason="needs torch: the oracle writes and reads .pth files with torch")
 
 from kd_jax import convert  # noqa: E402
 from kd_jax.convert import pth  # noqa: E402

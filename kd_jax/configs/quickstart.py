@@ -3,9 +3,10 @@ lockstep over 3 seeds on Fashion-MNIST; prints mean ± std and a computed verdic
 
     python -m kd_jax.main --config quickstart.py --workdir DIR
 
-Sized for a 2-core CPU in under 10 minutes: the shipped teacher (kd_jax/assets/
-quickstart_teacher, retrained if missing), students on the first 4096 training images for
-8 epochs, evaluated on the full 10k test set. See kd_jax/train/pipeline.py.
+Sized for a 2-core CPU: about 7 minutes (README.md states the last clean-clone run's time).
+The shipped teacher (kd_jax/assets/quickstart_teacher, retrained if missing), students on
+the first 4096 training images for 8 epochs, evaluated on the full 10k test set. See
+kd_jax/train/pipeline.py.
 """
 
 from kd_jax.recipes import quickstart

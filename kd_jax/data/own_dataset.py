@@ -32,8 +32,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from kd_jax.data import augment, image_files
-from kd_jax.data.base import DatasetInfo, check_epoch_args, local_batch_size
-from kd_jax.data.in_memory import draw_iter, eval_ranges
+from kd_jax.data.base import DatasetInfo
+from kd_jax.data.in_memory import GlobalBatches, eval_ranges
 
 LARGE_FROM = 96   # image_size at and above which the ImageNet-style recipe is used
 
@@ -202,9 +202,11 @@ class FileReader:
             self._pool = None
 
 
-class OwnDataset:
+class OwnDataset(GlobalBatches):
     """A user's dataset on the host path (the contract of kd_jax.data): stored uint8 images
-    from `train` / `test` readers, int labels, the `style`'s transforms, sharded by host."""
+    from `train` / `test` readers, int labels, the `style`'s transforms, sharded by host.
+    The schedule is in_memory.GlobalBatches' (the same draws as an in-memory set); the
+    images of a whole epoch's draws, or of the whole test set, are read ahead at once."""
 
     def __init__(self, info: DatasetInfo, train, train_labels: np.ndarray, test,
                  test_labels: np.ndarray, *, style: Style, mean: Sequence[float],
@@ -219,27 +221,17 @@ class OwnDataset:
         self._train_labels = np.asarray(train_labels, np.int32)
         self._test_labels = np.asarray(test_labels, np.int32)
         self._mean, self._std = tuple(mean), tuple(std)
+        self._pad = style.offset_range   # GlobalBatches' crop offsets: [0, 2 * _pad]
         self._process_index, self._process_count = process_index, process_count
 
     @property
     def normalization(self) -> tuple[tuple, tuple]:
         return self._mean, self._std
 
-    def steps_per_epoch(self, global_batch_size: int) -> int:
-        if global_batch_size <= 0:
-            raise ValueError(f"global_batch_size={global_batch_size} must be positive")
-        return self.info.num_train // global_batch_size
-
     def train_batches(self, epoch: int, global_batch_size: int, seed: int,
                       start_step: int = 0) -> Iterator[dict]:
         """Yields {"image": float32 (b, H, W, 3), "label": int32 (b,)}, b = global / hosts."""
-        b = local_batch_size(global_batch_size, self._process_count)
-        steps = self.steps_per_epoch(global_batch_size)
-        check_epoch_args(epoch, seed, start_step, steps)
-        draws = draw_iter(self.info.num_train, epoch, global_batch_size, b,
-                          self._process_index, seed, start_step, steps,
-                          self.style.offset_range)
-        return self._train_iter(draws)
+        return self._train_iter(self.train_draws(epoch, global_batch_size, seed, start_step))
 
     def _train_iter(self, draws):
         draws = list(draws)   # small: b indices and 3 parameters per step
@@ -249,12 +241,7 @@ class OwnDataset:
                                             self._std),
                    "label": self._train_labels[draw.index]}
 
-    def eval_batches(self, global_batch_size: int) -> Iterator[dict]:
-        """Yields the test set in order; the last global batch is zero-padded, mask 0 there."""
-        b = local_batch_size(global_batch_size, self._process_count)
-        return self._eval_iter(global_batch_size, b)
-
-    def _eval_iter(self, global_batch_size, b):
+    def _eval_iter(self, global_batch_size, b):   # GlobalBatches.eval_batches' iterator
         ranges = list(eval_ranges(self.info.num_test, global_batch_size, b,
                                   self._process_index))
         stored = self._test.read_ahead(np.arange(start, stop) for start, stop in ranges)
