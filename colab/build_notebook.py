@@ -346,7 +346,7 @@ also in Drive's `run.tar`, each loadable as a teacher by kd_jax (`teacher.checkp
 its own top-1 and epoch in its `teacher.json`.
 
 For more than one TPU host (a pod slice), run `python -m kd_jax.main ...
---config.multihost=True` on every host instead: see the README."""),
+--config.multihost=True` on every host instead: see docs/accelerators.md."""),
 ]
 
 

@@ -80,12 +80,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.seed = 0              # student init, data order and augmentation.
     c.seeds = ""            # "0,1,2": one run per seed in <workdir>/seed_<s>, then mean ± std.
     c.compute_dtype = "float32"   # float32 | bfloat16 (student and teacher compute).
-    # CPU backend only: auto | xla | im2col, how convolutions run (README, "CPU speed").
+    # CPU backend only: auto | xla | im2col, how convolutions run (docs/benchmarks.md, "CPU speed").
     c.cpu_conv = "auto"
     c.log_every_steps = 50
     # Train steps per call on the on-device path (a lax.scan); logging, evaluation,
     # checkpoints and stop signals happen between calls. 0: by platform (CPU 1, GPU/TPU 8;
-    # kd_jax.data.on_device.AUTO_STEPS_PER_DISPATCH). README "Input on the devices".
+    # kd_jax.data.on_device.AUTO_STEPS_PER_DISPATCH). docs/data.md, "Several steps per call".
     c.steps_per_dispatch = 0
     c.eval_every_epochs = 1
     c.keep_checkpoints = 3

@@ -48,11 +48,11 @@ def config() -> ml_collections.ConfigDict:
     # Students by method key; "ce" (the student alone) is the verdict's baseline. KD and DKD
     # are left out of the default: in this short setting their differences from the student
     # alone lie about one combined spread away from it, so a 3-seed verdict on them flips
-    # from machine to machine (see README); add them with --config.students=ce,kd,dkd,...
+    # from machine to machine (docs/quickstart.md); add them with --config.students=ce,kd,dkd,...
     c.students = "ce,sd_kd,sd_dkd"
     c.seeds = "0,1,2"
     c.num_epochs = 8
-    c.cpu_conv = "auto"             # CPU convolution formulation (README, "CPU speed")
+    c.cpu_conv = "auto"             # CPU convolution formulation (docs/benchmarks.md, "CPU speed")
     c.batch_size = 64
     c.eval_batch_size = 1000
     c.eval_every_epochs = 8         # evaluate at the end only: the full test set is costly
