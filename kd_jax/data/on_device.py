@@ -67,8 +67,8 @@ TPU_SUBLANE_BYTES = 8 * 4
 TPU_RANK1_TILE = 1024
 
 # steps_per_dispatch=0 (auto): steps per call by platform. CPU: 1, measured
-# (benchmarks/host_cost.py; docs/data.md, "Several steps per call"): there the host's share of a step
-# is small already at k = 1, a step in XLA's rolled loop ran several times slower, and an
+# (benchmarks/host_cost.py; docs/data.md, "Several steps per call"): there the host's share
+# of a step is small already at k = 1, a step in XLA's rolled loop ran several times slower, and an
 # unrolled k-step program compiles ~k times longer (minutes for the quickstart's lockstep step).
 # Accelerators: 8, the CIFAR speed-run practice, not yet measured here.
 AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
