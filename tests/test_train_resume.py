@@ -77,6 +77,7 @@ def _signal_at_step_1(monkeypatch, signum):
     on the host path, its draws on the on-device path: the stop comes at the end of the call
     holding step 1)."""
     real_get_dataset = data.get_dataset
+    sent = []   # one signal: train_batches draws through train_draws, and both are wrapped
 
     def get_dataset(*args, **kwargs):
         ds = real_get_dataset(*args, **kwargs)
@@ -84,7 +85,8 @@ def _signal_at_step_1(monkeypatch, signum):
         def signalling(real):
             def batches(epoch, global_batch_size, seed, start_step=0):
                 for i, batch in enumerate(real(epoch, global_batch_size, seed, start_step)):
-                    if epoch == 1 and start_step + i == 1:
+                    if epoch == 1 and start_step + i == 1 and not sent:
+                        sent.append(signum)
                         os.kill(os.getpid(), signum)
                     yield batch
             return batches
