@@ -98,9 +98,19 @@ def _signal_at_step_1(monkeypatch, signum):
     monkeypatch.setattr(data, "get_dataset", get_dataset)
 
 
+@pytest.fixture
+def sigint_default():
+    """SIGINT as an interactive shell hands it over. A test runner started in the background
+    (nohup, `&`) inherits it ignored, and a run rightly leaves an ignored SIGINT ignored
+    (kd_jax.train.stops): without this the Ctrl-C case would test nothing there."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_saves_and_resume_equals_uninterrupted(tmp_path, uninterrupted,
-                                                           monkeypatch, signum):
+                                                           monkeypatch, signum, sigint_default):
     """SIGTERM or Ctrl-C during the run: the loop saves the current step and raises
     RunStopped; resuming finishes with the uninterrupted parameters."""
     wd = str(tmp_path)
