@@ -6,7 +6,7 @@ the --config.KEY overrides (closest valid key suggested) are checked first. Then
 config_flags.DEFINE_config_dict converts each override to the field's type, on a private
 FlagValues: no global flag state is defined or shared between runs in one process. A
 mistyped key, a bad value, an unknown pair, a missing flag or file ends in one
-`kd_jax: error: ...` line (`exit_with_error`), not a traceback. Nothing here imports
+`kd_jax: error: ...` line (kd_jax.errors.exit_with_error), not a traceback. Nothing here imports
 TensorFlow, and JAX only through the config file (kd_jax.recipes).
 """
 
@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Sequence
 
 from absl import flags
 
-from kd_jax.errors import exit_with_error, one_line  # noqa: F401  (the CLI's error line)
+from kd_jax.errors import one_line
 
 PROG = "python -m kd_jax.main"
 # The shipped config files (package data: in the wheel too). `--config NAME.py[:ARG]` picks one

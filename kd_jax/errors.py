@@ -70,20 +70,23 @@ class Cause:
         return _CAUSES[self.errno][1].format(where=where)
 
 
-def _chain(error: Optional[BaseException]) -> Iterator[BaseException]:
-    """`error` and the errors it was raised from or during (not past a `raise ... from
-    None`, whose message replaces what it hides)."""
+def chain(error: Optional[BaseException], *, past_from_none: bool = False
+          ) -> Iterator[BaseException]:
+    """`error` and the errors it was raised from or during. Not past a `raise ... from None`
+    (whose message replaces what it hides) unless `past_from_none`: a Ctrl-C or an
+    out-of-memory error is one wherever it lies."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        error = error.__cause__ or (None if error.__suppress_context__ and not past_from_none
+                                    else error.__context__)
 
 
 def storage_cause(error: Optional[BaseException]) -> Optional[Cause]:
     """The first fixable storage cause in `error`'s chain (an OSError's errno, or the errno a
     library wrote into a re-raised message), or None."""
-    for e in _chain(error):
+    for e in chain(error):
         if isinstance(e, OSError) and e.errno in _CAUSES:
             path = e.filename if isinstance(e.filename, str) else None
             return Cause(e.errno, path)

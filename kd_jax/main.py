@@ -50,14 +50,14 @@ def main(argv=None) -> None:
     try:
         _main(argv)
     except KeyboardInterrupt:   # Ctrl-C while the config is read or the trainer imported
-        cli.exit_with_error(_INTERRUPTED, code=130)
+        errors.exit_with_error(_INTERRUPTED, code=130)
 
 
 def _main(argv=None) -> None:
     try:
         args = cli.parse(sys.argv if argv is None else argv)
     except cli.UsageError as e:
-        cli.exit_with_error(e)
+        errors.exit_with_error(e)
     quiet_logging()
     with exits_on_failure(lambda: args.config):
         with cli.workdir_removed_on_failure(args.workdir):
@@ -93,23 +93,23 @@ def exits_on_failure(config_of: Callable[[], Any]) -> Iterator[None]:
             BrokenJSONError) as e:
         # Expected failures: one clear message, no traceback (the message names the fix);
         # one caused by the storage (a download to a full disk) says so.
-        cli.exit_with_error(errors.message(e, then=_RESUMES) or e)
+        errors.exit_with_error(errors.message(e, then=_RESUMES) or e)
     except RunStopped as e:
         # SIGTERM or Ctrl-C: the step is saved; exit as the signal would (130, 143).
-        cli.exit_with_error(f"stopped by {e}", code=128 + e.signum)
+        errors.exit_with_error(f"stopped by {e}", code=128 + e.signum)
     except Exception as e:   # noqa: BLE001  re-raised unless storage, out of memory, Ctrl-C
         # A full disk, by the errno in the chain: before out of memory (the same status).
         storage = errors.message(e, then=_RESUMES)
         if storage is not None:
-            cli.exit_with_error(storage)
+            errors.exit_with_error(storage)
         if _out_of_memory(e):
-            cli.exit_with_error(_oom_message(config_of(), e), code=1)
+            errors.exit_with_error(_oom_message(config_of(), e), code=1)
         if not _caused_by_ctrl_c(e):
             raise
-        cli.exit_with_error(_INTERRUPTED, code=130)
+        errors.exit_with_error(_INTERRUPTED, code=130)
     except KeyboardInterrupt:
         # A second Ctrl-C, or one outside the training loop (setup, compilation, evaluation).
-        cli.exit_with_error(_INTERRUPTED, code=130)
+        errors.exit_with_error(_INTERRUPTED, code=130)
 
 
 _RESUMES = "run the same command: it goes on from the last checkpoint"
@@ -123,14 +123,9 @@ def _out_of_memory(error: BaseException) -> bool:
     tensorstore reports a full disk with the same status (errors.storage_cause tells it)."""
     import jax
 
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, MemoryError) or (isinstance(error, jax.errors.JaxRuntimeError)
-                                              and "RESOURCE_EXHAUSTED" in str(error)[:2000]):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(e, MemoryError) or (isinstance(e, jax.errors.JaxRuntimeError)
+                                              and "RESOURCE_EXHAUSTED" in str(e)[:2000])
+               for e in errors.chain(error, past_from_none=True))
 
 
 def _oom_message(config, error: BaseException) -> str:
@@ -161,13 +156,8 @@ def _auto_eval_batch_size(config) -> int:
 def _caused_by_ctrl_c(error: BaseException) -> bool:
     """Whether a KeyboardInterrupt is in the error's chain: Python turns one raised inside
     some hooks (an import's class creation, __set_name__) into a RuntimeError."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt)
+               for e in errors.chain(error, past_from_none=True))
 
 
 if __name__ == "__main__":

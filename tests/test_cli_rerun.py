@@ -102,3 +102,12 @@ def test_a_ctrl_c_turned_into_another_error_is_still_an_interrupt():
             raise ValueError("y")
     except ValueError as e:
         assert not _caused_by_ctrl_c(e)
+    # A library that hides the interrupt behind its own error (`raise ... from None`): the
+    # user still pressed Ctrl-C.
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("partially initialized module") from None
+    except ImportError as e:
+        assert _caused_by_ctrl_c(e)

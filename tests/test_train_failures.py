@@ -120,7 +120,7 @@ def test_export_cut_short_by_a_full_disk_is_redone_by_the_rerun(tmp_path, monkey
 
     from kd_jax import convert
     from kd_jax.train import summary as summary_lib
-    from kd_jax.train.checkpoint import StorageError
+    from kd_jax.errors import StorageError
 
     real_save = exports.convert.save_converted
 
@@ -376,7 +376,7 @@ def test_a_save_that_fails_on_a_full_disk_is_one_line_and_keeps_the_previous(tmp
     then resumes from step 3."""
     import orbax.checkpoint as ocp
 
-    from kd_jax.train.checkpoint import StorageError
+    from kd_jax.errors import StorageError
 
     real_save = ocp.CheckpointManager.save
 
@@ -415,7 +415,7 @@ def test_a_really_full_disk_at_a_save_is_one_line_and_the_run_goes_on_after(smal
     all but 16 KiB of the disk (room for the logs, not for a checkpoint), so the save of step
     6 fails with the writer's own ENOSPC. The user sees one StorageError; step 3 is kept;
     once the space is freed the same command finishes the run."""
-    from kd_jax.train.checkpoint import StorageError
+    from kd_jax.errors import StorageError
 
     wd = str(small_disk / "run")
     trainer.train(tiny_config(3), wd)

@@ -117,14 +117,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         args, overrides = parse(argv)
     except cli.UsageError as e:
-        cli.exit_with_error(e)
+        errors.exit_with_error(e)
     if args.list:
         print(list_text())
         return
     if not args.table:
-        cli.exit_with_error(f"give a TABLE ({PROG} --list names them)")
+        errors.exit_with_error(f"give a TABLE ({PROG} --list names them)")
     if not (args.workdir or args.dry_run):
-        cli.exit_with_error("missing --workdir: the directory of the plan's runs (running "
+        errors.exit_with_error("missing --workdir: the directory of the plan's runs (running "
                             "again with the same one continues), or --dry-run")
     main_lib.quiet_logging()
     current = {}

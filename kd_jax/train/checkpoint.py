@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import orbax.checkpoint as ocp
 
-from kd_jax.errors import StorageError, cause_in_text, storage_cause  # noqa: F401
+from kd_jax.errors import StorageError, cause_in_text, storage_cause
 from kd_jax.train.state import abstract_like
 
 
