@@ -284,32 +284,37 @@ import threading
 
 def forecast(workdir, epochs, num_train, stop):
     \"\"\"Prints the expected wall time once epoch 1 is evaluated: the median images/s of
-    its logged intervals (the first, which includes compilation, left out).\"\"\"
+    its logged intervals (the first, which includes compilation, left out). Looked for every
+    5 s, and once more when the run ends (a run shorter than that prints it too).\"\"\"
     path = os.path.join(workdir, "metrics.jsonl")
-    while not stop.wait(5):
-        if not os.path.exists(path):
-            continue
-        with open(path) as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
-        train = [r["images_per_s"] for r in records if r["kind"] == "train"][1:]
-        if train and any(r["kind"] == "eval" for r in records):
-            img_s = statistics.median(train)
-            hours = epochs * num_train / img_s / 3600
-            print(f"measured {img_s:.0f} images/s: {epochs} epochs of {num_train} images take "
-                  f"about {hours:.1f} h (plus evaluation)", flush=True)
+    while True:
+        ending = stop.wait(5)
+        if os.path.exists(path):
+            with open(path) as fh:
+                records = [json.loads(line) for line in fh if line.strip()]
+            train = [r["images_per_s"] for r in records if r["kind"] == "train"][1:]
+            if train and any(r["kind"] == "eval" for r in records):
+                img_s = statistics.median(train)
+                hours = epochs * num_train / img_s / 3600
+                print(f"measured {img_s:.0f} images/s: {epochs} epochs of {num_train} images "
+                      f"take about {hours:.1f} h (plus evaluation)", flush=True)
+                return
+        if ending:
             return
 
 
 student_dir = os.path.join(WORKDIR, "student")
 num_train = LIMIT_TRAIN or 50_000
 stop = threading.Event()
-threading.Thread(target=forecast, args=(student_dir, STUDENT_EPOCHS, num_train, stop),
-                 daemon=True).start()
+forecaster = threading.Thread(target=forecast, daemon=True,
+                              args=(student_dir, STUDENT_EPOCHS, num_train, stop))
+forecaster.start()
 try:
     with mirror.Mirror(student_dir, os.path.join(MIRROR, "student"), SYNC_MINUTES * 60):
         student_run = trainer.train_and_evaluate(student_config, student_dir)
 finally:
-    stop.set()"""),
+    stop.set()
+    forecaster.join()   # its last look, printed in this cell"""),
     ("md", "## Accuracy curves"),
     ("code", """\
 %matplotlib inline
